@@ -1,0 +1,18 @@
+"""The ``rollout`` command line: one typer app; each group of verbs lives in a module of its own
+and registers itself on ``app`` when imported."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Rollout: serve ONNX models on Kafka and roll out new versions safely.",
+)
+
+
+def main() -> None:
+    from app.cli import kafka, serve, topics, train  # noqa: F401  (registration)
+
+    app()

@@ -1,0 +1,252 @@
+"""Event contracts: every record Rollout reads or writes on Kafka.
+
+Field names follow ``DESIGN.md`` and are part of the wire contract. Each event is
+a frozen pydantic v2 model; ``encode`` and ``decode`` are the one symmetric pair of
+codecs (orjson, UTF-8) used by every adapter. ``decode`` raises
+``pydantic.ValidationError`` (a ``ValueError``) for anything that is not a valid
+event of the asked type, so callers can turn it into a reason.
+
+Times are epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.core.policy import Policy
+
+MAX_REQUEST_ID_CHARS = 128
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Role(StrEnum):
+    PRODUCTION = "production"
+    CANDIDATE = "candidate"
+
+
+class Mode(StrEnum):
+    MANUAL = "manual"
+    AUTOMATIC = "automatic"
+    CANARY = "canary"
+    SHADOW = "shadow"
+
+
+class Phase(StrEnum):
+    STABLE = "stable"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    AWAITING_APPROVAL = "awaiting_approval"
+
+
+class Action(StrEnum):
+    DEPLOY = "deploy"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    ABORT = "abort"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SET_WEIGHT = "set_weight"
+    SET_MODE = "set_mode"
+
+
+class DeadLetterCode(StrEnum):
+    """Why a record was rejected. Stable strings: dashboards and tests match on them."""
+
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"  # JSON, but not an InferenceRequest (schema)
+    MISSING_REQUEST_ID = "missing_request_id"
+    UNKNOWN_DEPLOYMENT = "unknown_deployment"
+    MISSING_FEATURE = "missing_feature"
+    EXTRA_FEATURE = "extra_feature"
+    WRONG_TYPE = "wrong_type"
+    NON_FINITE = "non_finite"
+    WRONG_FEATURE_COUNT = "wrong_feature_count"
+    MODEL_ERROR = "model_error"
+
+
+FeatureValue = float | int
+Features = dict[str, Any] | list[Any]
+
+
+class InferenceRequest(_Event):
+    """A request to score one record. ``features`` are checked against the model later
+    (by name or in the model's order), so their values are left loose here."""
+
+    request_id: Annotated[str, Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)]
+    deployment: Annotated[str, Field(min_length=1, max_length=128)]
+    features: Features
+    entity_key: str | None = None
+    sent_at: int | None = None
+
+
+class ModelIdentity(_Event):
+    name: str
+    version: str
+    sha256: str
+
+
+class ModelOutput(_Event):
+    label: str
+    scores: list[float]
+
+
+class Prediction(_Event):
+    request_id: str
+    deployment: str
+    entity_key: str
+    model: ModelIdentity
+    role: Role
+    mode: Mode
+    epoch: int
+    output: ModelOutput
+    latency_ms: float
+    served_at: int
+
+
+class SourceOffset(_Event):
+    topic: str
+    partition: int
+    offset: int
+
+
+class ArmResult(_Event):
+    version: str
+    sha256: str
+    output: ModelOutput | None
+    latency_ms: float | None
+    error: str | None = None
+
+
+class Comparison(_Event):
+    request_id: str
+    deployment: str
+    mode: Mode
+    epoch: int
+    source: SourceOffset
+    served_by: Role
+    production: ArmResult
+    candidate: ArmResult
+    agree: bool
+    score_delta: float
+
+
+class Feedback(_Event):
+    request_id: str
+    deployment: str
+    label: str
+    observed_at: int
+
+
+class DeadLetterError(_Event):
+    code: DeadLetterCode
+    message: str
+
+
+class DeadLetter(_Event):
+    error: DeadLetterError
+    source: SourceOffset
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    rejected_at: int
+
+
+class ModelRef(_Event):
+    name: str
+    version: str
+    uri: str  # relative to the model store
+    sha256: str
+
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(name=self.name, version=self.version, sha256=self.sha256)
+
+
+class ControlCommand(_Event):
+    command_id: Annotated[str, Field(min_length=1, max_length=128)]
+    deployment: Annotated[str, Field(min_length=1, max_length=128)]
+    action: Action
+    version: str | None = None
+    mode: Mode | None = None
+    weight: float | None = None
+    sample_rate: float | None = None
+    policy: dict[str, Any] | None = None
+    issued_by: str = "unknown"
+    reason: str = ""
+    issued_at: int = Field(default_factory=now_ms)
+
+    @field_validator("weight", "sample_rate")
+    @classmethod
+    def _unit_interval(cls, value: float | None) -> float | None:
+        if value is not None and (not math.isfinite(value) or not 0.0 <= value <= 1.0):
+            raise ValueError("must be within [0, 1]")
+        return value
+
+
+class DeploymentState(_Event):
+    deployment: str
+    epoch: int
+    mode: Mode
+    phase: Phase
+    production: ModelRef
+    candidate: ModelRef | None = None
+    canary_weight: float = 0.0
+    shadow_sample_rate: float = 1.0
+    policy: Policy = Field(default_factory=Policy)
+    history: list[ModelRef] = Field(default_factory=list)
+    updated_at: int = Field(default_factory=now_ms)
+    reason: str = ""
+
+
+class StateSummary(_Event):
+    mode: Mode
+    phase: Phase
+    weight: float
+
+
+class Evidence(_Event):
+    samples: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    tests: dict[str, Any] = Field(default_factory=dict)
+
+
+class DecisionEvent(_Event):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    deployment: str
+    epoch: int
+    action: str
+    command_id: str | None
+    accepted: bool
+    reason: str
+    decided_by: str
+    from_: StateSummary | None = Field(default=None, alias="from")
+    to: StateSummary | None = None
+    evidence: Evidence = Field(default_factory=Evidence)
+    at: int = Field(default_factory=now_ms)
+
+
+E = TypeVar("E", bound=BaseModel)
+
+
+def encode(event: BaseModel) -> bytes:
+    """Serialise an event to its wire form (UTF-8 JSON, contract field names)."""
+    return orjson.dumps(event.model_dump(mode="json", by_alias=True))
+
+
+def decode(kind: type[E], data: bytes | str) -> E:
+    """Parse the wire form of ``kind``; raises ``pydantic.ValidationError`` on a bad record."""
+    return kind.model_validate_json(data)

@@ -1,0 +1,35 @@
+"""Process settings, read from the environment (``KAFKA_BOOTSTRAP_SERVERS``, ``ROLLOUT_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ROLLOUT_BOOTSTRAP_SERVERS"),
+    )
+    # Where the local broker's jars, data and logs live (git-ignored).
+    home: Path = Path(".rollout")
+    model_store: Path = Path("models")
+    topics_file: Path = Path("topics.yaml")
+
+    # Worker batching.
+    group_id: str = "rollout-workers"
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_max_wait_ms: int = Field(default=20, ge=0)
+    max_request_bytes: int = Field(default=64 * 1024, ge=256)
+    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+
+    def bootstrap_is_default(self) -> bool:
+        return self.bootstrap_servers == "127.0.0.1:9092"
+
+
+def load_settings() -> Settings:
+    return Settings()
