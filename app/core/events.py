@@ -157,11 +157,14 @@ class DeadLetterError(_Event):
     message: str
 
 
+PayloadEncoding = Literal["utf-8", "base64"]
+
+
 class DeadLetter(_Event):
     error: DeadLetterError
     source: SourceOffset
     payload: str
-    payload_encoding: Literal["utf-8", "base64"]
+    payload_encoding: PayloadEncoding
     rejected_at: int
 
 

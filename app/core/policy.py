@@ -6,6 +6,8 @@ command may override any field. Pure data, no I/O.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -39,6 +41,6 @@ class Policy(BaseModel):
     def _steps_climb_to_one(cls, steps: list[float]) -> list[float]:
         if not steps or any(not 0.0 < s <= 1.0 for s in steps):
             raise ValueError("canary steps must be within (0, 1]")
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if any(b <= a for a, b in pairwise(steps)):
             raise ValueError("canary steps must increase")
         return steps

@@ -1,0 +1,63 @@
+"""aiokafka clients configured the one way every Rollout process uses them.
+
+Readers use ``read_committed``; producers that write results are transactional and
+idempotent. Connection settings come from ``Settings`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from app.settings import Settings
+
+
+def connection(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap_servers": settings.bootstrap_servers}
+
+
+def transactional_producer(settings: Settings, transactional_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **connection(settings),
+        transactional_id=transactional_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+    )
+
+
+def plain_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **connection(settings),
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
+
+
+def group_consumer(settings: Settings, group_id: str, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer-group member that commits offsets only through transactions."""
+    return AIOKafkaConsumer(
+        **connection(settings),
+        group_id=group_id,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        **extra,
+    )
+
+
+def reader(settings: Settings, **extra: Any) -> AIOKafkaConsumer:
+    """A consumer outside any group (assign partitions yourself), reading committed data."""
+    return AIOKafkaConsumer(
+        **connection(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        **extra,
+    )

@@ -1,0 +1,139 @@
+"""Turning one raw Kafka record into an ``InferenceRequest``, or into the reason it is not one.
+
+Pure: bytes in, a request or a ``Rejection`` out. The order of checks fixes which code a
+record gets when several things are wrong with it: size, UTF-8, JSON, schema, deployment.
+Feature checks need the model's signature and happen later (``app.core.features``).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import orjson
+from pydantic import ValidationError
+
+from app.core.events import (
+    DeadLetter,
+    DeadLetterCode,
+    DeadLetterError,
+    InferenceRequest,
+    PayloadEncoding,
+    SourceOffset,
+)
+
+MAX_JSON_DEPTH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One consumed record, as the Kafka adapter hands it over."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = 0
+
+    @property
+    def source(self) -> SourceOffset:
+        return SourceOffset(topic=self.topic, partition=self.partition, offset=self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    code: DeadLetterCode
+    message: str
+
+
+def parse_request(
+    record: RawRecord, known_deployments: frozenset[str], max_bytes: int
+) -> InferenceRequest | Rejection:
+    value = record.value
+    if value is None:
+        return Rejection(DeadLetterCode.INVALID_REQUEST, "record has no value (tombstone)")
+    if len(value) > max_bytes:
+        return Rejection(
+            DeadLetterCode.PAYLOAD_TOO_LARGE,
+            f"payload is {len(value)} bytes, the limit is {max_bytes}",
+        )
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:  # orjson checks UTF-8 too; only a failed parse pays for telling the two apart
+            value.decode("utf-8")
+        except UnicodeDecodeError as utf:
+            return Rejection(DeadLetterCode.INVALID_UTF8, f"payload is not UTF-8: {utf.reason}")
+        return Rejection(DeadLetterCode.INVALID_JSON, f"payload is not JSON: {exc}")
+    if not isinstance(body, dict):
+        return Rejection(
+            DeadLetterCode.INVALID_REQUEST,
+            f"request must be a JSON object, got {type(body).__name__}",
+        )
+    if _depth(body) > MAX_JSON_DEPTH:
+        return Rejection(
+            DeadLetterCode.INVALID_REQUEST, f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
+        )
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        return Rejection(
+            DeadLetterCode.MISSING_REQUEST_ID, "request_id is missing, empty or not a string"
+        )
+    try:
+        request = InferenceRequest.model_validate(body)
+    except ValidationError as exc:
+        return Rejection(DeadLetterCode.INVALID_REQUEST, _first_error(exc))
+    if request.deployment not in known_deployments:
+        return Rejection(
+            DeadLetterCode.UNKNOWN_DEPLOYMENT, f"no deployment named {request.deployment!r}"
+        )
+    return request
+
+
+def entity_key(request: InferenceRequest, kafka_key: bytes | None) -> str:
+    """The routing key: the request's own, else the Kafka key, else the request id."""
+    if request.entity_key is not None:
+        return request.entity_key
+    if kafka_key is not None:
+        try:
+            return kafka_key.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(kafka_key).decode("ascii")
+    return request.request_id
+
+
+def dead_letter(record: RawRecord, rejection: Rejection, now: int) -> DeadLetter:
+    """The dead letter for ``record``; keeps the original payload, as text when it is UTF-8."""
+    payload, encoding = _payload_text(record.value or b"")
+    return DeadLetter(
+        error=DeadLetterError(code=rejection.code, message=rejection.message),
+        source=record.source,
+        payload=payload,
+        payload_encoding=encoding,
+        rejected_at=now,
+    )
+
+
+def _payload_text(value: bytes) -> tuple[str, PayloadEncoding]:
+    try:
+        return value.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii"), "base64"
+
+
+def _depth(node: object, level: int = 1) -> int:
+    """Nesting depth, stopping early once past the limit."""
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(node, dict):
+        return max((_depth(v, level + 1) for v in node.values()), default=level)
+    if isinstance(node, list):
+        return max((_depth(v, level + 1) for v in node), default=level)
+    return level
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "request"
+    return f"{where}: {err['msg']}"

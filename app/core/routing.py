@@ -1,0 +1,49 @@
+"""Which model serves a request, and whether the other one scores it too.
+
+Pure and deterministic, so every worker routes a request the same way:
+
+- manual, automatic: production serves everything; nothing is compared.
+- canary: the candidate serves an entity when ``bucket(deployment, entity, candidate version)``
+  is below the weight. The bucket does not depend on the weight, so at a fixed weight an
+  entity never switches model, and raising the weight only adds entities. Candidate-served
+  requests are also scored by production (paired) unless the policy turns pairing off.
+- shadow: production serves everything; the candidate also scores a request when
+  ``bucket(deployment, request id, candidate version)`` is below the sample rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from app.core.events import DeploymentState, Mode, Role
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    served_by: Role
+    # True when the model that does not serve also scores the request (a comparison).
+    compare: bool
+
+
+PRODUCTION_ONLY = Assignment(Role.PRODUCTION, compare=False)
+
+
+def bucket(*parts: str) -> float:
+    """A stable number in [0, 1) for the given strings (BLAKE2b, not Python's salted hash)."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def assign(state: DeploymentState, entity_key: str, request_id: str) -> Assignment:
+    candidate = state.candidate
+    if candidate is None:
+        return PRODUCTION_ONLY
+    if state.mode is Mode.CANARY:
+        if bucket(state.deployment, entity_key, candidate.version) < state.canary_weight:
+            return Assignment(Role.CANDIDATE, compare=state.policy.pairing)
+        return PRODUCTION_ONLY
+    if state.mode is Mode.SHADOW:
+        sampled = bucket(state.deployment, request_id, candidate.version) < state.shadow_sample_rate
+        return Assignment(Role.PRODUCTION, compare=sampled)
+    return PRODUCTION_ONLY

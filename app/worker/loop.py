@@ -1,0 +1,168 @@
+"""The worker's consume → score → publish loop, exactly once, on plain aiokafka.
+
+One batch at a time: take up to ``batch_max_records`` records (waiting at most
+``batch_max_wait_ms`` once the first arrives), score them (``app.worker.scoring``), then
+publish every output and the batch's input offsets in one Kafka transaction. A batch is
+never split over two transactions and transactions never overlap, so
+``send_offsets_to_transaction`` is called once per transaction.
+
+Rebalances: a revocation waits for the batch in flight to commit (it takes the same lock),
+and a batch taken before a revocation is dropped unscored: its partitions restart from
+their committed offsets, wherever they are assigned next.
+
+Crashes: the transactional id is the worker's stable id, so a restarted worker fences its
+previous incarnation and aborts whatever transaction it left open before it reads
+committed offsets. Readers of the outputs use ``read_committed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from app.adapters.kafka_clients import group_consumer, transactional_producer
+from app.core.requests import RawRecord
+from app.settings import Settings
+from app.worker.scoring import RoutingTable, Topics, score_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    records: int = 0
+    predictions: int = 0
+    comparisons: int = 0
+    dead_letters: int = 0
+    aborted_batches: int = 0
+    dropped_batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._worker.lock:  # waits for the batch in flight to commit
+            self._worker.generation += 1
+            log.info("partitions revoked: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str,
+        table: Callable[[], RoutingTable],
+        topics: Topics = Topics(),
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.topics = topics
+        self._table = table
+        self.lock = asyncio.Lock()
+        self.generation = 0
+        self.stats = WorkerStats()
+
+    async def run(self, stop: asyncio.Event) -> WorkerStats:
+        producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
+        # Fence any earlier incarnation before reading offsets (see the module docstring).
+        await producer.start()
+        consumer = group_consumer(
+            self.settings,
+            self.settings.group_id,
+            max_poll_records=self.settings.batch_max_records,
+            client_id=f"rollout-worker-{self.worker_id}",
+        )
+        consumer.subscribe([self.topics.requests], listener=_Revocations(self))
+        try:
+            await consumer.start()
+            while not stop.is_set():
+                generation = self.generation
+                records = await self._take(consumer, stop)
+                if not records:
+                    continue
+                async with self.lock:
+                    if generation != self.generation:
+                        self.stats.dropped_batches += 1
+                        continue
+                    await self._publish(producer, consumer, records)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+        return self.stats
+
+    async def _take(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> list[ConsumerRecord]:
+        """Up to ``batch_max_records``: wait for the first, then at most the batch wait more."""
+        limit = self.settings.batch_max_records
+        taken: list[ConsumerRecord] = []
+        first = await consumer.getmany(timeout_ms=200, max_records=limit)
+        for part in first.values():
+            taken.extend(part)
+        if not taken:
+            return taken
+        deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000.0
+        while len(taken) < limit and not stop.is_set():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            more = await consumer.getmany(timeout_ms=remaining_ms, max_records=limit - len(taken))
+            for part in more.values():
+                taken.extend(part)
+        return taken
+
+    async def _publish(
+        self,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        records: list[ConsumerRecord],
+    ) -> None:
+        raw = [
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+            for r in records
+        ]
+        result = score_batch(
+            raw, self._table(), max_request_bytes=self.settings.max_request_bytes,
+            topics=self.topics,
+        )
+        first: dict[TopicPartition, int] = {}
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first.setdefault(tp, r.offset)
+            offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
+        try:
+            async with producer.transaction():
+                for out in result.outgoing:
+                    await producer.send(out.topic, value=out.value, key=out.key)
+                await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
+        except ProducerFenced:
+            log.error(
+                "another worker with id %r took over (producer fenced); stopping", self.worker_id
+            )
+            raise
+        except KafkaError as exc:
+            # The transaction was aborted: nothing of this batch is visible. Read it again.
+            log.warning("transaction aborted (%s); re-reading %d records", exc, len(records))
+            self.stats.aborted_batches += 1
+            for tp, offset in first.items():
+                consumer.seek(tp, offset)
+            return
+        s = self.stats
+        s.batches += 1
+        s.records += len(records)
+        s.predictions += result.predictions
+        s.comparisons += result.comparisons
+        s.dead_letters += result.dead_letters

@@ -1,0 +1,276 @@
+"""The worker's data plane: one micro-batch of raw records in, the records to publish out.
+
+No Kafka here: the loop (``app.worker.loop``) consumes, calls ``score_batch``, and publishes
+what it returns in one transaction. Each model runs once per batch over the rows routed to
+it. Every valid request yields exactly one ``Prediction``; every invalid one a ``DeadLetter``;
+every compared request one ``Comparison``. A candidate's failure never costs a prediction:
+rows it should have served are served by production instead, and the comparison says why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from app.core.events import (
+    ArmResult,
+    Comparison,
+    DeadLetterCode,
+    DeploymentState,
+    InferenceRequest,
+    ModelOutput,
+    ModelRef,
+    Prediction,
+    Role,
+    encode,
+    now_ms,
+)
+from app.core.features import FeatureError, to_row
+from app.core.requests import RawRecord, Rejection, dead_letter, entity_key, parse_request
+from app.core.routing import Assignment, assign
+
+
+class Scorer(Protocol):
+    """What the data plane needs of a loaded model (``app.adapters.model_store.LoadedModel``)."""
+
+    @property
+    def ref(self) -> ModelRef: ...
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
+    def predict(self, x: np.ndarray) -> tuple[list[str], np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class DeploymentRoute:
+    """A deployment's state together with its loaded models: what a worker routes by."""
+
+    state: DeploymentState
+    production: Scorer
+    candidate: Scorer | None = None
+
+
+RoutingTable = Mapping[str, DeploymentRoute]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Topics:
+    requests: str = "inference.requests"
+    predictions: str = "inference.predictions"
+    comparisons: str = "inference.comparisons"
+    dlq: str = "inference.dlq"
+
+
+@dataclass
+class BatchResult:
+    outgoing: list[Outgoing] = field(default_factory=list)
+    predictions: int = 0
+    comparisons: int = 0
+    dead_letters: int = 0
+    candidate_errors: int = 0
+
+
+@dataclass(slots=True)
+class _Row:
+    record: RawRecord
+    request: InferenceRequest
+    entity: str
+    vector: np.ndarray
+    assignment: Assignment
+
+
+@dataclass(slots=True)
+class _ArmRun:
+    """One model's outputs over the rows it scored (indices into the deployment's rows)."""
+
+    outputs: dict[int, ModelOutput]
+    latency_ms: float
+    error: str | None
+
+
+def score_batch(
+    records: Sequence[RawRecord],
+    table: RoutingTable,
+    *,
+    max_request_bytes: int,
+    topics: Topics = Topics(),
+) -> BatchResult:
+    result = BatchResult()
+    now = now_ms()
+    known = frozenset(table)
+    by_deployment: dict[str, list[_Row]] = {}
+    for record in records:
+        parsed = parse_request(record, known, max_request_bytes)
+        if isinstance(parsed, Rejection):
+            _reject(result, topics, record, parsed, now)
+            continue
+        route = table[parsed.deployment]
+        try:
+            vector = to_row(parsed.features, route.production.feature_names)
+        except FeatureError as exc:
+            _reject(result, topics, record, Rejection(exc.code, exc.message), now)
+            continue
+        entity = entity_key(parsed, record.key)
+        row = _Row(record, parsed, entity, vector, assign(route.state, entity, parsed.request_id))
+        by_deployment.setdefault(parsed.deployment, []).append(row)
+    for deployment, rows in by_deployment.items():
+        _score_deployment(result, topics, table[deployment], rows)
+    return result
+
+
+def _score_deployment(
+    result: BatchResult, topics: Topics, route: DeploymentRoute, rows: list[_Row]
+) -> None:
+    wants_candidate = [
+        i
+        for i, r in enumerate(rows)
+        if r.assignment.served_by is Role.CANDIDATE or r.assignment.compare
+    ]
+    candidate = _run(route.candidate, rows, wants_candidate) if route.candidate else None
+    failed = set(wants_candidate) - set(candidate.outputs) if candidate else set()
+    # Production scores what it serves, what it is compared on, and what the candidate failed.
+    production = _run(
+        route.production,
+        rows,
+        [
+            i
+            for i, r in enumerate(rows)
+            if r.assignment.served_by is Role.PRODUCTION or r.assignment.compare or i in failed
+        ],
+    )
+    state = route.state
+    for i, row in enumerate(rows):
+        served_by = row.assignment.served_by
+        if i in failed:
+            served_by = Role.PRODUCTION
+        arm, scorer = (
+            (candidate, route.candidate)
+            if served_by is Role.CANDIDATE
+            else (production, route.production)
+        )
+        assert arm is not None and scorer is not None
+        output = arm.outputs.get(i)
+        if output is None:  # production itself failed on this row
+            rejection = Rejection(DeadLetterCode.MODEL_ERROR, production.error or "no output")
+            _reject(result, topics, row.record, rejection, now_ms())
+            continue
+        prediction = Prediction(
+            request_id=row.request.request_id,
+            deployment=state.deployment,
+            entity_key=row.entity,
+            model=scorer.ref.identity(),
+            role=served_by,
+            mode=state.mode,
+            epoch=state.epoch,
+            output=output,
+            latency_ms=arm.latency_ms,
+            served_at=now_ms(),
+        )
+        result.outgoing.append(Outgoing(topics.predictions, row.record.key, encode(prediction)))
+        result.predictions += 1
+        if row.assignment.compare or i in failed:
+            assert candidate is not None
+            _compare(result, topics, route, row, i, served_by, production, candidate)
+
+
+def _compare(
+    result: BatchResult,
+    topics: Topics,
+    route: DeploymentRoute,
+    row: _Row,
+    i: int,
+    served_by: Role,
+    production: _ArmRun,
+    candidate: _ArmRun,
+) -> None:
+    """Emit the paired record. ``score_delta`` is candidate minus production on the score of
+    the last label (the positive class of a binary model)."""
+    assert route.candidate is not None
+    prod_out = production.outputs.get(i)
+    cand_out = candidate.outputs.get(i)
+    cand_error = None if cand_out is not None else candidate.error or "no output"
+    if cand_error is not None:
+        result.candidate_errors += 1
+    agree, delta = False, 0.0
+    if prod_out is not None and cand_out is not None:
+        agree = prod_out.label == cand_out.label
+        delta = cand_out.scores[-1] - prod_out.scores[-1]
+    comparison = Comparison(
+        request_id=row.request.request_id,
+        deployment=route.state.deployment,
+        mode=route.state.mode,
+        epoch=route.state.epoch,
+        source=row.record.source,
+        served_by=served_by,
+        production=_arm_result(route.production, prod_out, production),
+        candidate=_arm_result(route.candidate, cand_out, candidate, cand_error),
+        agree=agree,
+        score_delta=delta,
+    )
+    key = route.state.deployment.encode("utf-8")
+    result.outgoing.append(Outgoing(topics.comparisons, key, encode(comparison)))
+    result.comparisons += 1
+
+
+def _arm_result(
+    scorer: Scorer, output: ModelOutput | None, run: _ArmRun, error: str | None = None
+) -> ArmResult:
+    return ArmResult(
+        version=scorer.ref.version,
+        sha256=scorer.ref.sha256,
+        output=output,
+        latency_ms=run.latency_ms if output is not None else None,
+        error=error,
+    )
+
+
+def _run(scorer: Scorer, rows: list[_Row], indices: list[int]) -> _ArmRun:
+    """Score ``indices`` in one model call; on failure, isolate the failing rows one by one."""
+    if not indices:
+        return _ArmRun({}, 0.0, None)
+    matrix = np.stack([rows[i].vector for i in indices])
+    started = time.perf_counter()
+    try:
+        labels, scores = scorer.predict(matrix)
+    except Exception as exc:  # a model may fail on a batch; find the rows it fails on
+        return _run_one_by_one(scorer, rows, indices, exc)
+    per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
+    outputs = {
+        i: ModelOutput(label=labels[n], scores=scores[n].tolist()) for n, i in enumerate(indices)
+    }
+    return _ArmRun(outputs, per_row_ms, None)
+
+
+def _run_one_by_one(
+    scorer: Scorer, rows: list[_Row], indices: list[int], first: Exception
+) -> _ArmRun:
+    outputs: dict[int, ModelOutput] = {}
+    error = f"{type(first).__name__}: {first}"
+    started = time.perf_counter()
+    for i in indices:
+        try:
+            labels, scores = scorer.predict(rows[i].vector[np.newaxis, :])
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            continue
+        outputs[i] = ModelOutput(label=labels[0], scores=scores[0].tolist())
+    per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
+    return _ArmRun(outputs, per_row_ms, error)
+
+
+def _reject(
+    result: BatchResult, topics: Topics, record: RawRecord, rejection: Rejection, now: int
+) -> None:
+    letter = dead_letter(record, rejection, now)
+    result.outgoing.append(Outgoing(topics.dlq, record.key, encode(letter)))
+    result.dead_letters += 1
