@@ -1,0 +1,492 @@
+"""A local single-node Kafka broker (KRaft, broker and controller in one JVM) for development
+and tests.
+
+Layout under ``<home>/kafka``::
+
+    libs/           Kafka 4.1 runtime jars, fetched once with ``mvn`` (marker file ``.fetched``)
+    data/           KRaft log dirs, formatted once (``--standalone``)
+    server.properties, log4j2.properties, broker.log, broker.pid
+
+Contracts:
+
+* :func:`start` returns only once the broker answers a metadata request; it is idempotent (our
+  live broker is reused), never starts a second broker when something else already answers on
+  the port, and raises :class:`KafkaLocalError` with the tail of ``broker.log`` on failure.
+* :func:`stop` ends only the broker this module started: the pidfile's process must have
+  ``kafka.Kafka`` and our data dir on its command line.
+* All functions are synchronous and safe to call from inside a running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from app.settings import Settings
+
+KAFKA_VERSION = "4.1.1"
+SCALA_VERSION = "2.13"
+SLF4J_VERSION = "2.0.17"
+LOG4J_VERSION = "2.24.3"
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+_DATA_DIR_PROP = "-Drollout.kafka.data="
+
+_T = TypeVar("_T")
+
+
+class KafkaLocalError(RuntimeError):
+    """The local broker could not be fetched, formatted, started or stopped."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where the local broker lives and which ports it listens on (127.0.0.1 only)."""
+
+    home: Path = Path(".rollout")
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerConfig:
+        """Home from ``settings.home``; port from ``settings.bootstrap_servers`` when it is a
+        single ``127.0.0.1:PORT`` or ``localhost:PORT`` (controller on PORT + 1), else 9092."""
+        port = 9092
+        servers = settings.bootstrap_servers.split(",")
+        if len(servers) == 1 and ":" in servers[0]:
+            host, _, raw = servers[0].strip().rpartition(":")
+            if host in ("127.0.0.1", "localhost") and raw.isdigit():
+                port = int(raw)
+        return cls(home=settings.home, port=port, controller_port=port + 1)
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.home.resolve() / "kafka"
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.kafka_dir / "libs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.kafka_dir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.kafka_dir / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.kafka_dir / "broker.pid"
+
+    @property
+    def server_properties(self) -> Path:
+        return self.kafka_dir / "server.properties"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """``running``: the broker answers on ``bootstrap``. ``managed``: it is the process in our
+    pidfile (``pid``); an answering broker with ``managed=False`` was not started by us."""
+
+    running: bool
+    managed: bool
+    pid: int | None
+    bootstrap: str
+    data_dir: Path
+    log_file: Path
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """What :func:`start` did: ``started`` a new broker, found ours ``already_running``, or found
+    an ``external`` broker (not ours) answering on the port and left it alone."""
+
+    action: Literal["started", "already_running", "external"]
+    status: BrokerStatus
+    seconds: float
+
+
+# --------------------------------------------------------------------------- jars
+
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.rollout</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_{scala}</artifactId>
+      <version>{kafka}</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId>
+      <version>{slf4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j2-impl</artifactId><version>{log4j}</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+
+def fetch_jars(config: BrokerConfig, *, timeout: float = 900.0) -> Path:
+    """Copy Kafka's runtime closure (plus slf4j2 → log4j2 logging) into ``config.libs_dir`` with
+    ``mvn dependency:copy-dependencies``. A no-op when the marker file says this version was
+    already fetched. Returns the libs dir."""
+    libs = config.libs_dir
+    marker = libs / ".fetched"
+    if marker.is_file() and marker.read_text().strip() == KAFKA_VERSION:
+        return libs
+    if shutil.which("mvn") is None:
+        raise KafkaLocalError("`mvn` is not on PATH; it is needed once to fetch the Kafka jars")
+    build = config.kafka_dir / "fetch"
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "pom.xml").write_text(
+        _POM.format(
+            scala=SCALA_VERSION, kafka=KAFKA_VERSION, slf4j=SLF4J_VERSION, log4j=LOG4J_VERSION
+        )
+    )
+    shutil.rmtree(libs, ignore_errors=True)
+    cmd = [
+        "mvn", "-q", "-B", "dependency:copy-dependencies",
+        "-DincludeScope=runtime", f"-DoutputDirectory={libs}",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=build, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    jar = libs / f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar"
+    if proc.returncode != 0 or not jar.is_file():
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise KafkaLocalError(f"fetching Kafka {KAFKA_VERSION} jars failed:\n{tail}")
+    marker.write_text(KAFKA_VERSION + "\n")
+    return libs
+
+
+# --------------------------------------------------------------------------- config & format
+
+
+def _server_properties(config: BrokerConfig) -> str:
+    ctl = f"127.0.0.1:{config.controller_port}"
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": ctl,
+        "listeners": f"PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
+        "advertised.listeners": f"PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(config.data_dir),
+        "num.partitions": "6",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "auto.create.topics.enable": "false",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "12",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "12",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "log.retention.check.interval.ms": "60000",
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+_LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.clients.name = org.apache.kafka
+logger.clients.level = INFO
+"""
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _classpath(config: BrokerConfig) -> str:
+    return str(config.libs_dir / "*")
+
+
+def _jvm_base(config: BrokerConfig) -> list[str]:
+    return [
+        "java",
+        f"-Xmx{config.heap}",
+        "-Xms128m",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={config.kafka_dir / 'log4j2.properties'}",
+        f"-Dkafka.logs.dir={config.kafka_dir}",
+        "-cp",
+        _classpath(config),
+    ]
+
+
+def _write_configs(config: BrokerConfig) -> None:
+    config.kafka_dir.mkdir(parents=True, exist_ok=True)
+    config.server_properties.write_text(_server_properties(config))
+    (config.kafka_dir / "log4j2.properties").write_text(_LOG4J2)
+
+
+def _format_storage(config: BrokerConfig) -> None:
+    """Format ``data_dir`` once; refuse to reuse it with other ports (the KRaft voter set
+    records the controller endpoint)."""
+    stamp = config.kafka_dir / "format.json"
+    wanted = {"port": config.port, "controller_port": config.controller_port}
+    if (config.data_dir / "meta.properties").is_file():
+        if stamp.is_file() and json.loads(stamp.read_text()) != wanted:
+            raise KafkaLocalError(
+                f"{config.data_dir} was formatted for other ports ({stamp.read_text().strip()});"
+                " start with fresh=True (`rollout kafka start --fresh`) to wipe it"
+            )
+        return
+    shutil.rmtree(config.data_dir, ignore_errors=True)
+    cmd = [
+        *_jvm_base(config), STORAGE_TOOL, "format", "--standalone",
+        "-t", _cluster_id(), "-c", str(config.server_properties),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise KafkaLocalError(f"formatting {config.data_dir} failed:\n{proc.stdout}{proc.stderr}")
+    stamp.write_text(json.dumps(wanted))
+
+
+# --------------------------------------------------------------------------- process helpers
+
+
+def _read_pid(config: BrokerConfig) -> int | None:
+    try:
+        return int(config.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_ours(config: BrokerConfig, pid: int) -> bool:
+    """True when ``pid`` is alive (not a zombie) and is the broker of ``config.data_dir``."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our dead child
+    args = _cmdline(pid)
+    return MAIN_CLASS in args and f"{_DATA_DIR_PROP}{config.data_dir}" in args
+
+
+def _port_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to completion, in a helper thread when an event loop is already running."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _metadata_ok(bootstrap: str, timeout_ms: int) -> bool:
+    from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped,unused-ignore]
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        await client.bootstrap()
+        return len(client.cluster.brokers()) > 0
+    except Exception:
+        return False
+    finally:
+        quiet.setLevel(level)
+        await client.close()
+
+
+def answers(bootstrap: str, *, timeout: float = 5.0) -> bool:
+    """True when a Kafka broker at ``bootstrap`` answers a metadata request within ``timeout``."""
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if host in ("127.0.0.1", "localhost") and not _port_open(int(port)):
+        return False
+    return _run(_metadata_ok(bootstrap, int(timeout * 1000)))
+
+
+def _log_tail(config: BrokerConfig, lines: int = 40) -> str:
+    try:
+        text = config.log_file.read_text(errors="replace")
+    except OSError:
+        return "(no broker log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def status(config: BrokerConfig | None = None) -> BrokerStatus:
+    """Report whether a broker answers on the configured port and whether it is ours."""
+    config = config or BrokerConfig()
+    pid = _read_pid(config)
+    managed = pid is not None and _is_ours(config, pid)
+    return BrokerStatus(
+        running=answers(config.bootstrap),
+        managed=managed,
+        pid=pid if managed else None,
+        bootstrap=config.bootstrap,
+        data_dir=config.data_dir,
+        log_file=config.log_file,
+    )
+
+
+def start(
+    config: BrokerConfig | None = None, *, fresh: bool = False, timeout: float = 90.0
+) -> StartResult:
+    """Start the local broker (fetching jars and formatting storage on first use) and return once
+    it answers metadata requests, or raise :class:`KafkaLocalError` (with the log's tail) when it
+    dies or does not answer within ``timeout`` seconds. ``fresh=True`` stops our broker if it runs
+    and wipes the data dir first. Idempotent; never starts a second broker on a busy port."""
+    config = config or BrokerConfig()
+    began = time.monotonic()
+    if fresh:
+        stop(config)
+        shutil.rmtree(config.data_dir, ignore_errors=True)
+    pid = _read_pid(config)
+    if pid is not None and _is_ours(config, pid):
+        if _wait_answering(config, pid, timeout):
+            return StartResult("already_running", status(config), time.monotonic() - began)
+        raise KafkaLocalError(
+            f"broker pid {pid} is running but does not answer on {config.bootstrap}:\n"
+            + _log_tail(config)
+        )
+    config.pid_file.unlink(missing_ok=True)
+    if _port_open(config.port) or _port_open(config.controller_port):
+        if answers(config.bootstrap):
+            return StartResult("external", status(config), time.monotonic() - began)
+        raise KafkaLocalError(
+            f"port {config.port} or {config.controller_port} is in use by something that is not"
+            " a Kafka broker started by rollout"
+        )
+    fetch_jars(config)
+    _write_configs(config)
+    _format_storage(config)
+    pid = _spawn(config)
+    if not _wait_answering(config, pid, timeout):
+        _kill(config, pid, grace=10.0)
+        raise KafkaLocalError(
+            f"the broker did not answer on {config.bootstrap} within {timeout:.0f}s; "
+            f"log tail ({config.log_file}):\n{_log_tail(config)}"
+        )
+    return StartResult("started", status(config), time.monotonic() - began)
+
+
+def stop(config: BrokerConfig | None = None, *, timeout: float = 30.0) -> bool:
+    """Stop the broker in our pidfile (SIGTERM, then SIGKILL after ``timeout`` s) and remove the
+    pidfile. Returns False when none of ours was running. Never signals a process whose command
+    line is not our broker's."""
+    config = config or BrokerConfig()
+    pid = _read_pid(config)
+    if pid is None or not _is_ours(config, pid):
+        config.pid_file.unlink(missing_ok=True)
+        return False
+    _kill(config, pid, grace=timeout)
+    config.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _spawn(config: BrokerConfig) -> int:
+    if config.log_file.exists():
+        config.log_file.replace(config.log_file.with_suffix(".log.1"))
+    cmd = [*_jvm_base(config), _DATA_DIR_PROP + str(config.data_dir), MAIN_CLASS]
+    cmd.append(str(config.server_properties))
+    with config.log_file.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=config.kafka_dir,
+        )
+    _CHILDREN.append(proc)  # keep a reference so it is not reported as leaked
+    config.pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def _wait_answering(config: BrokerConfig, pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _is_ours(config, pid):
+            config.pid_file.unlink(missing_ok=True)
+            raise KafkaLocalError(
+                f"the broker (pid {pid}) exited; log tail ({config.log_file}):\n"
+                + _log_tail(config)
+            )
+        if _port_open(config.port) and answers(config.bootstrap):
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def _kill(config: BrokerConfig, pid: int, *, grace: float) -> None:
+    if not _is_ours(config, pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _is_ours(config, pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        if not _is_ours(config, pid):
+            return
+        time.sleep(0.1)
