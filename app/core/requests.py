@@ -8,7 +8,9 @@ Feature checks need the model's signature and happen later (``app.core.features`
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -61,11 +63,15 @@ def parse_request(
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        try:  # orjson checks UTF-8 too; only a failed parse pays for telling the two apart
-            value.decode("utf-8")
-        except UnicodeDecodeError as utf:
-            return Rejection(DeadLetterCode.INVALID_UTF8, f"payload is not UTF-8: {utf.reason}")
-        return Rejection(DeadLetterCode.INVALID_JSON, f"payload is not JSON: {exc}")
+        # Only a failed parse pays for the slower checks that tell the failures apart.
+        lenient = _lenient_json(value)
+        if isinstance(lenient, Rejection):
+            return (
+                lenient
+                if lenient.message
+                else Rejection(lenient.code, f"payload is not JSON: {exc}")
+            )
+        body = lenient
     if not isinstance(body, dict):
         return Rejection(
             DeadLetterCode.INVALID_REQUEST,
@@ -89,6 +95,19 @@ def parse_request(
             DeadLetterCode.UNKNOWN_DEPLOYMENT, f"no deployment named {request.deployment!r}"
         )
     return request
+
+
+def _lenient_json(value: bytes) -> Any:
+    """Parse what strict JSON refuses but producers do write (``NaN``, ``Infinity``, ``1e999``),
+    so the feature check can name the non-finite value; a ``Rejection`` for the rest."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(DeadLetterCode.INVALID_UTF8, f"payload is not UTF-8: {exc.reason}")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return Rejection(DeadLetterCode.INVALID_JSON, "")
 
 
 def entity_key(request: InferenceRequest, kafka_key: bytes | None) -> str:

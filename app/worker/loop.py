@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.core.requests import RawRecord
 from app.settings import Settings
-from app.worker.scoring import RoutingTable, Topics, score_batch
+from app.worker.scoring import DEFAULT_TOPICS, RoutingTable, Topics, score_batch
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._worker.lock:  # waits for the batch in flight to commit
             self._worker.generation += 1
-            log.info("partitions revoked: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in revoked))
+            log.info(
+                "partitions revoked: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in revoked)
+            )
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
@@ -66,7 +68,7 @@ class Worker:
         settings: Settings,
         worker_id: str,
         table: Callable[[], RoutingTable],
-        topics: Topics = Topics(),
+        topics: Topics = DEFAULT_TOPICS,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -130,11 +132,12 @@ class Worker:
         records: list[ConsumerRecord],
     ) -> None:
         raw = [
-            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
-            for r in records
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records
         ]
         result = score_batch(
-            raw, self._table(), max_request_bytes=self.settings.max_request_bytes,
+            raw,
+            self._table(),
+            max_request_bytes=self.settings.max_request_bytes,
             topics=self.topics,
         )
         first: dict[TopicPartition, int] = {}

@@ -29,7 +29,7 @@ from app.core.events import (
     encode,
     now_ms,
 )
-from app.core.features import FeatureError, to_row
+from app.core.features import FeatureError, feature_row
 from app.core.requests import RawRecord, Rejection, dead_letter, entity_key, parse_request
 from app.core.routing import Assignment, assign
 
@@ -71,6 +71,9 @@ class Topics:
     dlq: str = "inference.dlq"
 
 
+DEFAULT_TOPICS = Topics()
+
+
 @dataclass
 class BatchResult:
     outgoing: list[Outgoing] = field(default_factory=list)
@@ -103,7 +106,7 @@ def score_batch(
     table: RoutingTable,
     *,
     max_request_bytes: int,
-    topics: Topics = Topics(),
+    topics: Topics = DEFAULT_TOPICS,
 ) -> BatchResult:
     result = BatchResult()
     now = now_ms()
@@ -116,7 +119,7 @@ def score_batch(
             continue
         route = table[parsed.deployment]
         try:
-            vector = to_row(parsed.features, route.production.feature_names)
+            vector = feature_row(parsed.features, route.production.feature_names)
         except FeatureError as exc:
             _reject(result, topics, record, Rejection(exc.code, exc.message), now)
             continue

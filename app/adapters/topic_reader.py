@@ -1,0 +1,45 @@
+"""Reading a whole topic back (committed records only): for tests, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from app.adapters.kafka_clients import reader
+from app.settings import Settings
+
+
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    done: Callable[[list[ConsumerRecord]], bool],
+    timeout_s: float = 60.0,
+    settle_s: float = 0.0,
+) -> list[ConsumerRecord]:
+    """Every committed record of ``topic`` from the beginning, until ``done(records)`` holds
+    (then keep reading ``settle_s`` more, to catch what should not be there) or the timeout."""
+    consumer = reader(settings)
+    await consumer.start()
+    try:
+        await consumer.topics()  # refreshes metadata, so the topic's partitions are known
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        await consumer.seek_to_beginning()
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        settled_at: float | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+            if settled_at is None and done(records):
+                settled_at = time.monotonic() + settle_s
+            if settled_at is not None and time.monotonic() >= settled_at:
+                break
+            await asyncio.sleep(0)
+        return records
+    finally:
+        await consumer.stop()

@@ -1,0 +1,31 @@
+"""``rollout worker``: serve predictions until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+
+from app.cli import app
+from app.settings import load_settings
+from app.worker.service import default_worker_id, run_worker
+
+
+@app.command()
+def worker(
+    worker_id: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-id",
+            envvar="ROLLOUT_WORKER_ID",
+            help="Stable id of this worker replica (its transactional id). Give each replica "
+            "its own; a restart with the same id fences the previous incarnation.",
+        ),
+    ] = None,
+) -> None:
+    """Consume inference.requests and publish predictions, exactly once."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+    asyncio.run(run_worker(settings, worker_id or default_worker_id()))
