@@ -63,9 +63,7 @@ def _value(name: str, value: Any) -> float:
 
 def _wrong_type(name: str, value: Any) -> float:
     kind = "null" if value is None else type(value).__name__
-    raise FeatureError(
-        DeadLetterCode.WRONG_TYPE, f"feature {name!r} must be a number, got {kind}"
-    )
+    raise FeatureError(DeadLetterCode.WRONG_TYPE, f"feature {name!r} must be a number, got {kind}")
 
 
 def _values(features: Any, names: Sequence[str]) -> list[float]:
