@@ -1,0 +1,167 @@
+"""The data plane over real ONNX models, without Kafka: one batch in, the records out."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from app.adapters.model_store import LoadedModel, ModelStore
+from app.core.events import (
+    Comparison,
+    DeadLetter,
+    DeploymentState,
+    Mode,
+    ModelRef,
+    Phase,
+    Prediction,
+    Role,
+    decode,
+    encode,
+)
+from app.core.requests import RawRecord
+from app.traffic import make_requests
+from app.worker.scoring import DeploymentRoute, score_batch
+
+STORE = ModelStore(Path("models"))
+
+
+@pytest.fixture(scope="module")
+def v1() -> LoadedModel:
+    return STORE.load(STORE.ref("fraud", "1"))
+
+
+@pytest.fixture(scope="module")
+def v2() -> LoadedModel:
+    return STORE.load(STORE.ref("fraud", "2"))
+
+
+@dataclass
+class Broken:
+    """A candidate that always fails: a candidate's failure must stay the candidate's."""
+
+    inner: LoadedModel
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.inner.ref
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.inner.feature_names
+
+    def predict(self, x: np.ndarray) -> tuple[list[str], np.ndarray]:
+        raise RuntimeError("candidate exploded")
+
+
+def records(n: int, seed: int = 3) -> list[RawRecord]:
+    return [
+        RawRecord("inference.requests", i % 6, i, s.key, encode(s.request))
+        for i, s in enumerate(make_requests(n, seed=seed, run_id="t"))
+    ]
+
+
+def route(
+    mode: Mode, prod: LoadedModel, cand: object | None, weight: float = 0.0, rate: float = 1.0
+) -> dict[str, DeploymentRoute]:
+    state = DeploymentState(
+        deployment="fraud",
+        epoch=5,
+        mode=mode,
+        phase=Phase.PROGRESSING,
+        production=prod.ref,
+        candidate=cand.ref if cand is not None else None,  # type: ignore[attr-defined]
+        canary_weight=weight,
+        shadow_sample_rate=rate,
+    )
+    return {"fraud": DeploymentRoute(state, prod, cand)}  # type: ignore[arg-type]
+
+
+def outputs(result_outgoing: list, topic: str, kind: type) -> list:
+    return [decode(kind, o.value) for o in result_outgoing if o.topic == topic]
+
+
+def test_production_only_scores_each_request_once_with_the_model_output(v1: LoadedModel) -> None:
+    recs = records(300)
+    result = score_batch(recs, route(Mode.MANUAL, v1, None), max_request_bytes=65536)
+    preds = outputs(result.outgoing, "inference.predictions", Prediction)
+    assert len(preds) == 300 and result.predictions == 300 and result.comparisons == 0
+    rows = np.array(
+        [[f for f in orjson.loads(r.value)["features"].values()] for r in recs], dtype=np.float32
+    )
+    labels, scores = v1.predict(rows)
+    for i, p in enumerate(preds):
+        assert (p.model.version, p.role, p.epoch, p.mode) == ("1", Role.PRODUCTION, 5, Mode.MANUAL)
+        assert p.output.label == labels[i]
+        assert p.output.scores == pytest.approx(scores[i].tolist(), abs=1e-7)
+
+
+def test_canary_serves_a_share_by_entity_and_pairs_every_candidate_served_request(
+    v1: LoadedModel, v2: LoadedModel
+) -> None:
+    result = score_batch(
+        records(2000), route(Mode.CANARY, v1, v2, weight=0.25), max_request_bytes=65536
+    )
+    preds = outputs(result.outgoing, "inference.predictions", Prediction)
+    comps = outputs(result.outgoing, "inference.comparisons", Comparison)
+    assert len(preds) == 2000
+    served = Counter(p.role for p in preds)
+    assert 0.20 < served[Role.CANDIDATE] / 2000 < 0.30
+    assert {c.request_id for c in comps} == {
+        p.request_id for p in preds if p.role is Role.CANDIDATE
+    }
+    for c in comps:
+        assert c.served_by is Role.CANDIDATE and c.candidate.error is None
+        assert c.production.output is not None and c.candidate.output is not None
+        assert c.agree == (c.production.output.label == c.candidate.output.label)
+        assert c.score_delta == pytest.approx(
+            c.candidate.output.scores[-1] - c.production.output.scores[-1]
+        )
+    assert all(p.model.version == ("2" if p.role is Role.CANDIDATE else "1") for p in preds)
+
+
+def test_shadow_keeps_candidate_output_out_of_predictions(v1: LoadedModel, v2: LoadedModel) -> None:
+    result = score_batch(
+        records(500), route(Mode.SHADOW, v1, v2, rate=1.0), max_request_bytes=65536
+    )
+    preds = outputs(result.outgoing, "inference.predictions", Prediction)
+    comps = outputs(result.outgoing, "inference.comparisons", Comparison)
+    assert {p.role for p in preds} == {Role.PRODUCTION} and len(preds) == 500
+    assert len(comps) == 500 and all(c.served_by is Role.PRODUCTION for c in comps)
+
+
+def test_a_failing_candidate_never_costs_a_prediction(v1: LoadedModel) -> None:
+    result = score_batch(
+        records(400), route(Mode.CANARY, v1, Broken(v1), weight=0.5), max_request_bytes=65536
+    )
+    preds = outputs(result.outgoing, "inference.predictions", Prediction)
+    comps = outputs(result.outgoing, "inference.comparisons", Comparison)
+    assert len(preds) == 400 and {p.role for p in preds} == {Role.PRODUCTION}
+    assert comps and all("candidate exploded" in (c.candidate.error or "") for c in comps)
+    assert result.candidate_errors == len(comps)
+
+
+def test_bad_records_in_a_batch_become_dead_letters_and_the_rest_are_served(
+    v1: LoadedModel,
+) -> None:
+    good = records(20)
+    bad = [
+        RawRecord("inference.requests", 0, 100, None, b"{nope"),
+        RawRecord(
+            "inference.requests",
+            0,
+            101,
+            None,
+            b'{"request_id": "x", "deployment": "fraud", "features": [1, 2]}',
+        ),
+    ]
+    result = score_batch(
+        good[:10] + bad + good[10:], route(Mode.MANUAL, v1, None), max_request_bytes=65536
+    )
+    letters = outputs(result.outgoing, "inference.dlq", DeadLetter)
+    assert [d.error.code for d in letters] == ["invalid_json", "wrong_feature_count"]
+    assert result.predictions == 20
