@@ -307,8 +307,9 @@ def _cmdline(pid: int) -> list[str]:
 
 def _is_ours(config: BrokerConfig, pid: int) -> bool:
     """True when ``pid`` is alive (not a zombie) and is the broker of ``config.data_dir``."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our dead child
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        child.poll()  # reap it if it is our dead child
     args = _cmdline(pid)
     return MAIN_CLASS in args and f"{_DATA_DIR_PROP}{config.data_dir}" in args
 
@@ -451,12 +452,12 @@ def _spawn(config: BrokerConfig) -> int:
             start_new_session=True,
             cwd=config.kafka_dir,
         )
-    _CHILDREN.append(proc)  # keep a reference so it is not reported as leaked
+    _CHILDREN[proc.pid] = proc  # keep a reference so it is not reported as leaked
     config.pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
 
 
-_CHILDREN: list[subprocess.Popen[bytes]] = []
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _wait_answering(config: BrokerConfig, pid: int, timeout: float) -> bool:
@@ -464,8 +465,11 @@ def _wait_answering(config: BrokerConfig, pid: int, timeout: float) -> bool:
     while time.monotonic() < deadline:
         if not _is_ours(config, pid):
             config.pid_file.unlink(missing_ok=True)
+            child = _CHILDREN.pop(pid, None)
+            code = child.returncode if child is not None else "?"
+            time.sleep(0.5)  # let the log reach the disk
             raise KafkaLocalError(
-                f"the broker (pid {pid}) exited; log tail ({config.log_file}):\n"
+                f"the broker (pid {pid}) exited with code {code}; log tail ({config.log_file}):\n"
                 + _log_tail(config)
             )
         if _port_open(config.port) and answers(config.bootstrap):

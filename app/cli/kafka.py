@@ -3,6 +3,8 @@ tests (see :mod:`app.adapters.kafka_local`). Exit code 1 on failure."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from app.adapters import kafka_local
@@ -19,8 +21,12 @@ def _config() -> kafka_local.BrokerConfig:
 
 @kafka_app.command()
 def start(
-    fresh: bool = typer.Option(False, "--fresh", help="Stop it and wipe its data dir first."),
-    timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to answer."),
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Stop it and wipe its data dir first.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the broker to answer.")
+    ] = 90.0,
 ) -> None:
     """Start the broker (fetching Kafka with mvn on first use); return once it answers."""
     config = _config()
@@ -46,7 +52,9 @@ def start(
 
 @kafka_app.command()
 def stop(
-    timeout: float = typer.Option(30.0, help="Seconds to wait after SIGTERM before SIGKILL."),
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")
+    ] = 30.0,
 ) -> None:
     """Stop the broker started by `rollout kafka start` (never any other process)."""
     config = _config()

@@ -1,0 +1,56 @@
+"""``rollout topics apply``: create the topics declared in ``topics.yaml`` that are missing and
+report differences on existing ones as warnings (exit 1 on them only with ``--strict``)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.adapters.topics import TopicsError, apply_topics, load_topics_file
+from app.cli import app
+from app.settings import load_settings
+
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics as code (topics.yaml).")
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("apply")
+def apply(
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Default: settings.topics_file.")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when existing topics differ.")
+    ] = False,
+) -> None:
+    """Create missing topics idempotently; never alter or delete existing ones."""
+    settings = load_settings()
+    path = file or settings.topics_file
+    try:
+        desired = load_topics_file(path)
+        result = asyncio.run(apply_topics(settings.bootstrap_servers, desired))
+    except (TopicsError, OSError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    except Exception as exc:  # aiokafka connection errors have no common base worth naming
+        typer.secho(
+            f"error: cannot apply topics on {settings.bootstrap_servers}: {exc!r}",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1) from exc
+    for name in result.created:
+        typer.echo(f"created   {name}")
+    for name in result.present:
+        typer.echo(f"present   {name}")
+    for diff in result.differences:
+        typer.secho(f"warning: {diff} (not altered)", fg=typer.colors.YELLOW, err=True)
+    typer.echo(
+        f"{len(result.created)} created, {len(result.present)} already present, "
+        f"{len(result.differences)} differences on {settings.bootstrap_servers}"
+    )
+    if strict and result.differences:
+        raise typer.Exit(1)
