@@ -23,6 +23,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -322,12 +323,9 @@ def _port_open(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _run(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``coro`` to completion, in a helper thread when an event loop is already running."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
+def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to completion on a fresh loop in a helper thread, so that it works inside a
+    running event loop and leaves the calling thread's current loop untouched."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
 
@@ -354,7 +352,7 @@ def answers(bootstrap: str, *, timeout: float = 5.0) -> bool:
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     if host in ("127.0.0.1", "localhost") and not _port_open(int(port)):
         return False
-    return _run(_metadata_ok(bootstrap, int(timeout * 1000)))
+    return run_sync(_metadata_ok(bootstrap, int(timeout * 1000)))
 
 
 def _log_tail(config: BrokerConfig, lines: int = 40) -> str:
@@ -363,6 +361,17 @@ def _log_tail(config: BrokerConfig, lines: int = 40) -> str:
     except OSError:
         return "(no broker log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def _home_lock(config: BrokerConfig) -> Iterator[None]:
+    config.kafka_dir.mkdir(parents=True, exist_ok=True)
+    with (config.kafka_dir / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- public API
@@ -389,11 +398,17 @@ def start(
     """Start the local broker (fetching jars and formatting storage on first use) and return once
     it answers metadata requests, or raise :class:`KafkaLocalError` (with the log's tail) when it
     dies or does not answer within ``timeout`` seconds. ``fresh=True`` stops our broker if it runs
-    and wipes the data dir first. Idempotent; never starts a second broker on a busy port."""
+    and wipes the data dir first. Idempotent; never starts a second broker on a busy port.
+    Concurrent callers on one home (e.g. parallel test sessions) are serialised by a file lock."""
     config = config or BrokerConfig()
+    with _home_lock(config):
+        return _start_locked(config, fresh=fresh, timeout=timeout)
+
+
+def _start_locked(config: BrokerConfig, *, fresh: bool, timeout: float) -> StartResult:
     began = time.monotonic()
     if fresh:
-        stop(config)
+        _stop_locked(config, timeout=30.0)
         shutil.rmtree(config.data_dir, ignore_errors=True)
     pid = _read_pid(config)
     if pid is not None and _is_ours(config, pid):
@@ -429,6 +444,11 @@ def stop(config: BrokerConfig | None = None, *, timeout: float = 30.0) -> bool:
     pidfile. Returns False when none of ours was running. Never signals a process whose command
     line is not our broker's."""
     config = config or BrokerConfig()
+    with _home_lock(config):
+        return _stop_locked(config, timeout=timeout)
+
+
+def _stop_locked(config: BrokerConfig, *, timeout: float) -> bool:
     pid = _read_pid(config)
     if pid is None or not _is_ours(config, pid):
         config.pid_file.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from app.core.topic_spec import (
     ExistingTopic,
     TopicsFile,
     TopicSpec,
+    diff_topic,
     parse_topics,
     plan,
 )
@@ -131,12 +132,18 @@ async def apply_topics(
         existing = await describe_topics(admin, desired.by_name())
         topic_plan = plan(desired, existing)
         created = await _create(admin, topic_plan.to_create) if topic_plan.to_create else []
-        await _wait_for_leaders(admin, created, timeout)
+        # Topics someone else created meanwhile (or not yet in our metadata) are diffed too.
+        raced = [s for s in topic_plan.to_create if s.name not in created]
+        await _wait_for_leaders(admin, [*created, *(s.name for s in raced)], timeout)
+        live = await describe_topics(admin, [s.name for s in raced]) if raced else {}
     finally:
         await admin.close()
-    raced = [s.name for s in topic_plan.to_create if s.name not in created]
+    differences = list(topic_plan.differences)
+    for spec in raced:
+        if spec.name in live:
+            differences.extend(diff_topic(spec, live[spec.name]))
     return ApplyResult(
         created=tuple(created),
-        present=(*topic_plan.present, *raced),
-        differences=topic_plan.differences,
+        present=(*topic_plan.present, *(s.name for s in raced)),
+        differences=tuple(differences),
     )

@@ -1,0 +1,106 @@
+"""Shared fixtures.
+
+* ``settings`` — :class:`Settings` from the environment (no broker needed).
+* ``kafka_bootstrap`` (session) — bootstrap string of a broker with ``topics.yaml`` applied.
+  If ``KAFKA_BOOTSTRAP_SERVERS`` is set, that cluster is used and nothing is started or stopped.
+  Otherwise the local KRaft broker (``<settings.home>/kafka``, port 9092) is started once per
+  session and stopped at the end only if this session started it and no other live pytest
+  session on the same home still uses it. ``ROLLOUT_TEST_FRESH_KAFKA=1`` wipes its data first.
+* ``kafka_settings`` — ``settings`` pointed at ``kafka_bootstrap``.
+* ``kafka_local_config`` (session) — the :class:`BrokerConfig` of the local broker, or None
+  when an external cluster is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.adapters import kafka_local
+from app.adapters.topics import apply_topics, load_topics_file
+from app.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _repo_settings() -> Settings:
+    settings = Settings()
+    updates: dict[str, Path] = {}
+    for field in ("home", "topics_file", "model_store"):
+        value: Path = getattr(settings, field)
+        if not value.is_absolute():
+            updates[field] = REPO / value
+    return settings.model_copy(update=updates)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Settings from the environment, relative paths resolved against the repo root."""
+    return _repo_settings()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}/cmdline").exists()
+
+
+def _other_users(users: Path) -> list[int]:
+    others = []
+    for entry in users.glob("*"):
+        pid = int(entry.name) if entry.name.isdigit() else -1
+        if pid == os.getpid():
+            continue
+        if pid > 0 and _pid_alive(pid):
+            others.append(pid)
+        else:
+            entry.unlink(missing_ok=True)
+    return others
+
+
+@pytest.fixture(scope="session")
+def kafka_local_config() -> Iterator[kafka_local.BrokerConfig | None]:
+    """Start (or reuse) the local broker for the session; None when an external one is used."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield None
+        return
+    config = kafka_local.BrokerConfig.from_settings(_repo_settings())
+    fresh = os.environ.get("ROLLOUT_TEST_FRESH_KAFKA") == "1"
+    result = kafka_local.start(config, fresh=fresh)
+    users = config.kafka_dir / "users"
+    users.mkdir(parents=True, exist_ok=True)
+    me = users / str(os.getpid())
+    me.touch()
+    try:
+        yield config
+    finally:
+        me.unlink(missing_ok=True)
+        if result.action == "started" and not _other_users(users):
+            kafka_local.stop(config)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_local_config: kafka_local.BrokerConfig | None) -> str:
+    """Bootstrap servers of a broker that has every topic of ``topics.yaml``."""
+    settings = _repo_settings()
+    bootstrap = (
+        kafka_local_config.bootstrap
+        if kafka_local_config is not None
+        else settings.bootstrap_servers
+    )
+    desired = load_topics_file(settings.topics_file)
+    kafka_local.run_sync(apply_topics(bootstrap, desired))
+    return bootstrap
+
+
+@pytest.fixture
+def kafka_settings(settings: Settings, kafka_bootstrap: str) -> Settings:
+    """``settings`` pointed at the session's broker."""
+    return settings.model_copy(update={"bootstrap_servers": kafka_bootstrap})
