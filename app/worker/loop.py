@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -60,6 +60,8 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+        if self._worker.on_assigned is not None:
+            await self._worker.on_assigned()
 
 
 class Worker:
@@ -69,11 +71,13 @@ class Worker:
         worker_id: str,
         table: Callable[[], RoutingTable],
         topics: Topics = DEFAULT_TOPICS,
+        on_assigned: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.topics = topics
         self._table = table
+        self.on_assigned = on_assigned
         self.lock = asyncio.Lock()
         self.generation = 0
         self.stats = WorkerStats()

@@ -1,7 +1,7 @@
-"""``rollout worker``: load the deployments, then serve until SIGTERM/SIGINT.
+"""``rollout worker``: load the deployments' current states, then serve until SIGTERM/SIGINT.
 
-Until the controller publishes ``deployments.state``, each deployment serves the production
-version its ``deployment.yaml`` names (epoch 0).
+Until the controller publishes a deployment's state, it serves the production version its
+``deployment.yaml`` names (epoch 0).
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import signal
 import socket
 
 from app.adapters.model_store import ModelStore
-from app.core.events import now_ms
-from app.core.state_machine import initial_state
+from app.adapters.state_view import StateView
 from app.settings import Settings
+from app.worker.follower import TableFollower
 from app.worker.loop import Worker, WorkerStats
-from app.worker.scoring import DeploymentRoute, RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -26,29 +25,29 @@ def default_worker_id() -> str:
     return socket.gethostname()
 
 
-def initial_table(store: ModelStore) -> RoutingTable:
-    table: dict[str, DeploymentRoute] = {}
-    for name in store.deployments():
-        spec = store.spec(name)
-        ref = store.ref(name, spec.initial_production)
-        table[name] = DeploymentRoute(
-            state=initial_state(spec, ref, now_ms()), production=store.load(ref)
-        )
-    return table
-
-
 async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> WorkerStats:
-    table = initial_table(ModelStore(settings.model_store))
-    for name, route in table.items():
-        log.info(
-            "deployment %s: production %s (sha256 %s…), epoch %d",
-            name,
-            route.state.production.version,
-            route.state.production.sha256[:12],
-            route.state.epoch,
-        )
-    worker = Worker(settings, worker_id, lambda: table)
-    return await worker.run(stop)
+    """Follow ``deployments.state`` and serve under its latest epochs until ``stop`` is set."""
+    async with StateView(settings) as view:
+        follower = TableFollower(ModelStore(settings.model_store), view)
+        await follower.start()
+        try:
+            for name, route in follower.table.items():
+                st = route.state
+                log.info(
+                    "deployment %s: epoch %d, %s, production %s (sha256 %s…), candidate %s",
+                    name,
+                    st.epoch,
+                    st.mode,
+                    st.production.version,
+                    st.production.sha256[:12],
+                    st.candidate.version if st.candidate else "-",
+                )
+            worker = Worker(
+                settings, worker_id, lambda: follower.table, on_assigned=follower.settle
+            )
+            return await worker.run(stop)
+        finally:
+            await follower.stop()
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
