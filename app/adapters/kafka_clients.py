@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.settings import Settings
 
@@ -61,3 +61,13 @@ def reader(settings: Settings, **extra: Any) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         **extra,
     )
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, from fresh cluster metadata (aiokafka's consumer has no
+    public call for a topic it is not subscribed to; this is its one private access)."""
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = cluster.partitions_for_topic(topic)
+    if not partitions:
+        raise LookupError(f"topic {topic} does not exist; run `rollout topics apply`")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from app.adapters.kafka_clients import reader
+from app.adapters.kafka_clients import partitions_of, reader
 from app.core.events import DeploymentState, decode
 from app.settings import Settings
 
@@ -41,12 +41,11 @@ class StateView:
     async def start(self) -> None:
         consumer = reader(self._settings, client_id="rollout-state-view")
         await consumer.start()
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(self._topic)
-        if not partitions:
+        try:
+            self._partitions = await partitions_of(consumer, self._topic)
+        except LookupError:
             await consumer.stop()
-            raise RuntimeError(f"topic {self._topic} does not exist; run `rollout topics apply`")
-        self._partitions = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+            raise
         consumer.assign(self._partitions)
         await consumer.seek_to_beginning(*self._partitions)
         self._consumer = consumer

@@ -6,9 +6,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
-from app.adapters.kafka_clients import reader
+from app.adapters.kafka_clients import partitions_of, reader
 from app.settings import Settings
 
 
@@ -24,10 +24,9 @@ async def read_topic(
     consumer = reader(settings)
     await consumer.start()
     try:
-        await consumer.topics()  # refreshes metadata, so the topic's partitions are known
-        partitions = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-        await consumer.seek_to_beginning()
+        partitions = await partitions_of(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         settled_at: float | None = None
