@@ -298,21 +298,65 @@ def _read_pid(config: BrokerConfig) -> int | None:
         return None
 
 
-def _cmdline(pid: int) -> list[str]:
+def _proc_state(pid: int) -> str | None:
+    """The process's state letter from /proc (``Z`` for a zombie), or None when it is gone."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def _cmdline(pid: int) -> list[str]:
+    """The process's arguments; [] when it is gone or a zombie. A live process's cmdline reads
+    empty for a moment while it execs, so an empty read is retried briefly."""
+    for _ in range(20):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return []
+        if raw:
+            return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        if _proc_state(pid) in (None, "Z", "X"):
+            return []
+        time.sleep(0.05)
+    return []
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as dead; our own dead child is reaped)."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        return child.poll() is None
+    return _proc_state(pid) not in (None, "Z", "X")
 
 
 def _is_ours(config: BrokerConfig, pid: int) -> bool:
-    """True when ``pid`` is alive (not a zombie) and is the broker of ``config.data_dir``."""
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        child.poll()  # reap it if it is our dead child
+    """True when ``pid`` is alive and is the broker of ``config.data_dir`` (its command line has
+    ``kafka.Kafka`` and our data-dir marker property)."""
+    if not _alive(pid):
+        return False
     args = _cmdline(pid)
     return MAIN_CLASS in args and f"{_DATA_DIR_PROP}{config.data_dir}" in args
+
+
+def _find_ours(config: BrokerConfig) -> int | None:
+    """The pid of the broker of ``config.data_dir``: the pidfile's, or else found by scanning
+    /proc (then the pidfile is rewritten), so that a lost pidfile never orphans a broker."""
+    pid = _read_pid(config)
+    if pid is not None and _is_ours(config, pid):
+        return pid
+    marker = f"{_DATA_DIR_PROP}{config.data_dir}\0".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            quick = entry.name.isdigit() and marker in (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if quick and _is_ours(config, int(entry.name)):
+            config.pid_file.write_text(f"{entry.name}\n")
+            return int(entry.name)
+    config.pid_file.unlink(missing_ok=True)
+    return None
 
 
 def _port_open(port: int, timeout: float = 0.5) -> bool:
@@ -380,12 +424,11 @@ def _home_lock(config: BrokerConfig) -> Iterator[None]:
 def status(config: BrokerConfig | None = None) -> BrokerStatus:
     """Report whether a broker answers on the configured port and whether it is ours."""
     config = config or BrokerConfig()
-    pid = _read_pid(config)
-    managed = pid is not None and _is_ours(config, pid)
+    pid = _find_ours(config)
     return BrokerStatus(
         running=answers(config.bootstrap),
-        managed=managed,
-        pid=pid if managed else None,
+        managed=pid is not None,
+        pid=pid,
         bootstrap=config.bootstrap,
         data_dir=config.data_dir,
         log_file=config.log_file,
@@ -410,15 +453,14 @@ def _start_locked(config: BrokerConfig, *, fresh: bool, timeout: float) -> Start
     if fresh:
         _stop_locked(config, timeout=30.0)
         shutil.rmtree(config.data_dir, ignore_errors=True)
-    pid = _read_pid(config)
-    if pid is not None and _is_ours(config, pid):
+    pid = _find_ours(config)
+    if pid is not None:
         if _wait_answering(config, pid, timeout):
             return StartResult("already_running", status(config), time.monotonic() - began)
         raise KafkaLocalError(
             f"broker pid {pid} is running but does not answer on {config.bootstrap}:\n"
             + _log_tail(config)
         )
-    config.pid_file.unlink(missing_ok=True)
     if _port_open(config.port) or _port_open(config.controller_port):
         if answers(config.bootstrap):
             return StartResult("external", status(config), time.monotonic() - began)
@@ -440,18 +482,17 @@ def _start_locked(config: BrokerConfig, *, fresh: bool, timeout: float) -> Start
 
 
 def stop(config: BrokerConfig | None = None, *, timeout: float = 30.0) -> bool:
-    """Stop the broker in our pidfile (SIGTERM, then SIGKILL after ``timeout`` s) and remove the
-    pidfile. Returns False when none of ours was running. Never signals a process whose command
-    line is not our broker's."""
+    """Stop our broker (SIGTERM, then SIGKILL after ``timeout`` s) and remove the pidfile.
+    Returns False when none of ours was running. Never signals a process whose command line is
+    not the broker of our data dir."""
     config = config or BrokerConfig()
     with _home_lock(config):
         return _stop_locked(config, timeout=timeout)
 
 
 def _stop_locked(config: BrokerConfig, *, timeout: float) -> bool:
-    pid = _read_pid(config)
-    if pid is None or not _is_ours(config, pid):
-        config.pid_file.unlink(missing_ok=True)
+    pid = _find_ours(config)
+    if pid is None:
         return False
     _kill(config, pid, grace=timeout)
     config.pid_file.unlink(missing_ok=True)
@@ -483,7 +524,7 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 def _wait_answering(config: BrokerConfig, pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _is_ours(config, pid):
+        if not _alive(pid):
             config.pid_file.unlink(missing_ok=True)
             child = _CHILDREN.pop(pid, None)
             code = child.returncode if child is not None else "?"
@@ -505,12 +546,12 @@ def _kill(config: BrokerConfig, pid: int, *, grace: float) -> None:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not _is_ours(config, pid):
+        if not _alive(pid):
             return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     for _ in range(50):
-        if not _is_ours(config, pid):
+        if not _alive(pid):
             return
         time.sleep(0.1)

@@ -66,6 +66,10 @@ class StateView:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    @property
+    def partition_count(self) -> int:
+        return len(self._partitions)
+
     def offer(self, state: DeploymentState) -> bool:
         """Take ``state`` if it is newer than what the view holds (also used for own writes)."""
         known = self.states.get(state.deployment)

@@ -1,4 +1,4 @@
-"""``rollout worker``: serve predictions until SIGTERM/SIGINT."""
+"""``rollout worker`` and ``rollout controller``: the long-running services."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from app.cli import app
+from app.controller.app import run_controller
 from app.settings import load_settings
 from app.worker.service import default_worker_id, run_worker
 
@@ -29,3 +30,11 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings()
     asyncio.run(run_worker(settings, worker_id or default_worker_id()))
+
+
+@app.command()
+def controller(
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Own the deployments' state: apply commands, publish states and decisions."""
+    run_controller(load_settings(), loglevel=loglevel)

@@ -93,16 +93,18 @@ def apply(
         # Re-validate: model_copy does not, and a transition must never build a bad state.
         new = DeploymentState.model_validate(new.model_dump())
     except Rejected as exc:
-        return reject(state, command, str(exc), now)
+        return reject_command(state, command, str(exc), now)
     return Outcome(new, decision(state, new, command.action, reason, now, command))
 
 
 def reject(
     state: DeploymentState,
-    command: ControlCommand | None,
     reason: str,
     now: int,
-    action: str | None = None,
+    *,
+    action: str,
+    command_id: str | None,
+    decided_by: str = CONTROLLER,
 ) -> Outcome:
     """A rejection: the state and its epoch stay as they were."""
     return Outcome(
@@ -110,15 +112,28 @@ def reject(
         DecisionEvent(
             deployment=state.deployment,
             epoch=state.epoch,
-            action=action or (command.action.value if command else "unknown"),
-            command_id=command.command_id if command else None,
+            action=action,
+            command_id=command_id,
             accepted=False,
             reason=reason,
-            decided_by=command.issued_by if command else CONTROLLER,
+            decided_by=decided_by,
             from_=summary(state),
             to=summary(state),
             at=now,
         ),
+    )
+
+
+def reject_command(
+    state: DeploymentState, command: ControlCommand, reason: str, now: int
+) -> Outcome:
+    return reject(
+        state,
+        reason,
+        now,
+        action=command.action.value,
+        command_id=command.command_id,
+        decided_by=command.issued_by,
     )
 
 

@@ -1,0 +1,182 @@
+"""Operator verbs: ``rollout deploy|promote|rollback|abort|pause|resume|set-weight|set-mode``
+write a ``ControlCommand`` and wait (bounded) for its ``DecisionEvent``; ``rollout status``
+prints the deployments' states. Exit 1 when a command is rejected, 2 when nobody answers."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import uuid
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.adapters.control_client import current_states, send_command
+from app.cli import app
+from app.core.events import Action, ControlCommand, DecisionEvent, Mode
+from app.settings import load_settings
+
+console = Console()
+
+Wait = Annotated[float, typer.Option("--wait", help="Seconds to wait for the controller's answer.")]
+Reason = Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")]
+Unit = Annotated[float, typer.Argument(min=0.0, max=1.0)]
+
+
+def _issue(deployment: str, action: Action, wait: float, reason: str, **fields: Any) -> None:
+    command = ControlCommand(
+        command_id=uuid.uuid4().hex,
+        deployment=deployment,
+        action=action,
+        issued_by=getpass.getuser(),
+        reason=reason,
+        **fields,
+    )
+    decision = asyncio.run(send_command(load_settings(), command, timeout_s=wait))
+    if decision is None:
+        console.print(
+            f"[red]no answer to {action} within {wait:.0f}s[/red]: is `rollout controller` running?"
+        )
+        raise typer.Exit(2)
+    _print_decision(decision)
+    if not decision.accepted:
+        raise typer.Exit(1)
+
+
+def _print_decision(d: DecisionEvent) -> None:
+    if d.accepted:
+        to = d.to
+        where = f" → {to.mode}/{to.phase}, weight {to.weight:.0%}" if to else ""
+        console.print(f"[green]accepted[/green] {d.action} {d.deployment} (epoch {d.epoch}){where}")
+        console.print(f"  {d.reason}")
+    else:
+        console.print(f"[red]rejected[/red] {d.action} {d.deployment}: {d.reason}")
+
+
+@app.command()
+def deploy(
+    deployment: str,
+    version: str,
+    mode: Annotated[Mode, typer.Option("--mode", help="How the candidate gets traffic.")],
+    weight: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Canary: first weight.")
+    ] = None,
+    sample_rate: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Shadow: share of requests scored.")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Policy overrides as JSON, e.g. '{\"alpha\": 0.01}'.")
+    ] = None,
+    wait: Wait = 30.0,
+    reason: Reason = "",
+) -> None:
+    """Deploy VERSION of DEPLOYMENT as candidate (or, in automatic mode, as production)."""
+    overrides = None
+    if policy is not None:
+        try:
+            overrides = json.loads(policy)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"--policy is not JSON: {exc}") from exc
+    _issue(
+        deployment,
+        Action.DEPLOY,
+        wait,
+        reason,
+        version=version,
+        mode=mode,
+        weight=weight,
+        sample_rate=sample_rate,
+        policy=overrides,
+    )
+
+
+@app.command()
+def promote(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+    """Make the candidate production."""
+    _issue(deployment, Action.PROMOTE, wait, reason)
+
+
+@app.command()
+def rollback(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+    """Retire the candidate in flight, or else go back to the previous production."""
+    _issue(deployment, Action.ROLLBACK, wait, reason)
+
+
+@app.command()
+def abort(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+    """Retire the candidate."""
+    _issue(deployment, Action.ABORT, wait, reason)
+
+
+@app.command()
+def pause(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+    """Hold the rollout where it is."""
+    _issue(deployment, Action.PAUSE, wait, reason)
+
+
+@app.command()
+def resume(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+    """Continue a paused rollout."""
+    _issue(deployment, Action.RESUME, wait, reason)
+
+
+@app.command("set-weight")
+def set_weight(deployment: str, weight: Unit, wait: Wait = 30.0, reason: Reason = "") -> None:
+    """Set the canary's weight (share of entities on the candidate)."""
+    _issue(deployment, Action.SET_WEIGHT, wait, reason, weight=weight)
+
+
+@app.command("set-mode")
+def set_mode(deployment: str, mode: Mode, wait: Wait = 30.0, reason: Reason = "") -> None:
+    """Switch the rollout's mode."""
+    _issue(deployment, Action.SET_MODE, wait, reason, mode=mode)
+
+
+@app.command()
+def status(
+    deployment: Annotated[str | None, typer.Argument()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
+) -> None:
+    """Each deployment's mode, phase, versions, weight, sample rate and epoch."""
+    states = asyncio.run(current_states(load_settings()))
+    if deployment is not None:
+        if deployment not in states:
+            console.print(f"[red]no state for deployment {deployment!r}[/red]")
+            raise typer.Exit(1)
+        states = {deployment: states[deployment]}
+    if as_json:
+        typer.echo(
+            orjson.dumps(
+                {name: st.model_dump(mode="json") for name, st in sorted(states.items())},
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+        return
+    table = Table(
+        "deployment",
+        "mode",
+        "phase",
+        "production",
+        "candidate",
+        "weight",
+        "sample rate",
+        "epoch",
+        "reason",
+    )
+    for name, st in sorted(states.items()):
+        table.add_row(
+            name,
+            st.mode,
+            st.phase,
+            st.production.version,
+            st.candidate.version if st.candidate else "-",
+            f"{st.canary_weight:.0%}",
+            f"{st.shadow_sample_rate:.0%}",
+            str(st.epoch),
+            st.reason,
+        )
+    console.print(table)

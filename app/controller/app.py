@@ -1,0 +1,94 @@
+"""``rollout controller``: the faust-streaming app that owns deployment state.
+
+Faust gives the controller its consumer group: the co-partitioned control-plane topics are
+keyed by deployment, so whichever controller process owns partition N acts for the
+deployments on it, and another one takes over when it dies. The agent hands each command to
+``CommandHandler``, which publishes through aiokafka transactions of its own
+(``DecisionPublisher``): Faust's ``exactly_once`` guarantee is not used (it has open
+duplicate bugs); offsets of handled commands are committed inside those transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from mode import Service
+
+from app.adapters.model_store import ModelStore
+from app.adapters.state_view import StateView
+from app.controller.commands import CONTROL_TOPIC, CommandHandler
+from app.controller.publisher import DecisionPublisher
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+APP_ID = "rollout-controller"
+
+
+class ControlPlane(Service):
+    """The controller's own Kafka clients, started and stopped with the faust app."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.view = StateView(settings)
+        self.publisher = DecisionPublisher(settings, group_id=APP_ID)
+        self.handler = CommandHandler(ModelStore(settings.model_store), self.view, self.publisher)
+        self.ready = asyncio.Event()
+
+    async def on_start(self) -> None:
+        await self.view.start()
+        partitions = self.view.partition_count
+        await self.handler.ensure_initial_states(
+            {name: partition_for(name, partitions) for name in self.handler.deployments()}
+        )
+        self.ready.set()
+        log.info("controller ready: %d deployments", len(self.view.states))
+
+    async def on_stop(self) -> None:
+        await self.publisher.close()
+        await self.view.stop()
+
+
+def partition_for(deployment: str, partitions: int) -> int:
+    """Where Kafka's default partitioner puts records keyed by ``deployment``."""
+    return int(murmur2(deployment.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def build_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        APP_ID,
+        broker=";".join(f"kafka://{host}" for host in settings.bootstrap_servers.split(",")),
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_allow_declare=False,  # topics are declared in topics.yaml
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        datadir=str(settings.home / "controller"),
+        web_enabled=False,
+    )
+    plane = ControlPlane(settings)
+    app.add_dependency(plane)
+    control = app.topic(CONTROL_TOPIC, key_type=bytes, value_type=bytes, allow_empty=True)
+
+    @app.agent(control)
+    async def commands(stream: faust.StreamT[bytes]) -> None:
+        await plane.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            await plane.handler.handle(
+                message.key, message.value, message.partition, message.offset
+            )
+
+    app.plane = plane  # type: ignore[attr-defined]
+    return app
+
+
+def run_controller(settings: Settings, loglevel: str = "info") -> None:
+    app = build_app(settings)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,189 @@
+"""The controller's command side: validate a ``ControlCommand``, apply it, publish the outcome.
+
+Validation that needs the model store happens here (the version exists, its file matches the
+manifest's sha256, its signature fits the deployment, a smoke inference runs: all of it is
+``ModelStore.load``); legality of the transition is the pure state machine's. Every command,
+well-formed or not, gets exactly one ``DecisionEvent``; only an accepted one changes the state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiokafka import TopicPartition
+from pydantic import ValidationError
+
+from app.adapters.model_store import ModelRejected, ModelStore
+from app.adapters.state_view import StateView
+from app.controller.publisher import DecisionPublisher
+from app.core.events import (
+    Action,
+    ControlCommand,
+    DecisionEvent,
+    DeploymentState,
+    ModelRef,
+    now_ms,
+)
+from app.core.state_machine import (
+    CONTROLLER,
+    Outcome,
+    apply,
+    initial_state,
+    reject,
+    reject_command,
+)
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOPIC = "deployments.control"
+
+
+class CommandHandler:
+    def __init__(self, store: ModelStore, view: StateView, publisher: DecisionPublisher) -> None:
+        self._store = store
+        self._view = view
+        self._publisher = publisher
+
+    def deployments(self) -> list[str]:
+        return self._store.deployments()
+
+    def current(self, deployment: str) -> DeploymentState | None:
+        """The deployment's latest state, or its initial state when none was published yet."""
+        state = self._view.states.get(deployment)
+        if state is not None:
+            return state
+        if deployment not in self._store.deployments():
+            return None
+        spec = self._store.spec(deployment)
+        return initial_state(spec, self._store.ref(deployment, spec.initial_production), now_ms())
+
+    async def handle(
+        self, key: bytes | None, value: bytes | None, partition: int, offset: int
+    ) -> Outcome:
+        await self._view.catch_up()
+        outcome = self.decide(key, value)
+        consumed = {TopicPartition(CONTROL_TOPIC, partition): offset + 1}
+        await self._publisher.publish(partition, outcome.decision, outcome.state, consumed)
+        if outcome.state is not None:
+            self._view.offer(outcome.state)
+        log.info(
+            "%s %s for %s: %s (epoch %d)",
+            "accepted" if outcome.accepted else "rejected",
+            outcome.decision.action,
+            outcome.decision.deployment,
+            outcome.decision.reason,
+            outcome.decision.epoch,
+        )
+        return outcome
+
+    def decide(self, key: bytes | None, value: bytes | None) -> Outcome:
+        now = now_ms()
+        loose = _loose_fields(value)
+        command, problem = _parse(value)
+        deployment = command.deployment if command else loose.get("deployment") or _text(key)
+        state = self.current(deployment) if deployment else None
+        if state is None:
+            reason = problem or f"no deployment named {deployment!r}"
+            return _orphan(deployment or "unknown", loose, reason, now)
+        if command is None:
+            return reject(
+                state,
+                problem or "unreadable command",
+                now,
+                action=loose.get("action", "unknown"),
+                command_id=loose.get("command_id"),
+                decided_by=loose.get("issued_by", CONTROLLER),
+            )
+        candidate: ModelRef | None = None
+        if command.action is Action.DEPLOY and command.version is not None:
+            try:
+                candidate = self._validated(command.deployment, command.version)
+            except ModelRejected as exc:
+                return reject_command(
+                    state, command, f"version {command.version}: {exc.reason}", now
+                )
+        return apply(state, command, now, candidate)
+
+    def _validated(self, deployment: str, version: str) -> ModelRef:
+        """The version's reference, once its artifact, signature and a smoke run check out."""
+        ref = self._store.ref(deployment, version)
+        self._store.load(ref)
+        return ref
+
+    async def ensure_initial_states(self, partition_of: dict[str, int]) -> None:
+        """Publish epoch 0 for every deployment in the store that has no state yet."""
+        await self._view.catch_up()
+        for name in self._store.deployments():
+            if name in self._view.states:
+                continue
+            state = self.current(name)
+            assert state is not None
+            decision = DecisionEvent(
+                deployment=name,
+                epoch=0,
+                action="initialize",
+                command_id=None,
+                accepted=True,
+                reason=state.reason,
+                decided_by=CONTROLLER,
+                to=None,
+                at=state.updated_at,
+            )
+            await self._publisher.publish(partition_of.get(name, 0), decision, state)
+            self._view.offer(state)
+
+
+def _parse(value: bytes | None) -> tuple[ControlCommand | None, str | None]:
+    if value is None:
+        return None, "empty command (tombstone)"
+    try:
+        return ControlCommand.model_validate_json(value), None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "command"
+        if err["type"] == "json_invalid":
+            return None, f"command is not valid JSON: {err['msg']}"
+        return None, f"invalid command: {where}: {err['msg']}"
+
+
+def _text(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _loose_fields(value: bytes | None) -> dict[str, str]:
+    """The string fields a rejection can echo (ids, action, sender) from a command that failed
+    validation, so its sender still finds the answer."""
+    try:
+        body = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(body, dict):
+        return {}
+    return {
+        name: body[name]
+        for name in ("command_id", "deployment", "action", "issued_by")
+        if isinstance(body.get(name), str) and 0 < len(body[name]) <= 128
+    }
+
+
+def _orphan(deployment: str, loose: dict[str, str], reason: str, now: int) -> Outcome:
+    """A rejection for a deployment that has no state at all (unknown name, garbage key)."""
+    return Outcome(
+        None,
+        DecisionEvent(
+            deployment=deployment,
+            epoch=-1,
+            action=loose.get("action", "unknown"),
+            command_id=loose.get("command_id"),
+            accepted=False,
+            reason=reason,
+            decided_by=loose.get("issued_by", CONTROLLER),
+            at=now,
+        ),
+    )

@@ -1,0 +1,80 @@
+"""Publishing the controller's decisions exactly once, one transaction per decision.
+
+Each partition of the co-partitioned control-plane topics has its own transactional
+producer (``rollout-controller-p<N>``). Whichever controller owns partition N publishes
+through that id, so a new owner fences a stale one: a controller that lost the partition can
+no longer commit. A decision's new state, its ``DecisionEvent`` and the offset of the input
+that caused it (a command, later a batch of comparisons) commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ProducerFenced
+
+from app.adapters.kafka_clients import transactional_producer
+from app.core.events import DecisionEvent, DeploymentState, encode
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_TOPIC = "deployments.state"
+EVENTS_TOPIC = "deployments.events"
+
+
+class DecisionPublisher:
+    def __init__(self, settings: Settings, group_id: str) -> None:
+        self._settings = settings
+        self._group_id = group_id
+        self._producers: dict[int, AIOKafkaProducer] = {}
+
+    async def publish(
+        self,
+        partition: int,
+        decision: DecisionEvent,
+        state: DeploymentState | None,
+        consumed: dict[TopicPartition, int] | None = None,
+    ) -> None:
+        """Commit ``state`` (if any), ``decision`` and the ``consumed`` offsets (next offset to
+        read) in one transaction on ``partition``. A fenced producer is replaced once: that
+        happens when this controller owns the partition again after another one did."""
+        try:
+            await self._publish(partition, decision, state, consumed)
+        except ProducerFenced:
+            await self.release(partition)
+            await self._publish(partition, decision, state, consumed)
+
+    async def _publish(
+        self,
+        partition: int,
+        decision: DecisionEvent,
+        state: DeploymentState | None,
+        consumed: dict[TopicPartition, int] | None,
+    ) -> None:
+        producer = await self._producer(partition)
+        key = decision.deployment.encode("utf-8")
+        async with producer.transaction():
+            if state is not None:
+                await producer.send(STATE_TOPIC, encode(state), key=key, partition=partition)
+            await producer.send(EVENTS_TOPIC, encode(decision), key=key, partition=partition)
+            if consumed:
+                await producer.send_offsets_to_transaction(consumed, self._group_id)
+
+    async def _producer(self, partition: int) -> AIOKafkaProducer:
+        producer = self._producers.get(partition)
+        if producer is None:
+            producer = transactional_producer(self._settings, f"rollout-controller-p{partition}")
+            await producer.start()  # init_transactions: fences the partition's previous owner
+            self._producers[partition] = producer
+        return producer
+
+    async def release(self, partition: int) -> None:
+        producer = self._producers.pop(partition, None)
+        if producer is not None:
+            await producer.stop()
+
+    async def close(self) -> None:
+        for partition in list(self._producers):
+            await self.release(partition)
