@@ -4,8 +4,9 @@
 * ``kafka_bootstrap`` (session) — bootstrap string of a broker with ``topics.yaml`` applied.
   If ``KAFKA_BOOTSTRAP_SERVERS`` is set, that cluster is used and nothing is started or stopped.
   Otherwise the local KRaft broker (``<settings.home>/kafka``, port 9092) is started once per
-  session and stopped at the end only if this session started it and no other live pytest
-  session on the same home still uses it. ``ROLLOUT_TEST_FRESH_KAFKA=1`` wipes its data first.
+  session and stopped at the end only if a test session started it and no other live pytest
+  session on the same home still uses it (a broker from `rollout kafka start` is left alone).
+  ``ROLLOUT_TEST_FRESH_KAFKA=1`` wipes its data first.
 * ``kafka_settings`` — ``settings`` pointed at ``kafka_bootstrap``.
 * ``kafka_local_config`` (session) — the :class:`BrokerConfig` of the local broker, or None
   when an external cluster is used.
@@ -73,17 +74,23 @@ def kafka_local_config() -> Iterator[kafka_local.BrokerConfig | None]:
         return
     config = kafka_local.BrokerConfig.from_settings(_repo_settings())
     fresh = os.environ.get("ROLLOUT_TEST_FRESH_KAFKA") == "1"
-    result = kafka_local.start(config, fresh=fresh)
     users = config.kafka_dir / "users"
     users.mkdir(parents=True, exist_ok=True)
     me = users / str(os.getpid())
-    me.touch()
+    me.touch()  # before start(): a finishing session must see us and leave the broker up
+    started_by_tests = config.kafka_dir / "started-by-tests"
     try:
+        result = kafka_local.start(config, fresh=fresh)
+        if result.action == "started":
+            started_by_tests.write_text(str(result.status.pid))
         yield config
     finally:
         me.unlink(missing_ok=True)
-        if result.action == "started" and not _other_users(users):
+        marker = started_by_tests.read_text() if started_by_tests.exists() else None
+        if marker == str(kafka_local.status(config).pid) and not _other_users(users):
             kafka_local.stop(config)
+        if marker is not None and not _other_users(users):
+            started_by_tests.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,11 @@ def test_own_broker_lifecycle(tmp_path: Path) -> None:
         assert again.status.pid == pid
         assert again.seconds < 5.0
 
+        config.pid_file.unlink()  # a lost pidfile does not orphan the broker
+        adopted = kafka_local.status(config)
+        assert adopted.managed and adopted.pid == pid
+        assert config.pid_file.read_text().strip() == str(pid)
+
         kafka_local.run_sync(_create_topic(config.bootstrap, "scratch"))
         fresh = kafka_local.start(config, fresh=True)
         assert fresh.action == "started"
