@@ -163,9 +163,8 @@ def status(
         "production",
         "candidate",
         "weight",
-        "sample rate",
+        "sample",
         "epoch",
-        "reason",
     )
     for name, st in sorted(states.items()):
         table.add_row(
@@ -177,6 +176,7 @@ def status(
             f"{st.canary_weight:.0%}",
             f"{st.shadow_sample_rate:.0%}",
             str(st.epoch),
-            st.reason,
         )
     console.print(table)
+    for name, st in sorted(states.items()):
+        console.print(f"{name} (epoch {st.epoch}): {st.reason}")

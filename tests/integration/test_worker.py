@@ -10,66 +10,42 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 
+from app.adapters.control_client import current_states
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_topic
 from app.core.events import DeadLetter, Prediction, decode, encode
 from app.settings import Settings
-from app.traffic import SentRequest, make_requests, send, send_raw
-from app.training.stream import FEATURE_NAMES
+from app.traffic import make_requests, send, send_raw
+from tests.integration.outputs import direct, feature_rows, predictions
 from tests.integration.workers import running_workers
 
 pytestmark = pytest.mark.kafka
-
-MODELS = Path("models")
-
-
-def _direct(version: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """What onnxruntime computes for ``rows`` with no Rollout code in between."""
-    session = ort.InferenceSession(str(MODELS / "fraud" / version / "model.onnx"))
-    manifest = orjson.loads((MODELS / "fraud" / version / "model.json").read_bytes())
-    label, scores = session.run(None, {session.get_inputs()[0].name: rows})
-    labels = [manifest["labels"][int(x)] if not isinstance(x, str) else x for x in label]
-    return labels, np.asarray(scores)
-
-
-def _rows(sent: list[SentRequest]) -> np.ndarray:
-    feats = [s.request.features for s in sent]
-    return np.array(
-        [[f[n] for n in FEATURE_NAMES] if isinstance(f, dict) else f for f in feats],
-        dtype=np.float32,
-    )
 
 
 async def _predictions(
     settings: Settings, run_id: str, expect: int, settle_s: float = 3.0
 ) -> list[Prediction]:
-    prefix = f"{run_id}-"
+    return [p for _, p in await predictions(settings, f"{run_id}-", expect, settle_s)]
 
-    def mine(records: list) -> list[Prediction]:
-        return [
-            p
-            for p in (decode(Prediction, r.value) for r in records)
-            if p.request_id.startswith(prefix)
-        ]
 
-    records = await read_topic(
-        settings,
-        "inference.predictions",
-        lambda rs: len(mine(rs)) >= expect,
-        timeout_s=120,
-        settle_s=settle_s,
-    )
-    return mine(records)
+async def _serving(settings: Settings) -> tuple[str, int]:
+    """The production version and epoch the worker will serve under (no controller runs here:
+    the latest published state, or ``deployment.yaml``'s version at epoch 0)."""
+    state = (await current_states(settings)).get("fraud")
+    if state is None:
+        return "1", 0
+    assert state.candidate is None, "an earlier test left a rollout in flight"
+    return state.production.version, state.epoch
 
 
 async def test_every_valid_request_gets_exactly_one_prediction_equal_to_onnxruntime(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     settings = Settings(bootstrap_servers=kafka_bootstrap)
+    version, epoch = await _serving(settings)
     run_id = f"valid-{uuid.uuid4().hex[:8]}"
     sent = make_requests(2000, seed=7, run_id=run_id)
     # Half by name, half as lists in the model's order: both forms are served.
@@ -87,10 +63,10 @@ async def test_every_valid_request_gets_exactly_one_prediction_equal_to_onnxrunt
     assert len(counts) == len(sent)
     assert set(counts.values()) == {1}
     by_id = {p.request_id: p for p in predictions}
-    labels, scores = _direct("1", _rows(sent))
+    labels, scores = direct(version, feature_rows(sent))
     for i, s in enumerate(sent):
         p = by_id[s.request.request_id]
-        assert p.model.version == "1" and p.role == "production" and p.epoch == 0
+        assert (p.model.version, p.role, p.epoch) == (version, "production", epoch)
         assert p.entity_key == s.key.decode()
         assert p.output.label == labels[i]
         np.testing.assert_allclose(p.output.scores, scores[i], rtol=0, atol=1e-6)

@@ -1,0 +1,79 @@
+"""Reading what the workers committed, and what onnxruntime says directly, for assertions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+from aiokafka import ConsumerRecord
+
+from app.adapters.topic_reader import read_topic
+from app.core.events import Comparison, Prediction, decode
+from app.settings import Settings
+from app.traffic import SentRequest
+from app.training.stream import FEATURE_NAMES
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def direct(version: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """What onnxruntime computes for ``rows`` with no Rollout code in between."""
+    session = ort.InferenceSession(str(MODELS / "fraud" / version / "model.onnx"))
+    manifest = orjson.loads((MODELS / "fraud" / version / "model.json").read_bytes())
+    label, scores = session.run(None, {session.get_inputs()[0].name: rows})
+    labels = [manifest["labels"][int(x)] if not isinstance(x, str) else x for x in label]
+    return labels, np.asarray(scores)
+
+
+def feature_rows(sent: list[SentRequest]) -> np.ndarray:
+    feats = [s.request.features for s in sent]
+    return np.array(
+        [[f[n] for n in FEATURE_NAMES] if isinstance(f, dict) else f for f in feats],
+        dtype=np.float32,
+    )
+
+
+async def predictions(
+    settings: Settings, prefix: str, expect: int, settle_s: float = 3.0, timeout_s: float = 120
+) -> list[tuple[ConsumerRecord, Prediction]]:
+    """Committed predictions whose request id starts with ``prefix`` (with their records)."""
+
+    def mine(records: list[ConsumerRecord]) -> list[tuple[ConsumerRecord, Prediction]]:
+        out = []
+        for r in records:
+            if prefix.encode() in r.value:
+                p = decode(Prediction, r.value)
+                if p.request_id.startswith(prefix):
+                    out.append((r, p))
+        return out
+
+    records = await read_topic(
+        settings,
+        "inference.predictions",
+        lambda rs: len(mine(rs)) >= expect,
+        timeout_s=timeout_s,
+        settle_s=settle_s,
+    )
+    return mine(records)
+
+
+async def comparisons(
+    settings: Settings, prefix: str, expect: int, settle_s: float = 3.0, timeout_s: float = 120
+) -> list[Comparison]:
+    def mine(records: list[ConsumerRecord]) -> list[Comparison]:
+        return [
+            c
+            for c in (decode(Comparison, r.value) for r in records if prefix.encode() in r.value)
+            if c.request_id.startswith(prefix)
+        ]
+
+    records = await read_topic(
+        settings,
+        "inference.comparisons",
+        lambda rs: len(mine(rs)) >= expect,
+        timeout_s=timeout_s,
+        settle_s=settle_s,
+    )
+    return mine(records)
