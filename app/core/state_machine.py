@@ -39,6 +39,7 @@ from app.core.manifest import DeploymentSpec
 from app.core.policy import Policy
 
 CONTROLLER = "controller"
+HISTORY_LIMIT = 20  # earlier productions kept in the state (the rollback path)
 
 
 def initial_state(spec: DeploymentSpec, production: ModelRef, now: int) -> DeploymentState:
@@ -184,7 +185,7 @@ def _deploy(state: DeploymentState, cmd: ControlCommand, ref: ModelRef | None) -
             "production": ref,
             "candidate": None,
             "canary_weight": 0.0,
-            "history": [*state.history, state.production],
+            "history": _pushed(state),
             "policy": policy,
         }, f"automatic: version {ref.version} is production after validation"
     changes: dict[str, object] = {"mode": cmd.mode, "candidate": ref, "policy": policy}
@@ -207,7 +208,7 @@ def _promote(state: DeploymentState, cmd: ControlCommand, _: ModelRef | None) ->
         "production": candidate,
         "candidate": None,
         "canary_weight": 0.0,
-        "history": [*state.history, state.production],
+        "history": _pushed(state),
     }, f"version {candidate.version} promoted to production (was {state.production.version})"
 
 
@@ -296,6 +297,11 @@ def _set_mode(state: DeploymentState, cmd: ControlCommand, _: ModelRef | None) -
         "phase": Phase.PROGRESSING,
         "canary_weight": 0.0,
     }, f"shadow: candidate {state.candidate.version} scores {state.shadow_sample_rate:.0%}"
+
+
+def _pushed(state: DeploymentState) -> list[ModelRef]:
+    """History with the current production added, the oldest dropped past the limit."""
+    return [*state.history, state.production][-HISTORY_LIMIT:]
 
 
 def _candidate(state: DeploymentState, action: str) -> ModelRef:

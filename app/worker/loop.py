@@ -102,13 +102,33 @@ class Worker:
                     continue
                 async with self.lock:
                     if generation != self.generation:
-                        self.stats.dropped_batches += 1
+                        await self._rewind_dropped(consumer, records)
                         continue
                     await self._publish(producer, consumer, records)
         finally:
             await consumer.stop()
             await producer.stop()
         return self.stats
+
+    async def _rewind_dropped(
+        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]
+    ) -> None:
+        """A rebalance happened while the batch was taken: drop it unscored, and put every
+        partition of it that is still (or newly) ours back at its committed offset. Part of
+        the batch may have been fetched after the new assignment, moving the position past
+        records that nobody has scored."""
+        self.stats.dropped_batches += 1
+        assigned = consumer.assignment()
+        earliest: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            earliest[tp] = min(earliest.get(tp, r.offset), r.offset)
+        for tp, offset in earliest.items():
+            if tp not in assigned:
+                continue
+            committed = await consumer.committed(tp)
+            consumer.seek(tp, committed if committed is not None else offset)
+        log.info("dropped a batch of %d records taken across a rebalance", len(records))
 
     async def _take(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> list[ConsumerRecord]:
         """Up to ``batch_max_records``: wait for the first, then at most the batch wait more."""

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import orjson
 from aiokafka import ConsumerRecord
 
+from app.adapters.kafka_clients import partitions_of, reader
 from app.adapters.topic_reader import read_topic
 from app.core.events import Comparison, Prediction, decode
 from app.settings import Settings
@@ -77,3 +78,30 @@ async def comparisons(
         settle_s=settle_s,
     )
     return mine(records)
+
+
+class Tail:
+    """Follows a topic from its end at ``start()``: what gets committed from then on."""
+
+    def __init__(self, settings: Settings, topic: str = "inference.predictions") -> None:
+        self._consumer = reader(settings)
+        self._topic = topic
+        self.records: list[ConsumerRecord] = []
+
+    async def start(self) -> Tail:
+        await self._consumer.start()
+        partitions = await partitions_of(self._consumer, self._topic)
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await self._consumer.position(tp)
+        return self
+
+    async def poll(self, timeout_ms: int = 100) -> list[ConsumerRecord]:
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+        new = [r for part in batch.values() for r in part]
+        self.records.extend(new)
+        return new
+
+    async def stop(self) -> None:
+        await self._consumer.stop()

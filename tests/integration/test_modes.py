@@ -3,22 +3,26 @@ and the CLI, with one and with two workers."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.kafka_clients import plain_producer
-from app.core.events import Action, Mode, Prediction, Role
+from app.adapters.topic_reader import read_topic
+from app.core.events import Action, DecisionEvent, Mode, Prediction, Role, decode
 from app.core.routing import bucket
 from app.settings import Settings
 from app.traffic import SentRequest, make_requests, send
 from tests.integration.control import ControllerProcess, cli, command, reset_fraud, state, status
-from tests.integration.outputs import comparisons, direct, feature_rows, predictions
+from tests.integration.outputs import Tail, comparisons, direct, feature_rows, predictions
 from tests.integration.workers import WorkerProcess, running_workers
 
 pytestmark = pytest.mark.kafka
@@ -229,3 +233,181 @@ async def test_manual_waits_for_promote_and_automatic_promotes_at_once(
     auto = await serve_at(settings_, producer, run, "auto", n, decision.epoch)
     assert {p.model.version for p in auto.values()} == {"3"}
     assert (await state(settings_)).history[-1].version == "2"
+
+
+async def test_rollback_and_abort_restore_the_previous_production(
+    clean: None,
+    workers: list[WorkerProcess],
+    settings_: Settings,
+    producer: AIOKafkaProducer,
+    kafka_bootstrap: str,
+) -> None:
+    run = f"back-{uuid.uuid4().hex[:6]}"
+    d = await command(settings_, Action.DEPLOY, version="2", mode=Mode.CANARY, weight=1.0)
+    assert d.accepted
+    canary = await serve_at(settings_, producer, run, "canary", 300, d.epoch)
+    assert {p.model.version for p in canary.values()} == {"2"}
+    result = cli(kafka_bootstrap, "abort", "fraud")
+    assert result.returncode == 0 and "accepted" in result.stdout
+    st = await state(settings_)
+    assert st.candidate is None and st.production.version == "1"
+    aborted = await serve_at(settings_, producer, run, "aborted", 300, st.epoch)
+    assert {p.model.version for p in aborted.values()} == {"1"}
+
+    history = st.history
+    assert (await command(settings_, Action.DEPLOY, version="2", mode=Mode.AUTOMATIC)).accepted
+    result = cli(kafka_bootstrap, "rollback", "fraud")
+    assert result.returncode == 0, result.stdout
+    st = await state(settings_)
+    assert st.production.version == "1" and st.history == history
+    rolled = await serve_at(settings_, producer, run, "rolled", 300, st.epoch)
+    assert {p.model.version for p in rolled.values()} == {"1"}
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "reason"),
+    [
+        (
+            "unknown version",
+            {"action": "deploy", "version": "99", "mode": "canary"},
+            "unknown version",
+        ),
+        ("tampered model file", {"action": "deploy", "version": "4", "mode": "canary"}, "sha256"),
+        ("illegal transition", {"action": "promote"}, "no candidate"),
+        ("weight above 1", {"action": "set_weight", "weight": 1.5}, "weight"),
+        ("weight below 0", {"action": "set_weight", "weight": -0.5}, "weight"),
+        ("unknown action", {"action": "explode"}, "action"),
+        (
+            "version escaping the store",
+            {"action": "deploy", "version": "../../etc", "mode": "canary"},
+            "version",
+        ),
+    ],
+)
+async def test_rejected_commands_leave_state_and_epoch_unchanged(
+    clean: None,
+    settings_: Settings,
+    producer: AIOKafkaProducer,
+    name: str,
+    raw: dict[str, object],
+    reason: str,
+) -> None:
+    before = await state(settings_)
+    command_id = uuid.uuid4().hex
+    body = orjson.dumps({"command_id": command_id, "deployment": "fraud", "issued_by": "t", **raw})
+    decision = await _send_raw_command(settings_, producer, body, command_id)
+    assert decision is not None and not decision.accepted
+    assert reason in decision.reason.lower(), decision.reason
+    assert decision.epoch == before.epoch
+    after = await state(settings_)
+    assert after == before
+
+
+async def test_malformed_json_on_the_control_topic_is_answered_and_changes_nothing(
+    clean: None, settings_: Settings, producer: AIOKafkaProducer
+) -> None:
+    before = await state(settings_)
+    events_before = await _events(settings_)
+    await producer.send_and_wait("deployments.control", b'{"action": "promote", ', key=b"fraud")
+    # A valid command after it is still served: the controller did not stop on garbage.
+    decision = await command(settings_, Action.PAUSE)
+    assert not decision.accepted and "no candidate" in decision.reason
+    events = (await _events(settings_))[len(events_before) :]
+    garbage = [e for e in events if e.command_id is None and not e.accepted]
+    assert garbage and "not valid json" in garbage[0].reason.lower()
+    assert await state(settings_) == before
+
+
+async def _send_raw_command(
+    settings: Settings, producer: AIOKafkaProducer, body: bytes, command_id: str
+) -> DecisionEvent | None:
+    events_before = len(await _events(settings))
+    await producer.send_and_wait("deployments.control", body, key=b"fraud")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for e in (await _events(settings))[events_before:]:
+            if e.command_id == command_id:
+                return e
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def _events(settings: Settings) -> list[DecisionEvent]:
+    records = await read_topic(
+        settings, "deployments.events", lambda rs: True, timeout_s=5, settle_s=0.5
+    )
+    return [
+        decode(DecisionEvent, r.value)
+        for r in sorted(records, key=lambda r: (r.partition, r.offset))
+    ]
+
+
+async def test_twenty_swaps_under_load_lose_nothing_and_never_go_back_in_epoch(
+    clean: None,
+    settings_: Settings,
+    producer: AIOKafkaProducer,
+    kafka_bootstrap: str,
+    model_store: Path,
+    tmp_path: Path,
+) -> None:
+    run = f"swaps-{uuid.uuid4().hex[:6]}"
+    sent: list[SentRequest] = []
+    stop = asyncio.Event()
+
+    async def continuous_load() -> None:
+        chunk = 0
+        while not stop.is_set():
+            batch = make_requests(200, seed=chunk, run_id=f"{run}-{chunk}")
+            await send(producer, batch, rate=400)
+            sent.extend(batch)
+            chunk += 1
+
+    swap_delays: list[float] = []
+    tail = await Tail(settings_).start()
+    with running_workers(
+        kafka_bootstrap, ["swap-a", "swap-b"], tmp_path, ROLLOUT_MODEL_STORE=str(model_store)
+    ):
+        load = asyncio.create_task(continuous_load())
+        for _ in range(20):
+            d = await command(settings_, Action.DEPLOY, version="2", mode=Mode.MANUAL)
+            assert d.accepted, d.reason
+            promoted_at = time.time() * 1000
+            d = await command(settings_, Action.PROMOTE)
+            assert d.accepted, d.reason
+            swap_delays.append(await _first_served_by(tail, d.epoch, "2") - promoted_at)
+            d = await command(settings_, Action.ROLLBACK)
+            assert d.accepted and (await state(settings_)).production.version == "1"
+        stop.set()
+        await load
+        await tail.stop()
+        got = await predictions(settings_, f"{run}-", len(sent), settle_s=3)
+    counts = Counter(p.request_id for _, p in got)
+    assert len(counts) == len(sent), f"lost {len(sent) - len(counts)}"
+    assert max(counts.values()) == 1, "a request was answered twice"
+    by_partition: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for record, p in got:
+        by_partition[record.partition].append((record.offset, p.epoch))
+    for partition, seq in by_partition.items():
+        epochs = [e for _, e in sorted(seq)]
+        assert epochs == sorted(epochs), f"epochs went backwards in partition {partition}"
+    swap_delays.sort()
+    print(
+        f"\npromote -> first prediction by the new version (ms): "
+        f"median {swap_delays[len(swap_delays) // 2]:.0f}, max {swap_delays[-1]:.0f}"
+    )
+
+
+async def _first_served_by(tail: Tail, epoch: int, version: str) -> float:
+    """``served_at`` of the first prediction made under ``epoch`` by ``version``."""
+    deadline = time.monotonic() + 30
+    seen = tail.records
+    while time.monotonic() < deadline:
+        served = [
+            p.served_at
+            for p in (decode(Prediction, r.value) for r in seen)
+            if p.epoch == epoch and p.model.version == version
+        ]
+        if served:
+            return float(min(served))
+        seen = await tail.poll()
+    raise AssertionError(f"no prediction by version {version} at epoch {epoch}")
