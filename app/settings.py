@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(default=20, ge=0)
     max_request_bytes: int = Field(default=64 * 1024, ge=256)
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    # Past this many records of lag, a worker sheds shadow scoring (production goes on).
+    shadow_shed_lag: int = Field(default=10_000, ge=0)
 
     def bootstrap_is_default(self) -> bool:
         return self.bootstrap_servers == "127.0.0.1:9092"

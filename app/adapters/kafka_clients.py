@@ -26,6 +26,10 @@ def transactional_producer(settings: Settings, transactional_id: str) -> AIOKafk
         linger_ms=2,
         max_batch_size=256 * 1024,
         transaction_timeout_ms=settings.transaction_timeout_ms,
+        # Back-to-back transactions meet the previous one's markers still being written: the
+        # broker answers a retriable error (NOT_ENOUGH_REPLICAS to this client, KIP-890), so
+        # retry soon rather than after the default 100 ms.
+        retry_backoff_ms=10,
     )
 
 

@@ -10,6 +10,7 @@ import typer
 
 from app.cli import app
 from app.controller.app import run_controller
+from app.demo import run_demo
 from app.settings import load_settings
 from app.worker.service import default_worker_id, run_worker
 
@@ -38,3 +39,14 @@ def controller(
 ) -> None:
     """Own the deployments' state: apply commands, publish states and decisions."""
     run_controller(load_settings(), loglevel=loglevel)
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="How long to send traffic.")] = 20.0,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 500.0,
+) -> None:
+    """Run everything locally (broker, topics, a worker, traffic) and watch predictions flow."""
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # retried produce errors are noise here
+    raise typer.Exit(asyncio.run(run_demo(load_settings(), seconds, rate)))

@@ -145,6 +145,20 @@ class Comparison(_Event):
     score_delta: float
 
 
+class ShedReport(_Event):
+    """Written to ``inference.comparisons`` (header ``kind: shed``) by a worker that skipped
+    shadow scoring because it was behind: ``shed`` of the ``sampled`` requests of one batch
+    that shadow mode would have compared were not."""
+
+    deployment: str
+    epoch: int
+    worker_id: str
+    sampled: int
+    shed: int
+    lag: int
+    at: int
+
+
 class Feedback(_Event):
     request_id: str
     deployment: str

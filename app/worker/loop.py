@@ -28,9 +28,13 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from app.adapters.kafka_clients import group_consumer, transactional_producer
+from app.core.events import ShedReport, encode, now_ms
 from app.core.requests import RawRecord
 from app.settings import Settings
-from app.worker.scoring import DEFAULT_TOPICS, RoutingTable, Topics, score_batch
+from app.worker.scoring import DEFAULT_TOPICS, Outgoing, RoutingTable, Topics, score_batch
+
+# Marks a ShedReport among the Comparisons of inference.comparisons.
+SHED_HEADERS = [("kind", b"shed")]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ class WorkerStats:
     dead_letters: int = 0
     aborted_batches: int = 0
     dropped_batches: int = 0
+    shadow_sampled: int = 0
+    shadow_shed: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -158,12 +164,33 @@ class Worker:
         raw = [
             RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records
         ]
+        table = self._table()
+        lag = await self._lag(consumer)
         result = score_batch(
             raw,
-            self._table(),
+            table,
             max_request_bytes=self.settings.max_request_bytes,
             topics=self.topics,
+            shed_shadow=lag > self.settings.shadow_shed_lag,
         )
+        reports = [
+            Outgoing(
+                self.topics.comparisons,
+                name.encode(),
+                encode(
+                    ShedReport(
+                        deployment=name,
+                        epoch=table[name].state.epoch,
+                        worker_id=self.worker_id,
+                        sampled=result.shadow_sampled[name],
+                        shed=shed,
+                        lag=lag,
+                        at=now_ms(),
+                    )
+                ),
+            )
+            for name, shed in result.shadow_shed.items()
+        ]
         first: dict[TopicPartition, int] = {}
         offsets: dict[TopicPartition, int] = {}
         for r in records:
@@ -174,6 +201,10 @@ class Worker:
             async with producer.transaction():
                 for out in result.outgoing:
                     await producer.send(out.topic, value=out.value, key=out.key)
+                for out in reports:
+                    await producer.send(
+                        out.topic, value=out.value, key=out.key, headers=SHED_HEADERS
+                    )
                 await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
         except ProducerFenced:
             log.error(
@@ -193,3 +224,14 @@ class Worker:
         s.predictions += result.predictions
         s.comparisons += result.comparisons
         s.dead_letters += result.dead_letters
+        s.shadow_sampled += sum(result.shadow_sampled.values())
+        s.shadow_shed += sum(result.shadow_shed.values())
+
+    async def _lag(self, consumer: AIOKafkaConsumer) -> int:
+        """Records behind the log end over this worker's partitions (as of the last fetch)."""
+        behind = 0
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is not None:
+                behind += max(0, end - await consumer.position(tp))
+        return behind

@@ -22,6 +22,7 @@ from app.core.events import (
     DeadLetterCode,
     DeploymentState,
     InferenceRequest,
+    Mode,
     ModelOutput,
     ModelRef,
     Prediction,
@@ -31,7 +32,7 @@ from app.core.events import (
 )
 from app.core.features import FeatureError, feature_row
 from app.core.requests import RawRecord, Rejection, dead_letter, entity_key, parse_request
-from app.core.routing import Assignment, assign
+from app.core.routing import PRODUCTION_ONLY, Assignment, assign
 
 
 class Scorer(Protocol):
@@ -81,6 +82,9 @@ class BatchResult:
     comparisons: int = 0
     dead_letters: int = 0
     candidate_errors: int = 0
+    # Per deployment: requests shadow mode sampled for comparison, and how many were shed.
+    shadow_sampled: dict[str, int] = field(default_factory=dict)
+    shadow_shed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -107,7 +111,10 @@ def score_batch(
     *,
     max_request_bytes: int,
     topics: Topics = DEFAULT_TOPICS,
+    shed_shadow: bool = False,
 ) -> BatchResult:
+    """Score one batch. ``shed_shadow``: skip shadow comparisons (the worker is behind);
+    production predictions are unaffected, and the result counts what was shed."""
     result = BatchResult()
     now = now_ms()
     known = frozenset(table)
@@ -124,7 +131,14 @@ def score_batch(
             _reject(result, topics, record, Rejection(exc.code, exc.message), now)
             continue
         entity = entity_key(parsed, record.key)
-        row = _Row(record, parsed, entity, vector, assign(route.state, entity, parsed.request_id))
+        assignment = assign(route.state, entity, parsed.request_id)
+        if assignment.compare and route.state.mode is Mode.SHADOW:
+            name = parsed.deployment
+            result.shadow_sampled[name] = result.shadow_sampled.get(name, 0) + 1
+            if shed_shadow:
+                result.shadow_shed[name] = result.shadow_shed.get(name, 0) + 1
+                assignment = PRODUCTION_ONLY
+        row = _Row(record, parsed, entity, vector, assignment)
         by_deployment.setdefault(parsed.deployment, []).append(row)
     for deployment, rows in by_deployment.items():
         _score_deployment(result, topics, table[deployment], rows)

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_topic
-from app.core.events import Action, DecisionEvent, Mode, Prediction, Role, decode
+from app.core.events import Action, DecisionEvent, Mode, Prediction, Role, ShedReport, decode
 from app.core.routing import bucket
 from app.settings import Settings
 from app.traffic import SentRequest, make_requests, send
@@ -411,3 +411,46 @@ async def _first_served_by(tail: Tail, epoch: int, version: str) -> float:
             return float(min(served))
         seen = await tail.poll()
     raise AssertionError(f"no prediction by version {version} at epoch {epoch}")
+
+
+async def test_a_worker_behind_sheds_shadow_scoring_first_and_reports_it(
+    clean: None,
+    settings_: Settings,
+    producer: AIOKafkaProducer,
+    kafka_bootstrap: str,
+    model_store: Path,
+    tmp_path: Path,
+) -> None:
+    run = f"shed-{uuid.uuid4().hex[:6]}"
+    d = await command(settings_, Action.DEPLOY, version="2", mode=Mode.SHADOW)
+    assert d.accepted
+    sent = make_requests(4000, seed=41, run_id=run)
+    tail = await Tail(settings_, "inference.comparisons").start()
+    await send(producer, sent)  # a backlog before any worker runs
+    with running_workers(
+        kafka_bootstrap,
+        ["shedder"],
+        tmp_path,
+        ROLLOUT_MODEL_STORE=str(model_store),
+        ROLLOUT_SHADOW_SHED_LAG="500",
+        ROLLOUT_BATCH_MAX_RECORDS="200",
+    ):
+        got = await predictions(settings_, f"{run}-", len(sent), settle_s=2)
+        comps = [c for c in await comparisons(settings_, f"{run}-", 1, settle_s=2)]
+        while await tail.poll(timeout_ms=500):
+            pass
+    await tail.stop()
+    # Production served every request, exactly once.
+    assert Counter(p.request_id for _, p in got) == Counter(s.request.request_id for s in sent)
+    assert {p.model.version for _, p in got} == {"1"}
+    reports = [
+        decode(ShedReport, r.value) for r in tail.records if (("kind", b"shed") in r.headers)
+    ]
+    shed = sum(r.shed for r in reports if r.epoch == d.epoch)
+    sampled = sum(r.sampled for r in reports if r.epoch == d.epoch)
+    assert shed > 0, "the backlog should have been shed"
+    assert shed + len(comps) == len(sent)
+    print(
+        f"\nshed {shed} of {len(sent)} shadow comparisons ({shed / len(sent):.0%}) "
+        f"while behind; {sampled} sampled in shedding batches"
+    )
