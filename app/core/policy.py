@@ -29,7 +29,7 @@ class Policy(BaseModel):
     min_samples_per_step: int = Field(default=500, ge=1)
     pairing: bool = True
     guardrails: Guardrails = Field(default_factory=Guardrails)
-    non_inferiority_margin: float = Field(default=0.01, ge=0.0, le=1.0)
+    non_inferiority_margin: float = Field(default=0.02, ge=0.0, le=1.0)
     min_feedback_coverage: float = Field(default=0.5, ge=0.0, le=1.0)
     feedback_horizon_s: int = Field(default=24 * 3600, ge=0)
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)

@@ -1,0 +1,123 @@
+"""Anytime-valid sequential tests by betting: the controller may look after every batch.
+
+A test of ``H0: mean <= m`` (or ``>= m``) for observations bounded in ``[lo, hi]`` keeps a
+wealth process ``K_t = prod_i (1 + lambda_i (x_i - m))`` over the observations rescaled to
+[0, 1], with each bet ``lambda_i`` chosen from the past only (predictable). Under H0, ``K`` is
+a nonnegative supermartingale with ``K_0 = 1``, so by Ville's inequality the chance that it
+*ever* reaches ``1/alpha`` is at most ``alpha``: rejecting H0 the first time it does is valid
+however often one looks, and however the stream is stopped. That is what makes a canary
+checked after every batch sound, where a z-test re-run after every batch is not.
+
+Reference: I. Waudby-Smith and A. Ramdas, "Estimating means of bounded random variables by
+betting", JRSS-B 2024 (the betting martingale, and the aGRAPA bet used here, section 5); the
+one-sided form is the test of Shafer & Vovk's game-theoretic probability. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Side(StrEnum):
+    ABOVE = "above"  # evidence that the mean is above m (H0: mean <= m)
+    BELOW = "below"  # evidence that the mean is below m (H0: mean >= m)
+
+
+# Never stake more than this share of the allowed range: keeps wealth away from zero.
+_MAX_STAKE = 0.5
+
+
+@dataclass
+class BettingTest:
+    """One-sided, anytime-valid test that the mean of ``[lo, hi]``-bounded observations lies
+    ``side`` of ``m``. Feed observations with ``update``; ``rejected`` turns true (and stays
+    true) once the evidence ``wealth`` reaches ``1 / alpha``."""
+
+    m: float
+    side: Side
+    alpha: float
+    lo: float = 0.0
+    hi: float = 1.0
+    n: int = 0
+    log_wealth: float = 0.0
+    max_log_wealth: float = 0.0
+    _sum: float = 0.0
+    _sum_sq: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lo < self.m < self.hi:
+            raise ValueError(f"m={self.m} must lie strictly inside [{self.lo}, {self.hi}]")
+
+    @property
+    def _m01(self) -> float:
+        return (self.m - self.lo) / (self.hi - self.lo)
+
+    @property
+    def threshold(self) -> float:
+        """``log(1/alpha)``: the log-wealth at which H0 is rejected."""
+        return math.log(1.0 / self.alpha)
+
+    @property
+    def rejected(self) -> bool:
+        return self.max_log_wealth >= self.threshold
+
+    @property
+    def mean(self) -> float:
+        return self.lo + (self.hi - self.lo) * (self._sum / self.n) if self.n else float("nan")
+
+    def _bet(self) -> float:
+        """aGRAPA: stake in proportion to the estimated edge over its second moment, using
+        only past observations, clipped to the side under test and to a safe size."""
+        m = self._m01
+        mean = (self._sum + 0.5) / (self.n + 1)  # shrunk towards 1/2 before data arrives
+        var = (self._sum_sq + 0.25) / (self.n + 1) - mean**2
+        edge = mean - m
+        lam = edge / (max(var, 1e-6) + edge**2)
+        if self.side is Side.ABOVE:
+            return min(max(lam, 0.0), _MAX_STAKE / m)
+        return max(min(lam, 0.0), -_MAX_STAKE / (1.0 - m))
+
+    def update(self, x: float) -> None:
+        if not self.lo <= x <= self.hi:
+            raise ValueError(f"observation {x} outside [{self.lo}, {self.hi}]")
+        x01 = (x - self.lo) / (self.hi - self.lo)
+        lam = self._bet()
+        self.log_wealth += math.log1p(lam * (x01 - self._m01))
+        self.max_log_wealth = max(self.max_log_wealth, self.log_wealth)
+        self.n += 1
+        self._sum += x01
+        self._sum_sq += x01 * x01
+
+    def update_many(self, xs: list[float]) -> None:
+        for x in xs:
+            self.update(x)
+
+    def summary(self) -> dict[str, float | int | bool | str]:
+        return {
+            "null": f"mean {'<=' if self.side is Side.ABOVE else '>='} {self.m:g}",
+            "n": self.n,
+            "mean": self.mean if self.n else 0.0,
+            "log_evidence": self.log_wealth,
+            "max_log_evidence": self.max_log_wealth,
+            "threshold": self.threshold,
+            "rejected": self.rejected,
+        }
+
+
+def non_inferiority(margin: float, alpha: float) -> tuple[BettingTest, BettingTest]:
+    """The pair of tests on paired correctness differences ``d = candidate - production``
+    (each in {-1, 0, 1}): ``better`` rejects "the candidate is worse by more than ``margin``"
+    (promote), ``worse`` rejects "the candidate is at most ``margin`` worse" (roll back)."""
+    better = BettingTest(m=-margin, side=Side.ABOVE, alpha=alpha, lo=-1.0, hi=1.0)
+    worse = BettingTest(m=-margin, side=Side.BELOW, alpha=alpha, lo=-1.0, hi=1.0)
+    return better, worse
+
+
+def rate_tests(ceiling: float, alpha: float) -> tuple[BettingTest, BettingTest]:
+    """Tests on a Bernoulli rate against ``ceiling``: ``under`` rejects "rate >= ceiling"
+    (the rate is acceptably low), ``over`` rejects "rate <= ceiling" (a guardrail is crossed)."""
+    under = BettingTest(m=ceiling, side=Side.BELOW, alpha=alpha)
+    over = BettingTest(m=ceiling, side=Side.ABOVE, alpha=alpha)
+    return under, over
