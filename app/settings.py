@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # Past this many records of lag, a worker sheds shadow scoring (production goes on).
     shadow_shed_lag: int = Field(default=10_000, ge=0)
 
+    # Controller: how soon a dead controller's partitions move to another one.
+    controller_session_timeout_s: float = Field(default=6.0, ge=1.0)
+
     def bootstrap_is_default(self) -> bool:
         return self.bootstrap_servers == "127.0.0.1:9092"
 

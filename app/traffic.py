@@ -3,27 +3,32 @@
 Used by ``rollout demo``, the tests and the benchmarks. Requests are keyed by card id (the
 entity key), features are sent by name (or as a list in the model's order), and sends are
 pipelined: one ``send`` appends to the producer's batch, delivery is awaited in bulk.
+``send_feedback`` plays the ground truth that arrives later (the generator knows each
+transaction's true label).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from app.core.events import InferenceRequest, encode, now_ms
-from app.training.stream import current_traffic
+from app.core.events import Feedback, InferenceRequest, encode, now_ms
+from app.training.stream import LABELS, current_traffic
 
 REQUESTS_TOPIC = "inference.requests"
+FEEDBACK_TOPIC = "inference.feedback"
 
 
 @dataclass(frozen=True)
 class SentRequest:
     request: InferenceRequest
     key: bytes
+    label: str | None = None  # the ground truth, known to the generator (for feedback)
 
 
 def make_requests(
@@ -42,6 +47,7 @@ def make_requests(
                 sent_at=None,
             ),
             tx.card_ids[i].encode("utf-8"),
+            LABELS[int(tx.labels[i])],
         )
         for i, row in enumerate(rows)
     ]
@@ -79,3 +85,25 @@ async def send_raw(
     """Send ``(key, value)`` pairs as they are (malformed input for tests)."""
     pending = [await producer.send(topic, value=value, key=key) for key, value in values]
     await asyncio.gather(*pending)
+
+
+async def send_feedback(
+    producer: AIOKafkaProducer, requests: Sequence[SentRequest], coverage: float, seed: int = 0
+) -> int:
+    """Ground truth for a ``coverage`` share of ``requests`` (chosen by a seeded draw), as a
+    fraud team's chargebacks and reviews would report it. Returns how many were sent."""
+    rng = random.Random(seed)
+    pending = []
+    for sent in requests:
+        if sent.label is None or rng.random() >= coverage:
+            continue
+        feedback = Feedback(
+            request_id=sent.request.request_id,
+            deployment=sent.request.deployment,
+            label=sent.label,
+            observed_at=now_ms(),
+        )
+        key = sent.request.deployment.encode("utf-8")
+        pending.append(await producer.send(FEEDBACK_TOPIC, value=encode(feedback), key=key))
+    await asyncio.gather(*pending)
+    return len(pending)

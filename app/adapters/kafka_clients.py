@@ -17,8 +17,11 @@ def connection(settings: Settings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.bootstrap_servers}
 
 
-def transactional_producer(settings: Settings, transactional_id: str) -> AIOKafkaProducer:
+def transactional_producer(
+    settings: Settings, transactional_id: str, max_request_size: int = 1024 * 1024
+) -> AIOKafkaProducer:
     return AIOKafkaProducer(
+        max_request_size=max_request_size,
         **connection(settings),
         transactional_id=transactional_id,
         enable_idempotence=True,

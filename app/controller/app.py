@@ -20,6 +20,7 @@ from mode import Service
 
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
+from app.controller.analyst import PartitionAnalyst
 from app.controller.commands import CONTROL_TOPIC, CommandHandler
 from app.controller.publisher import DecisionPublisher
 from app.settings import Settings
@@ -30,28 +31,57 @@ APP_ID = "rollout-controller"
 
 
 class ControlPlane(Service):
-    """The controller's own Kafka clients, started and stopped with the faust app."""
+    """The controller's own Kafka clients, started and stopped with the faust app, and one
+    ``PartitionAnalyst`` per control partition faust assigns to this process."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.view = StateView(settings)
         self.publisher = DecisionPublisher(settings, group_id=APP_ID)
-        self.handler = CommandHandler(ModelStore(settings.model_store), self.view, self.publisher)
+        self.store = ModelStore(settings.model_store)
+        self.handler = CommandHandler(self.store, self.view, self.publisher)
+        self.analysts: dict[int, PartitionAnalyst] = {}
         self.ready = asyncio.Event()
 
     async def on_start(self) -> None:
         await self.view.start()
-        partitions = self.view.partition_count
-        await self.handler.ensure_initial_states(
-            {name: partition_for(name, partitions) for name in self.handler.deployments()}
-        )
+        await self.view.catch_up()
         self.ready.set()
-        log.info("controller ready: %d deployments", len(self.view.states))
+        log.info("controller ready: %d deployments known", len(self.view.states))
 
     async def on_stop(self) -> None:
+        for partition in list(self.analysts):
+            await self._release(partition)
         await self.publisher.close()
         await self.view.stop()
+
+    async def assigned(self, partitions: set[int]) -> None:
+        """Act for ``partitions`` from now on, and for no others."""
+        await self.ready.wait()
+        for partition in set(self.analysts) - partitions:
+            await self._release(partition)
+        count = self.view.partition_count
+        for partition in sorted(partitions - set(self.analysts)):
+            mine = [d for d in self.store.deployments() if partition_for(d, count) == partition]
+            await self.handler.ensure_initial_states({d: partition for d in mine})
+            analyst = PartitionAnalyst(
+                partition,
+                self.settings,
+                self.view,
+                self.publisher,
+                owns=lambda name, p=partition: partition_for(name, count) == p,
+            )
+            await analyst.start()
+            self.analysts[partition] = analyst
+        log.info("acting for control partitions %s", sorted(partitions))
+
+    async def _release(self, partition: int) -> None:
+        analyst = self.analysts.pop(partition, None)
+        if analyst is not None:
+            await analyst.stop()
+        async with self.publisher.lock(partition):
+            await self.publisher.release(partition)
 
 
 def partition_for(deployment: str, partitions: int) -> int:
@@ -70,10 +100,18 @@ def build_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         datadir=str(settings.home / "controller"),
         web_enabled=False,
+        # A dead controller's partitions move to a live one within seconds.
+        broker_session_timeout=settings.controller_session_timeout_s,
+        broker_heartbeat_interval=max(settings.controller_session_timeout_s / 6, 0.5),
     )
     plane = ControlPlane(settings)
     app.add_dependency(plane)
     control = app.topic(CONTROL_TOPIC, key_type=bytes, value_type=bytes, allow_empty=True)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's stub is narrower
+    async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
+        await plane.assigned({tp.partition for tp in assigned if tp.topic == CONTROL_TOPIC})
 
     @app.agent(control)
     async def commands(stream: faust.StreamT[bytes]) -> None:

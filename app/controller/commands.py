@@ -62,11 +62,12 @@ class CommandHandler:
         self, key: bytes | None, value: bytes | None, partition: int, offset: int
     ) -> Outcome:
         await self._view.catch_up()
-        outcome = self.decide(key, value)
-        consumed = {TopicPartition(CONTROL_TOPIC, partition): offset + 1}
-        await self._publisher.publish(partition, outcome.decision, outcome.state, consumed)
-        if outcome.state is not None:
-            self._view.offer(outcome.state)
+        async with self._publisher.lock(partition):
+            outcome = self.decide(key, value)
+            consumed = {TopicPartition(CONTROL_TOPIC, partition): offset + 1}
+            await self._publisher.publish(partition, outcome.decision, outcome.state, consumed)
+            if outcome.state is not None:
+                self._view.offer(outcome.state)
         log.info(
             "%s %s for %s: %s (epoch %d)",
             "accepted" if outcome.accepted else "rejected",
@@ -112,9 +113,10 @@ class CommandHandler:
         return ref
 
     async def ensure_initial_states(self, partition_of: dict[str, int]) -> None:
-        """Publish epoch 0 for every deployment in the store that has no state yet."""
+        """Publish epoch 0 for each deployment of ``partition_of`` (name → its partition)
+        that has no state yet."""
         await self._view.catch_up()
-        for name in self._store.deployments():
+        for name in partition_of:
             if name in self._view.states:
                 continue
             state = self.current(name)
@@ -130,8 +132,10 @@ class CommandHandler:
                 to=None,
                 at=state.updated_at,
             )
-            await self._publisher.publish(partition_of.get(name, 0), decision, state)
-            self._view.offer(state)
+            partition = partition_of[name]
+            async with self._publisher.lock(partition):
+                await self._publisher.publish(partition, decision, state)
+                self._view.offer(state)
 
 
 def _parse(value: bytes | None) -> tuple[ControlCommand | None, str | None]:

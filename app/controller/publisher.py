@@ -9,7 +9,9 @@ that caused it (a command, later a batch of comparisons) commit together or not 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
@@ -29,43 +31,59 @@ class DecisionPublisher:
         self._settings = settings
         self._group_id = group_id
         self._producers: dict[int, AIOKafkaProducer] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def lock(self, partition: int) -> asyncio.Lock:
+        """Held around read-state → decide → publish, by whoever decides for ``partition``
+        (commands and evidence alike): decisions on one partition never interleave, and a
+        transaction never overlaps another on the same producer."""
+        return self._locks.setdefault(partition, asyncio.Lock())
 
     async def publish(
         self,
         partition: int,
-        decision: DecisionEvent,
+        decision: DecisionEvent | None,
         state: DeploymentState | None,
         consumed: dict[TopicPartition, int] | None = None,
+        extra: Sequence[tuple[str, bytes, bytes]] = (),
     ) -> None:
-        """Commit ``state`` (if any), ``decision`` and the ``consumed`` offsets (next offset to
-        read) in one transaction on ``partition``. A fenced producer is replaced once: that
-        happens when this controller owns the partition again after another one did."""
+        """Commit ``state`` (if any), ``decision`` (if any), ``extra`` records (topic, key,
+        value) and the ``consumed`` offsets (next offset to read) in one transaction on
+        ``partition``. A fenced producer is replaced once: that happens when this controller
+        owns the partition again after another one did."""
         try:
-            await self._publish(partition, decision, state, consumed)
+            await self._publish(partition, decision, state, consumed, extra)
         except ProducerFenced:
             await self.release(partition)
-            await self._publish(partition, decision, state, consumed)
+            await self._publish(partition, decision, state, consumed, extra)
 
     async def _publish(
         self,
         partition: int,
-        decision: DecisionEvent,
+        decision: DecisionEvent | None,
         state: DeploymentState | None,
         consumed: dict[TopicPartition, int] | None,
+        extra: Sequence[tuple[str, bytes, bytes]],
     ) -> None:
         producer = await self._producer(partition)
-        key = decision.deployment.encode("utf-8")
         async with producer.transaction():
             if state is not None:
+                key = state.deployment.encode("utf-8")
                 await producer.send(STATE_TOPIC, encode(state), key=key, partition=partition)
-            await producer.send(EVENTS_TOPIC, encode(decision), key=key, partition=partition)
+            if decision is not None:
+                key = decision.deployment.encode("utf-8")
+                await producer.send(EVENTS_TOPIC, encode(decision), key=key, partition=partition)
+            for topic, key, value in extra:
+                await producer.send(topic, value, key=key, partition=partition)
             if consumed:
                 await producer.send_offsets_to_transaction(consumed, self._group_id)
 
     async def _producer(self, partition: int) -> AIOKafkaProducer:
         producer = self._producers.get(partition)
         if producer is None:
-            producer = transactional_producer(self._settings, f"rollout-controller-p{partition}")
+            producer = transactional_producer(
+                self._settings, f"rollout-controller-p{partition}", max_request_size=16 << 20
+            )
             await producer.start()  # init_transactions: fences the partition's previous owner
             self._producers[partition] = producer
         return producer

@@ -23,7 +23,7 @@ from app.core.sequential import BettingTest, Side, non_inferiority, rate_tests
 # Latency histogram: log-spaced bucket edges from 1 µs to ~100 s.
 _LAT_EDGES = [10 ** (k / 10) / 1000 for k in range(0, 81)]
 _PSI_BINS = 10
-_PENDING_LIMIT = 200_000
+_PENDING_LIMIT = 100_000  # compared requests awaiting ground truth (they ride in snapshots)
 
 
 def _bucket(value: float) -> int:

@@ -154,11 +154,10 @@ def decide(state: DeploymentState, a: RolloutAnalysis, recommended: bool = False
             return Decision(Verdict.ROLLBACK, "guardrail failed: " + "; ".join(failures), 0.0, ev)
         if outcome is Criterion.FAILED:
             return Decision(Verdict.ROLLBACK, f"{kind} failed: {why}", 0.0, ev)
-        steps = state.policy.canary_steps
         if a.step_samples < state.policy.min_samples_per_step:
             return Decision(Verdict.HOLD, f"step has {a.step_samples} samples", evidence=ev)
-        later = [s for s in steps if s > state.canary_weight + 1e-9]
-        if later and later[0] < 1.0:
+        later = [w for w in state.policy.canary_steps if w > state.canary_weight + 1e-9]
+        if later:
             return Decision(
                 Verdict.ADVANCE,
                 (
@@ -170,13 +169,6 @@ def decide(state: DeploymentState, a: RolloutAnalysis, recommended: bool = False
             )
         if outcome is Criterion.PASSED:
             return Decision(Verdict.PROMOTE, f"last step passed; {kind}: {why}", evidence=ev)
-        if later:  # last step (100%) reached: hold there until the criterion decides
-            return Decision(
-                Verdict.ADVANCE,
-                (f"step at {state.canary_weight:.0%} healthy; advancing to the last step"),
-                later[0],
-                ev,
-            )
         return Decision(Verdict.HOLD, f"at the last step; {kind}: {why}", evidence=ev)
     if state.mode is Mode.SHADOW:
         if failures:

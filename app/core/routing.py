@@ -2,7 +2,9 @@
 
 Pure and deterministic, so every worker routes a request the same way:
 
-- manual, automatic: production serves everything; nothing is compared.
+- automatic: production serves everything; nothing is compared.
+- manual: production serves everything; the candidate only scores (as in shadow) so that the
+  controller can recommend, or not, the ``promote`` that only an operator gives.
 - canary: the candidate serves an entity when ``bucket(deployment, entity, candidate version)``
   is below the weight. The bucket does not depend on the weight, so at a fixed weight an
   entity never switches model, and raising the weight only adds entities. Candidate-served
@@ -43,7 +45,7 @@ def assign(state: DeploymentState, entity_key: str, request_id: str) -> Assignme
         if bucket(state.deployment, entity_key, candidate.version) < state.canary_weight:
             return Assignment(Role.CANDIDATE, compare=state.policy.pairing)
         return PRODUCTION_ONLY
-    if state.mode is Mode.SHADOW:
+    if state.mode in (Mode.SHADOW, Mode.MANUAL):
         sampled = bucket(state.deployment, request_id, candidate.version) < state.shadow_sample_rate
         return Assignment(Role.PRODUCTION, compare=sampled)
     return PRODUCTION_ONLY

@@ -202,6 +202,10 @@ def _deploy(state: DeploymentState, cmd: ControlCommand, ref: ModelRef | None) -
 
 
 def _promote(state: DeploymentState, cmd: ControlCommand, _: ModelRef | None) -> _Changes:
+    return _promotion(state)
+
+
+def _promotion(state: DeploymentState) -> _Changes:
     candidate = _candidate(state, "promote")
     return {
         "phase": Phase.STABLE,
@@ -275,7 +279,7 @@ def _set_mode(state: DeploymentState, cmd: ControlCommand, _: ModelRef | None) -
     if state.candidate is None:
         return {"mode": cmd.mode}, f"mode set to {cmd.mode} for the next rollout"
     if cmd.mode is Mode.AUTOMATIC:
-        changes, _reason = _promote(state, cmd, None)
+        changes, _reason = _promotion(state)
         return changes | {"mode": Mode.AUTOMATIC}, (
             f"automatic: candidate {state.candidate.version} promoted"
         )
@@ -331,3 +335,51 @@ _TRANSITIONS = {
     Action.SET_WEIGHT: _set_weight,
     Action.SET_MODE: _set_mode,
 }
+
+
+def controller_step(
+    state: DeploymentState,
+    action: str,
+    reason: str,
+    now: int,
+    evidence: Evidence,
+    next_weight: float | None = None,
+) -> Outcome:
+    """A decision the controller takes on evidence (``app.core.promotion``): ``advance`` (to
+    ``next_weight``), ``promote``, ``rollback`` / ``retire`` (the candidate leaves; production
+    never changed), ``await_approval``; or ``recommend``, which changes no state."""
+    if action == "recommend":
+        event = DecisionEvent(
+            deployment=state.deployment,
+            epoch=state.epoch,
+            action=action,
+            command_id=None,
+            accepted=True,
+            reason=reason,
+            decided_by=CONTROLLER,
+            from_=summary(state),
+            to=summary(state),
+            evidence=evidence,
+            at=now,
+        )
+        return Outcome(None, event)
+    candidate = state.candidate
+    if candidate is None:
+        raise ValueError(f"{action} needs a candidate")
+    changes: dict[str, object]
+    if action == "advance":
+        changes = {"canary_weight": next_weight}
+    elif action == "promote":
+        changes, _ = _promotion(state)
+    elif action in ("rollback", "retire"):
+        changes = {"phase": Phase.STABLE, "candidate": None, "canary_weight": 0.0}
+    elif action == "await_approval":
+        changes = {"phase": Phase.AWAITING_APPROVAL}
+    else:
+        raise ValueError(f"unknown controller action {action!r}")
+    new = DeploymentState.model_validate(
+        state.model_copy(
+            update={**changes, "epoch": state.epoch + 1, "updated_at": now, "reason": reason}
+        ).model_dump()
+    )
+    return Outcome(new, decision(state, new, action, reason, now, evidence=evidence))

@@ -132,7 +132,7 @@ def score_batch(
             continue
         entity = entity_key(parsed, record.key)
         assignment = assign(route.state, entity, parsed.request_id)
-        if assignment.compare and route.state.mode is Mode.SHADOW:
+        if assignment.compare and route.state.mode in (Mode.SHADOW, Mode.MANUAL):
             name = parsed.deployment
             result.shadow_sampled[name] = result.shadow_sampled.get(name, 0) + 1
             if shed_shadow:

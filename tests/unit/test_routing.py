@@ -37,7 +37,18 @@ LOW = next(f"e{i}" for i in range(1000) if bucket("fraud", f"e{i}", "2") < 0.05)
 HIGH = next(f"e{i}" for i in range(1000) if bucket("fraud", f"e{i}", "2") > 0.95)
 
 CASES = [
-    ("manual serves production", state(Mode.MANUAL), LOW, Assignment(Role.PRODUCTION, False)),
+    (
+        "manual serves production, scores the candidate",
+        state(Mode.MANUAL),
+        LOW,
+        Assignment(Role.PRODUCTION, True),
+    ),
+    (
+        "manual at sample rate 0",
+        state(Mode.MANUAL, rate=0.0),
+        LOW,
+        Assignment(Role.PRODUCTION, False),
+    ),
     ("automatic serves production", state(Mode.AUTOMATIC), LOW, Assignment(Role.PRODUCTION, False)),
     (
         "canary without candidate",

@@ -30,6 +30,8 @@ DESIGN_TOPICS = {
     "deployments.control",
     "deployments.state",
     "deployments.events",
+    # Beyond the design's list: the controller's evidence snapshots (see app/controller/analyst.py).
+    "deployments.analysis",
 }
 
 
@@ -52,7 +54,8 @@ def test_repo_topics_yaml_declares_every_design_topic() -> None:
     assert by_name["inference.requests"].partitions == 6
     group = spec.co_partitioned[0]
     assert {by_name[n].partitions for n in group} == {3}
-    assert len(group) == 5
+    assert len(group) == 6
+    assert by_name["deployments.analysis"].configs["cleanup.policy"] == "compact"
     assert all(t.replication_factor == 1 for t in spec.topics)
 
 

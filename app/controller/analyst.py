@@ -1,0 +1,277 @@
+"""The controller's evidence side, one ``PartitionAnalyst`` per owned partition.
+
+An analyst reads its partition of ``inference.comparisons`` and ``inference.feedback`` (both
+keyed by deployment, co-partitioned with the control topic), keeps a ``RolloutAnalysis`` for
+every deployment of the partition that has a candidate, and after every batch of evidence
+asks ``app.core.promotion.decide`` what to do. A decision is published in one transaction
+with a snapshot of the partition's analysis, which carries the offsets it was computed up
+to (``deployments.analysis``, compacted, key ``p<N>``). A new owner of the partition, after a
+restart or a fail-over, restores the last snapshot and reads on from its offsets: no evidence
+is counted twice, and no decision is taken twice or lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from pydantic import ValidationError
+
+from app.adapters.kafka_clients import reader
+from app.adapters.state_view import StateView
+from app.controller.publisher import DecisionPublisher
+from app.core.analysis import RolloutAnalysis
+from app.core.events import Comparison, DeploymentState, Feedback, ShedReport, decode, now_ms
+from app.core.promotion import Verdict, decide
+from app.core.state_machine import controller_step
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_TOPIC = "deployments.analysis"
+COMPARISONS_TOPIC = "inference.comparisons"
+FEEDBACK_TOPIC = "inference.feedback"
+SNAPSHOT_EVERY_S = 2.0
+
+_ACTIONS = {
+    Verdict.ADVANCE: "advance",
+    Verdict.PROMOTE: "promote",
+    Verdict.ROLLBACK: "rollback",
+    Verdict.RETIRE: "retire",
+    Verdict.AWAIT_APPROVAL: "await_approval",
+    Verdict.RECOMMEND_PROMOTE: "recommend",
+    Verdict.RECOMMEND_REJECT: "recommend",
+}
+
+
+@dataclass
+class _Tracked:
+    analysis: RolloutAnalysis
+    weight: float
+    recommended: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "analysis": self.analysis.to_json(),
+            "weight": self.weight,
+            "recommended": self.recommended,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _Tracked:
+        return cls(RolloutAnalysis.from_json(data["analysis"]), data["weight"], data["recommended"])
+
+
+@dataclass
+class PartitionSnapshot:
+    partition: int
+    comparisons_offset: int = 0
+    feedback_offset: int = 0
+    rollouts: dict[str, _Tracked] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "partition": self.partition,
+                "comparisons_offset": self.comparisons_offset,
+                "feedback_offset": self.feedback_offset,
+                "rollouts": {name: t.to_json() for name, t in self.rollouts.items()},
+            }
+        )
+
+    @classmethod
+    def decode(cls, value: bytes) -> PartitionSnapshot:
+        data = orjson.loads(value)
+        return cls(
+            data["partition"],
+            data["comparisons_offset"],
+            data["feedback_offset"],
+            {name: _Tracked.from_json(t) for name, t in data["rollouts"].items()},
+        )
+
+
+class PartitionAnalyst:
+    def __init__(
+        self,
+        partition: int,
+        settings: Settings,
+        view: StateView,
+        publisher: DecisionPublisher,
+        owns: Any,
+    ) -> None:
+        self.partition = partition
+        self._settings = settings
+        self._view = view
+        self._publisher = publisher
+        self._owns = owns  # deployment name -> bool: is it on this partition
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.snapshot = PartitionSnapshot(partition)
+        self._dirty = False
+        self._last_snapshot = time.monotonic()
+
+    async def start(self) -> None:
+        self.snapshot = await self._restore()
+        consumer = reader(self._settings, client_id=f"rollout-analyst-p{self.partition}")
+        await consumer.start()
+        comparisons = TopicPartition(COMPARISONS_TOPIC, self.partition)
+        feedback = TopicPartition(FEEDBACK_TOPIC, self.partition)
+        consumer.assign([comparisons, feedback])
+        consumer.seek(comparisons, self.snapshot.comparisons_offset)
+        consumer.seek(feedback, self.snapshot.feedback_offset)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name=f"analyst-p{self.partition}")
+        log.info(
+            "analyst p%d: restored %d rollouts, comparisons@%d, feedback@%d",
+            self.partition,
+            len(self.snapshot.rollouts),
+            self.snapshot.comparisons_offset,
+            self.snapshot.feedback_offset,
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _restore(self) -> PartitionSnapshot:
+        consumer = reader(self._settings, client_id=f"rollout-analyst-restore-p{self.partition}")
+        await consumer.start()
+        try:
+            tp = TopicPartition(ANALYSIS_TOPIC, self.partition)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            latest: bytes | None = None
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                for record in batch.get(tp, []):
+                    if record.value is not None:
+                        latest = record.value
+            return PartitionSnapshot.decode(latest) if latest else PartitionSnapshot(self.partition)
+        finally:
+            await consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=5000)
+            async with self._publisher.lock(self.partition):
+                self._sync_with_states()
+                for records in batch.values():
+                    for record in records:
+                        self._take(record)
+                await self._decide()
+                if self._dirty and time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S:
+                    await self._publish(None, None)
+
+    def _sync_with_states(self) -> None:
+        """Start, reset or end tracked rollouts as the deployments' states say."""
+        rollouts = self.snapshot.rollouts
+        for name, state in self._view.states.items():
+            if not self._owns(name):
+                continue
+            tracked = rollouts.get(name)
+            if state.candidate is None:
+                if tracked is not None:
+                    del rollouts[name]
+                    self._dirty = True
+                continue
+            if tracked is None or tracked.analysis.candidate != state.candidate.version:
+                rollouts[name] = _Tracked(self._fresh(state), state.canary_weight)
+                self._dirty = True
+            elif tracked.weight != state.canary_weight:  # an operator moved the weight
+                tracked.analysis.new_step(state.epoch)
+                tracked.weight = state.canary_weight
+                self._dirty = True
+
+    @staticmethod
+    def _fresh(state: DeploymentState) -> RolloutAnalysis:
+        assert state.candidate is not None
+        g = state.policy.guardrails
+        return RolloutAnalysis(
+            deployment=state.deployment,
+            candidate=state.candidate.version,
+            start_epoch=state.epoch,
+            alpha=state.policy.alpha,
+            margin=state.policy.non_inferiority_margin,
+            disagreement_ceiling=g.max_disagreement,
+            error_ceiling=max(g.max_candidate_error_rate, 1e-4),
+        )
+
+    def _take(self, record: ConsumerRecord) -> None:
+        snap = self.snapshot
+        self._dirty = True
+        try:
+            if record.topic == FEEDBACK_TOPIC:
+                snap.feedback_offset = record.offset + 1
+                feedback = decode(Feedback, record.value)
+                tracked = snap.rollouts.get(feedback.deployment)
+                if tracked is not None:
+                    tracked.analysis.add_feedback(feedback)
+                return
+            snap.comparisons_offset = record.offset + 1
+            if ("kind", b"shed") in (record.headers or ()):
+                report = decode(ShedReport, record.value)
+                tracked = snap.rollouts.get(report.deployment)
+                if tracked is not None:
+                    tracked.analysis.shed += report.shed
+                    tracked.analysis.shed_sampled += report.sampled
+                return
+            comparison = decode(Comparison, record.value)
+            tracked = snap.rollouts.get(comparison.deployment)
+            if tracked is not None:
+                tracked.analysis.add_comparison(comparison)
+        except (ValidationError, ValueError) as exc:
+            log.warning(
+                "analyst p%d: unreadable %s record at %d: %s",
+                self.partition,
+                record.topic,
+                record.offset,
+                exc,
+            )
+
+    async def _decide(self) -> None:
+        for name, tracked in list(self.snapshot.rollouts.items()):
+            state = self._view.states.get(name)
+            if state is None:
+                continue
+            decision = decide(state, tracked.analysis, tracked.recommended)
+            if decision.verdict is Verdict.HOLD:
+                continue
+            outcome = controller_step(
+                state,
+                _ACTIONS[decision.verdict],
+                decision.reason,
+                now_ms(),
+                decision.evidence,
+                decision.next_weight,
+            )
+            if decision.verdict in (Verdict.RECOMMEND_PROMOTE, Verdict.RECOMMEND_REJECT):
+                tracked.recommended = True
+            if outcome.state is not None and decision.verdict is Verdict.ADVANCE:
+                tracked.analysis.new_step(outcome.state.epoch)
+                tracked.weight = outcome.state.canary_weight
+            if outcome.state is not None and outcome.state.candidate is None:
+                del self.snapshot.rollouts[name]
+            await self._publish(outcome.decision, outcome.state)
+            if outcome.state is not None:
+                self._view.offer(outcome.state)
+            log.info(
+                "decided %s for %s: %s", outcome.decision.action, name, outcome.decision.reason
+            )
+
+    async def _publish(self, decision: Any, state: DeploymentState | None) -> None:
+        extra = [(ANALYSIS_TOPIC, f"p{self.partition}".encode(), self.snapshot.encode())]
+        await self._publisher.publish(self.partition, decision, state, extra=extra)
+        self._dirty = False
+        self._last_snapshot = time.monotonic()

@@ -1,0 +1,246 @@
+"""Rollout analysis and the promotion decision, as tables over synthetic evidence."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from app.core.analysis import RolloutAnalysis, psi
+from app.core.events import (
+    ArmResult,
+    Comparison,
+    DeploymentState,
+    Feedback,
+    Mode,
+    ModelOutput,
+    ModelRef,
+    Phase,
+    Role,
+    SourceOffset,
+)
+from app.core.policy import Policy
+from app.core.promotion import Verdict, decide
+
+V1 = ModelRef(name="fraud", version="1", uri="fraud/1/model.onnx", sha256="1" * 64)
+V2 = ModelRef(name="fraud", version="2", uri="fraud/2/model.onnx", sha256="2" * 64)
+POLICY = Policy(min_samples_per_step=200)
+
+
+def state(
+    mode: Mode, weight: float = 0.05, phase: Phase = Phase.PROGRESSING, **policy: Any
+) -> DeploymentState:
+    return DeploymentState(
+        deployment="fraud",
+        epoch=10,
+        mode=mode,
+        phase=phase,
+        production=V1,
+        candidate=V2,
+        canary_weight=weight,
+        policy=POLICY.model_copy(update=policy),
+    )
+
+
+def analysis(st: DeploymentState) -> RolloutAnalysis:
+    g = st.policy.guardrails
+    return RolloutAnalysis(
+        deployment="fraud",
+        candidate="2",
+        start_epoch=10,
+        alpha=0.05,
+        margin=st.policy.non_inferiority_margin,
+        disagreement_ceiling=g.max_disagreement,
+        error_ceiling=g.max_candidate_error_rate,
+    )
+
+
+def out(label: str, score: float) -> ModelOutput:
+    return ModelOutput(label=label, scores=[1 - score, score])
+
+
+def feed(
+    a: RolloutAnalysis,
+    n: int,
+    *,
+    disagree: float = 0.02,
+    cand_errors: float = 0.0,
+    prod_acc: float = 0.85,
+    cand_acc: float = 0.85,
+    coverage: float = 0.0,
+    cand_latency: float = 0.02,
+    epoch: int = 10,
+    seed: int = 0,
+) -> None:
+    """``n`` paired comparisons (and ground truth for ``coverage`` of them)."""
+    rng = random.Random(seed)
+    for i in range(n):
+        truth = "fraud" if rng.random() < 0.2 else "legit"
+        other = "legit" if truth == "fraud" else "fraud"
+        u = rng.random()
+        prod_label = truth if u < prod_acc else other
+        cand_label = (
+            (truth if u < cand_acc else other)
+            if rng.random() > disagree
+            else (other if prod_label == truth else truth)
+        )
+        failed = rng.random() < cand_errors
+        rid = f"r{seed}-{i}"
+        c = Comparison(
+            request_id=rid,
+            deployment="fraud",
+            mode=Mode.CANARY,
+            epoch=epoch,
+            source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+            served_by=Role.CANDIDATE,
+            production=ArmResult(
+                version="1", sha256="1" * 64, output=out(prod_label, 0.3), latency_ms=0.02
+            ),
+            candidate=ArmResult(
+                version="2",
+                sha256="2" * 64,
+                output=None if failed else out(cand_label, 0.3),
+                latency_ms=None if failed else cand_latency,
+                error="boom" if failed else None,
+            ),
+            agree=not failed and prod_label == cand_label,
+            score_delta=0.0,
+        )
+        assert a.add_comparison(c)
+        if rng.random() < coverage:
+            assert a.add_feedback(
+                Feedback(request_id=rid, deployment="fraud", label=truth, observed_at=1)
+            )
+
+
+CASES: list[tuple[str, DeploymentState, dict[str, Any], Verdict]] = [
+    ("canary: too few samples in the step", state(Mode.CANARY), {"n": 100}, Verdict.HOLD),
+    ("canary: healthy step advances", state(Mode.CANARY), {"n": 400}, Verdict.ADVANCE),
+    (
+        "canary: disagreement guardrail",
+        state(Mode.CANARY),
+        {"n": 300, "disagree": 0.5},
+        Verdict.ROLLBACK,
+    ),
+    (
+        "canary: candidate errors",
+        state(Mode.CANARY),
+        {"n": 300, "cand_errors": 0.2},
+        Verdict.ROLLBACK,
+    ),
+    (
+        "canary: latency guardrail",
+        state(Mode.CANARY),
+        {"n": 400, "cand_latency": 1.0},
+        Verdict.ROLLBACK,
+    ),
+    (
+        "canary: last step, criterion passed",
+        state(Mode.CANARY, weight=1.0),
+        {"n": 3000},
+        Verdict.PROMOTE,
+    ),
+    (
+        "canary: worse on ground truth",
+        state(Mode.CANARY, weight=0.25),
+        {"n": 3000, "cand_acc": 0.6, "coverage": 0.8, "disagree": 0.0},
+        Verdict.ROLLBACK,
+    ),
+    (
+        "canary: better on ground truth, last step",
+        state(Mode.CANARY, weight=1.0),
+        {"n": 3000, "prod_acc": 0.75, "cand_acc": 0.9, "coverage": 0.8, "disagree": 0.0},
+        Verdict.PROMOTE,
+    ),
+    ("canary: paused holds", state(Mode.CANARY, phase=Phase.PAUSED), {"n": 3000}, Verdict.HOLD),
+    ("shadow: agreement passes", state(Mode.SHADOW, weight=0.0), {"n": 3000}, Verdict.PROMOTE),
+    (
+        "shadow: approval required",
+        state(Mode.SHADOW, weight=0.0, shadow_requires_approval=True),
+        {"n": 3000},
+        Verdict.AWAIT_APPROVAL,
+    ),
+    (
+        "shadow: disagreement retires",
+        state(Mode.SHADOW, weight=0.0),
+        {"n": 300, "disagree": 0.5},
+        Verdict.RETIRE,
+    ),
+    (
+        "manual: recommends",
+        state(Mode.MANUAL, weight=0.0, phase=Phase.AWAITING_APPROVAL),
+        {"n": 3000},
+        Verdict.RECOMMEND_PROMOTE,
+    ),
+    (
+        "manual: recommends against",
+        state(Mode.MANUAL, weight=0.0, phase=Phase.AWAITING_APPROVAL),
+        {"n": 300, "disagree": 0.5},
+        Verdict.RECOMMEND_REJECT,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "st", "evidence", "verdict"), CASES, ids=[c[0] for c in CASES])
+def test_decision_table(
+    name: str, st: DeploymentState, evidence: dict[str, Any], verdict: Verdict
+) -> None:
+    a = analysis(st)
+    feed(a, **evidence)
+    decision = decide(st, a)
+    assert decision.verdict is verdict, decision.reason
+    if verdict is not Verdict.HOLD:
+        assert decision.evidence.samples["compared"] == evidence["n"]
+        assert "thresholds" in decision.evidence.tests
+        assert decision.reason
+
+
+def test_advance_goes_to_the_next_policy_step() -> None:
+    st = state(Mode.CANARY, weight=0.10)
+    a = analysis(st)
+    feed(a, 400)
+    assert decide(st, a).next_weight == 0.25
+
+
+def test_manual_recommends_only_once() -> None:
+    st = state(Mode.MANUAL, weight=0.0, phase=Phase.AWAITING_APPROVAL)
+    a = analysis(st)
+    feed(a, 3000)
+    assert decide(st, a, recommended=True).verdict is Verdict.HOLD
+
+
+def test_only_the_rollouts_own_comparisons_count() -> None:
+    st = state(Mode.CANARY)
+    a = analysis(st)
+    feed(a, 10)
+    stale = analysis(st)
+    with pytest.raises(AssertionError):
+        feed(stale, 1, epoch=9)  # an older epoch than the rollout's start
+    assert a.compared == 10
+
+
+def test_a_new_step_counts_its_own_samples() -> None:
+    st = state(Mode.CANARY)
+    a = analysis(st)
+    feed(a, 300)
+    a.new_step(12)
+    feed(a, 50, epoch=11, seed=1)
+    feed(a, 70, epoch=12, seed=2)
+    assert (a.step_samples, a.compared) == (70, 420)
+
+
+def test_snapshot_round_trip_keeps_every_count_and_test() -> None:
+    st = state(Mode.CANARY)
+    a = analysis(st)
+    feed(a, 500, coverage=0.5, disagree=0.1)
+    b = RolloutAnalysis.from_json(a.to_json())
+    assert b.to_json() == a.to_json()
+    assert b.better.log_wealth == a.better.log_wealth and b.pending == a.pending
+    assert decide(st, b).verdict is decide(st, a).verdict
+
+
+def test_psi_is_zero_for_equal_distributions_and_grows_with_shift() -> None:
+    same = [10] * 10
+    assert psi(same, same) == pytest.approx(0.0)
+    assert psi(same, [1] * 5 + [19] * 5) > psi(same, [8] * 5 + [12] * 5) > 0
