@@ -206,6 +206,7 @@ class PartitionAnalyst:
             margin=state.policy.non_inferiority_margin,
             disagreement_ceiling=g.max_disagreement,
             error_ceiling=max(g.max_candidate_error_rate, 1e-4),
+            horizon_ms=state.policy.feedback_horizon_s * 1000,
         )
 
     def _take(self, record: ConsumerRecord) -> None:
@@ -230,7 +231,7 @@ class PartitionAnalyst:
             comparison = decode(Comparison, record.value)
             tracked = snap.rollouts.get(comparison.deployment)
             if tracked is not None:
-                tracked.analysis.add_comparison(comparison)
+                tracked.analysis.add_comparison(comparison, at=record.timestamp)
         except (ValidationError, ValueError) as exc:
             log.warning(
                 "analyst p%d: unreadable %s record at %d: %s",

@@ -112,8 +112,13 @@ class RolloutAnalysis:
     labelled: int = 0
     shed: int = 0
     shed_sampled: int = 0
-    # request_id -> (production label | None, candidate label | None), awaiting ground truth.
-    pending: OrderedDict[str, tuple[str | None, str | None]] = field(default_factory=OrderedDict)
+    horizon_ms: int = 24 * 3600 * 1000
+    # request_id -> (production label | None, candidate label | None, compared at), in the
+    # order compared, awaiting ground truth for at most ``horizon_ms``.
+    pending: OrderedDict[str, tuple[str | None, str | None, int]] = field(
+        default_factory=OrderedDict
+    )
+    expired_pending: int = 0
     dropped_pending: int = 0
     better: BettingTest = field(init=False)
     worse: BettingTest = field(init=False)
@@ -135,8 +140,9 @@ class RolloutAnalysis:
             and comparison.epoch >= self.start_epoch
         )
 
-    def add_comparison(self, c: Comparison) -> bool:
-        """Take ``c`` into the evidence; False (and nothing changes) if it is not this rollout's."""
+    def add_comparison(self, c: Comparison, at: int = 0) -> bool:
+        """Take ``c`` (compared at ``at``, epoch ms) into the evidence; False (and nothing
+        changes) if it is not this rollout's."""
         if not self.counts(c):
             return False
         self.compared += 1
@@ -158,18 +164,29 @@ class RolloutAnalysis:
         self.pending[c.request_id] = (
             prod.output.label if prod.output else None,
             cand.output.label if cand.output else None,
+            at,
         )
         while len(self.pending) > _PENDING_LIMIT:
             self.pending.popitem(last=False)
             self.dropped_pending += 1
+        self.expire(at)
         return True
+
+    def expire(self, now: int) -> None:
+        """Stop waiting for ground truth of requests compared more than a horizon ago."""
+        while self.pending:
+            request_id, (_, _, at) = next(iter(self.pending.items()))
+            if at >= now - self.horizon_ms:
+                break
+            del self.pending[request_id]
+            self.expired_pending += 1
 
     def add_feedback(self, f: Feedback) -> bool:
         """Join ground truth to a compared request of this rollout; False if none waits for it."""
         outputs = self.pending.pop(f.request_id, None)
         if outputs is None:
             return False
-        prod_label, cand_label = outputs
+        prod_label, cand_label, _ = outputs
         self.labelled += 1
         if prod_label is not None:
             self.production.labelled += 1
@@ -262,9 +279,11 @@ class RolloutAnalysis:
             "shed": self.shed,
             "shed_sampled": self.shed_sampled,
             "dropped_pending": self.dropped_pending,
+            "horizon_ms": self.horizon_ms,
+            "expired_pending": self.expired_pending,
             "production": vars(self.production),
             "candidate_arm": vars(self.candidate_arm),
-            "pending": [[k, v[0], v[1]] for k, v in self.pending.items()],
+            "pending": [[k, *v] for k, v in self.pending.items()],
             "tests": tests,
         }
 
@@ -294,7 +313,7 @@ class RolloutAnalysis:
         analysis = cls(**simple)
         analysis.production = ArmStats(**data["production"])
         analysis.candidate_arm = ArmStats(**data["candidate_arm"])
-        analysis.pending = OrderedDict((k, (p, c)) for k, p, c in data["pending"])
+        analysis.pending = OrderedDict((k, (p, c, at)) for k, p, c, at in data["pending"])
         for name, state in data["tests"].items():
             test: BettingTest = getattr(analysis, name)
             for attr, value in state.items():

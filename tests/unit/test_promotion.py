@@ -244,3 +244,15 @@ def test_psi_is_zero_for_equal_distributions_and_grows_with_shift() -> None:
     same = [10] * 10
     assert psi(same, same) == pytest.approx(0.0)
     assert psi(same, [1] * 5 + [19] * 5) > psi(same, [8] * 5 + [12] * 5) > 0
+
+
+def test_ground_truth_is_awaited_for_the_horizon_only() -> None:
+    st = state(Mode.CANARY)
+    a = analysis(st)
+    a.horizon_ms = 1000
+    feed(a, 5)
+    c = next(iter(a.pending))
+    assert len(a.pending) == 5
+    a.expire(now=10_000)
+    assert not a.pending and a.expired_pending == 5
+    assert not a.add_feedback(Feedback(request_id=c, deployment="fraud", label="x", observed_at=1))
