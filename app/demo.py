@@ -1,29 +1,34 @@
 """``rollout demo``: the whole service on one machine, end to end, with a live view.
 
 Starts the local broker when ``KAFKA_BOOTSTRAP_SERVERS`` is not set, applies ``topics.yaml``,
-then runs a worker and a traffic generator in this process and shows the committed
-predictions as they arrive (read back with ``read_committed``, as any consumer would).
+starts a controller and two workers (real ``rollout`` processes, logs under
+``<ROLLOUT_HOME>/demo``), shows predictions flowing, then walks through the rollout scenarios
+of ``app.scenarios.DEMO`` with traffic and late ground truth, and ends with a summary of what
+the controller decided and why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from app.adapters import kafka_local
+from app.adapters.control_client import current_states
 from app.adapters.kafka_clients import partitions_of, plain_producer, reader
 from app.adapters.topics import apply_topics, load_topics_file
 from app.core.events import Prediction, decode
+from app.scenarios import DEMO, ScenarioResult, reset, run_scenario
 from app.settings import Settings
 from app.traffic import make_requests, send
-from app.worker.service import serve
 
 console = Console()
 
@@ -31,7 +36,7 @@ console = Console()
 async def ensure_kafka(settings: Settings) -> None:
     """The local broker when no cluster is configured; then the topics of ``topics.yaml``."""
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        console.print("[bold]Kafka[/bold]: starting the local broker (first run fetches it)…")
+        console.print("[bold]Kafka[/bold]: starting the local broker (the first run fetches it)…")
         config = kafka_local.BrokerConfig.from_settings(settings)
         result = await asyncio.to_thread(kafka_local.start, config)
         console.print(f"  {result.action} on {result.status.bootstrap} in {result.seconds:.1f}s")
@@ -41,112 +46,182 @@ async def ensure_kafka(settings: Settings) -> None:
     )
 
 
-@dataclass
-class _Seen:
-    total: int = 0
-    by_version: Counter[str] = field(default_factory=Counter)
-    by_label: Counter[str] = field(default_factory=Counter)
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
-    recent: deque[Prediction] = field(default_factory=lambda: deque(maxlen=6))
-    started: float = field(default_factory=time.monotonic)
+class Services:
+    """The controller and two workers as child processes of the demo."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.logs = settings.home / "demo"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for name, args in (
+            ("controller", ["controller"]),
+            ("worker-1", ["worker", "--worker-id", "demo-1"]),
+            ("worker-2", ["worker", "--worker-id", "demo-2"]),
+        ):
+            log = (self.logs / f"{name}.log").open("ab")
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "app", *args],
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        console.print(f"[bold]Services[/bold]: controller and 2 workers (logs in {self.logs})")
+
+    def check(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {self.logs}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
-def _view(seen: _Seen, sent: int) -> Group:
-    elapsed = max(time.monotonic() - seen.started, 1e-6)
-    lat = sorted(seen.latencies)
-    p50 = lat[len(lat) // 2] if lat else 0.0
-    p99 = lat[int(len(lat) * 0.99)] if lat else 0.0
-    head = Table.grid(padding=(0, 2))
-    head.add_row("requests sent", f"{sent:,}", "predictions committed", f"{seen.total:,}")
-    head.add_row(
-        "throughput",
-        f"{seen.total / elapsed:,.0f}/s",
-        "end-to-end p50 / p99",
-        f"{p50:.0f} / {p99:.0f} ms",
-    )
-    head.add_row(
-        "by version",
-        ", ".join(f"v{v}: {n:,}" for v, n in sorted(seen.by_version.items())),
-        "by label",
-        ", ".join(f"{k}: {n:,}" for k, n in sorted(seen.by_label.items())),
-    )
-    recent = Table("request", "card", "model", "epoch", "label", "fraud score", title="latest")
-    for p in seen.recent:
-        recent.add_row(
-            p.request_id,
-            p.entity_key,
-            f"v{p.model.version} {p.model.sha256[:8]}",
-            str(p.epoch),
-            p.output.label,
-            f"{p.output.scores[-1]:.3f}",
-        )
-    return Group(head, recent)
-
-
-async def _watch(settings: Settings, seen: _Seen, run_id: str, stop: asyncio.Event) -> None:
+async def show_serving(settings: Settings, seconds: float, rate: float) -> int:
+    """Send ``seconds`` of traffic and count the committed predictions as they arrive."""
     consumer = reader(settings)
     await consumer.start()
+    producer = plain_producer(settings)
+    await producer.start()
+    run_id = f"serve-{int(time.time())}"
+    requests = make_requests(int(seconds * rate), seed=int(time.time()) % 1000, run_id=run_id)
+    seen: Counter[str] = Counter()
     try:
         partitions = await partitions_of(consumer, "inference.predictions")
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:
             await consumer.position(tp)
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200)
-            now = time.time() * 1000
-            for records in batch.values():
-                for r in records:
-                    p = decode(Prediction, r.value)
-                    if not p.request_id.startswith(run_id):
-                        continue
-                    seen.total += 1
-                    seen.by_version[p.model.version] += 1
-                    seen.by_label[p.output.label] += 1
-                    seen.latencies.append(now - r.timestamp if r.timestamp else 0.0)
-                    seen.recent.append(p)
+        sender = asyncio.create_task(send(producer, requests, rate=rate))
+        started = time.monotonic()
+        last: Prediction | None = None
+        with Live(console=console, refresh_per_second=4) as live:
+            while time.monotonic() - started < seconds + 20 and sum(seen.values()) < len(requests):
+                batch = await consumer.getmany(timeout_ms=250)
+                for records in batch.values():
+                    for record in records:
+                        p = decode(Prediction, record.value)
+                        if p.request_id.startswith(run_id):
+                            seen[f"v{p.model.version} {p.output.label}"] += 1
+                            last = p
+                total = sum(seen.values())
+                rate_now = total / max(time.monotonic() - started, 1e-3)
+                detail = ", ".join(f"{k}: {n}" for k, n in sorted(seen.items()))
+                example = (
+                    f" — e.g. {last.request_id} card {last.entity_key}: {last.output.label} "
+                    f"({last.output.scores[-1]:.3f}) by v{last.model.version}, "
+                    f"epoch {last.epoch}"
+                    if last
+                    else ""
+                )
+                live.update(
+                    f"predictions committed: {total:,}/{len(requests):,} "
+                    f"({rate_now:,.0f}/s) [{detail}]{example}"
+                )
+        await sender
+        return sum(seen.values())
     finally:
+        await producer.stop()
         await consumer.stop()
 
 
-async def run_demo(settings: Settings, seconds: float, rate: float) -> int:
+def _line(result: ScenarioResult, weight: str) -> str:
+    last = result.decisions[-1] if result.decisions else None
+    said = f"; last decision: {last.action} — {last.reason}" if last else ""
+    return (
+        f"  {result.scenario.name}: {result.requests:,} requests, "
+        f"{result.feedback:,} labels, {result.seconds:.0f}s, weight {weight}{said}"
+    )
+
+
+async def run_demo(settings: Settings, rate: float) -> int:
     await ensure_kafka(settings)
-    run_id = f"demo-{int(time.time())}"
-    n = int(seconds * rate)
-    requests = make_requests(n, seed=int(time.time()) % 10_000, run_id=run_id)
-    stop_worker, stop_watch = asyncio.Event(), asyncio.Event()
-    seen = _Seen()
-    worker = asyncio.create_task(serve(settings, "demo-worker", stop_worker))
-    watcher = asyncio.create_task(_watch(settings, seen, run_id, stop_watch))
-    producer = plain_producer(settings)
-    await producer.start()
-    console.print(
-        f"[bold]Serving[/bold] {n:,} card transactions at {rate:,.0f}/s "
-        "through a worker; predictions read back from inference.predictions:"
-    )
-    sender = asyncio.create_task(send(producer, requests, rate=rate))
-    with Live(_view(seen, 0), console=console, refresh_per_second=4) as live:
-        deadline = time.monotonic() + seconds + 30
-        while time.monotonic() < deadline and (not sender.done() or seen.total < n):
-            await asyncio.sleep(0.25)
-            live.update(
-                _view(
-                    seen,
-                    n if sender.done() else int(min(n, (time.monotonic() - seen.started) * rate)),
+    services = Services(settings)
+    services.start()
+    try:
+        await asyncio.sleep(6)  # let the controller join its group and the workers load models
+        services.check()
+        await reset(settings)
+        console.print("\n[bold]1. Serving[/bold]: production v1 scores generated card traffic")
+        served = await show_serving(settings, seconds=5, rate=rate)
+        console.print(f"  {served:,} predictions committed, exactly one per request")
+        console.print("\n[bold]2. Rollouts[/bold]: the controller decides on evidence")
+        results: list[ScenarioResult] = []
+        producer = plain_producer(settings)
+        await producer.start()
+        try:
+            for scenario in DEMO:
+                with Live(console=console, refresh_per_second=2) as live:
+
+                    def progress(r: ScenarioResult, live: Live = live) -> None:
+                        weight = (
+                            r.decisions[-1].to.weight if r.decisions and r.decisions[-1].to else 0.0
+                        )
+                        live.update(_line(r, f"{weight:.0%}"))
+
+                    result = await run_scenario(
+                        settings, producer, scenario, rate=rate, progress=progress
+                    )
+                services.check()
+                results.append(result)
+                final = result.final
+                mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
+                console.print(
+                    f"  {mark} {scenario.name}: "
+                    f"{final.action if final else 'no decision'} — "
+                    f"{final.reason if final else ''}"
                 )
+        finally:
+            await producer.stop()
+        _summary(results)
+        states = await current_states(settings)
+        st = states.get("fraud")
+        if st is not None:
+            console.print(
+                f"\nNow: production v{st.production.version}, candidate "
+                f"{'v' + st.candidate.version if st.candidate else '-'} ({st.mode}, "
+                f"{st.phase}), epoch {st.epoch}. Try `rollout status`."
             )
-            if worker.done():
-                break
-    await sender
-    await producer.stop()
-    stop_worker.set()
-    stop_watch.set()
-    stats = await worker
-    await watcher
-    ok = seen.total == n
-    console.print(
-        f"[bold]{'Done' if ok else 'Incomplete'}[/bold]: {seen.total:,} of {n:,} requests got "
-        f"a committed prediction; the worker scored {stats.records:,} records in "
-        f"{stats.batches:,} batches."
+        return 0 if all(r.ok for r in results) else 1
+    finally:
+        services.stop()
+
+
+def _summary(results: list[ScenarioResult]) -> None:
+    table = Table(
+        "scenario",
+        "expected",
+        "decided",
+        "compared",
+        "labelled",
+        "requests",
+        "time",
+        "why",
+        title="What the controller decided",
+        show_lines=True,
     )
-    return 0 if ok else 1
+    for r in results:
+        final = r.final
+        samples = final.evidence.samples if final else {}
+        table.add_row(
+            r.scenario.name,
+            r.scenario.expect,
+            final.action if final else "-",
+            str(samples.get("compared", "-")),
+            str(samples.get("labelled", "-")),
+            f"{r.requests:,}",
+            f"{r.seconds:.0f}s",
+            final.reason if final else "",
+        )
+    console.print(table)

@@ -43,10 +43,11 @@ def controller(
 
 @app.command()
 def demo(
-    seconds: Annotated[float, typer.Option(help="How long to send traffic.")] = 20.0,
-    rate: Annotated[float, typer.Option(help="Requests per second.")] = 500.0,
+    rate: Annotated[float, typer.Option(help="Requests per second of generated traffic.")] = 600.0,
 ) -> None:
-    """Run everything locally (broker, topics, a worker, traffic) and watch predictions flow."""
+    """Run everything locally (broker, topics, controller, two workers) and walk through
+    rollouts: v2 promoted by canary, v3 rolled back, v3 rejected in shadow, a manual
+    recommendation."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # retried produce errors are noise here
-    raise typer.Exit(asyncio.run(run_demo(load_settings(), seconds, rate)))
+    raise typer.Exit(asyncio.run(run_demo(load_settings(), rate)))

@@ -26,6 +26,7 @@ from app.core.analysis import RolloutAnalysis
 from app.core.events import DeploymentState, Evidence, Mode, Phase
 
 MIN_GUARDRAIL_SAMPLES = 100
+MIN_SHIFT_SAMPLES = 500  # PSI is biased upwards on few samples
 
 
 class Verdict(StrEnum):
@@ -66,8 +67,9 @@ def guardrail_failures(state: DeploymentState, a: RolloutAnalysis) -> list[str]:
             f"disagreement with production {a.disagreement:.1%} is above the ceiling "
             f"{g.max_disagreement:.1%} (sequential test, alpha {a.alpha})"
         )
-    enough = min(a.candidate_arm.scored, a.production.scored) >= MIN_GUARDRAIL_SAMPLES
-    if enough and a.score_shift > g.max_score_shift:
+    scored = min(a.candidate_arm.scored, a.production.scored)
+    enough = scored >= MIN_GUARDRAIL_SAMPLES
+    if scored >= MIN_SHIFT_SAMPLES and a.score_shift > g.max_score_shift:
         failed.append(f"score shift PSI {a.score_shift:.3f} is above {g.max_score_shift:.3f}")
     ratio = a.latency_ratio
     if enough and not math.isnan(ratio) and ratio > g.max_latency_ratio:

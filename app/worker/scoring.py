@@ -155,16 +155,22 @@ def _score_deployment(
     ]
     candidate = _run(route.candidate, rows, wants_candidate) if route.candidate else None
     failed = set(wants_candidate) - set(candidate.outputs) if candidate else set()
-    # Production scores what it serves, what it is compared on, and what the candidate failed.
+    # Production scores the compared rows in a call of their own, over the same rows as the
+    # candidate, so the two arms' per-row latencies are measured alike (a canary's candidate
+    # sees a small share of a batch); then what it serves besides, and what the candidate failed.
+    compared = [i for i, r in enumerate(rows) if r.assignment.compare]
+    paired = _run(route.production, rows, compared)
     production = _run(
         route.production,
         rows,
         [
             i
             for i, r in enumerate(rows)
-            if r.assignment.served_by is Role.PRODUCTION or r.assignment.compare or i in failed
+            if not r.assignment.compare
+            and (r.assignment.served_by is Role.PRODUCTION or i in failed)
         ],
     )
+    production.outputs.update(paired.outputs)
     state = route.state
     for i, row in enumerate(rows):
         served_by = row.assignment.served_by
@@ -178,7 +184,8 @@ def _score_deployment(
         assert arm is not None and scorer is not None
         output = arm.outputs.get(i)
         if output is None:  # production itself failed on this row
-            rejection = Rejection(DeadLetterCode.MODEL_ERROR, production.error or "no output")
+            error = production.error or paired.error or "no output"
+            rejection = Rejection(DeadLetterCode.MODEL_ERROR, error)
             _reject(result, topics, row.record, rejection, now_ms())
             continue
         prediction = Prediction(
@@ -190,14 +197,17 @@ def _score_deployment(
             mode=state.mode,
             epoch=state.epoch,
             output=output,
-            latency_ms=arm.latency_ms,
+            latency_ms=paired.latency_ms
+            if arm is production and i in paired.outputs
+            else arm.latency_ms,
             served_at=now_ms(),
         )
         result.outgoing.append(Outgoing(topics.predictions, row.record.key, encode(prediction)))
         result.predictions += 1
         if row.assignment.compare or i in failed:
             assert candidate is not None
-            _compare(result, topics, route, row, i, served_by, production, candidate)
+            prod_arm = paired if row.assignment.compare else production
+            _compare(result, topics, route, row, i, served_by, prod_arm, candidate)
 
 
 def _compare(

@@ -1,0 +1,100 @@
+"""The controller promotes and rolls back on evidence, end to end on the real broker: the
+demo's scenarios with synthetic traffic and simulated late ground truth."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from app.adapters.kafka_clients import plain_producer
+from app.core.events import Mode
+from app.scenarios import DEMO, Scenario, reset, run_scenario
+from app.settings import Settings
+from tests.integration.control import ControllerProcess, state
+from tests.integration.workers import WorkerProcess, running_workers
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
+    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
+
+
+@pytest.fixture(scope="module")
+def workers(
+    kafka_bootstrap: str, model_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[WorkerProcess]]:
+    logs = tmp_path_factory.mktemp("e2e-workers")
+    with running_workers(
+        kafka_bootstrap, ["e2e-1", "e2e-2"], logs, ROLLOUT_MODEL_STORE=str(model_store)
+    ) as procs:
+        yield procs
+
+
+@pytest.fixture(scope="module")
+async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    p = plain_producer(settings_)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture(scope="module")
+async def from_v1(controller: ControllerProcess, settings_: Settings) -> AsyncIterator[None]:
+    await reset(settings_)
+    yield
+    await reset(settings_)
+
+
+SCENARIOS = {s.name: s for s in DEMO}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+async def test_demo_scenario_decides_on_evidence(
+    from_v1: None,
+    workers: list[WorkerProcess],
+    settings_: Settings,
+    producer: AIOKafkaProducer,
+    name: str,
+) -> None:
+    scenario: Scenario = SCENARIOS[name]
+    result = await run_scenario(settings_, producer, scenario, timeout_s=150)
+    assert result.deployed is not None and result.deployed.accepted, result.deployed
+    final = result.final
+    assert final is not None, f"no decision after {result.requests} requests"
+    assert final.action == scenario.expect, final.reason
+    assert final.decided_by == "controller" and final.accepted
+    ev = final.evidence
+    assert ev.samples["compared"] > 0
+    assert {
+        "disagreement",
+        "score_shift_psi",
+        "latency_p99_ms",
+        "accuracy",
+        "feedback_coverage",
+    } <= set(ev.metrics)
+    assert ev.tests["thresholds"]["max_disagreement"] == 0.2
+    assert ev.tests["criterion"] in ("non_inferiority", "agreement")
+    st = await state(settings_)
+    if scenario.expect == "promote":
+        assert st.production.version == scenario.version and st.candidate is None
+        advances = [d for d in result.decisions if d.action == "advance"]
+        weights = [d.to.weight for d in advances if d.to is not None]
+        assert weights == sorted(weights) and len(set(weights)) == len(weights)
+        assert weights[-1] == 1.0  # promoted after the last step
+    elif scenario.expect in ("rollback", "retire"):
+        assert st.candidate is None and st.production.version != scenario.version
+        assert "guardrail" in final.reason or "failed" in final.reason
+        if scenario.mode is Mode.CANARY:  # early: at the first step, not the end
+            assert final.from_ is not None and final.from_.weight <= 0.10
+    else:
+        assert st.candidate is not None and st.candidate.version == scenario.version
+        assert st.production.version != scenario.version  # never promoted by itself
+    print(
+        f"\n{name}: {final.action} after {ev.samples['compared']} compared "
+        f"({result.requests} requests, {result.seconds:.1f}s): {final.reason}"
+    )
