@@ -59,7 +59,7 @@ async def run_scenario(
     scenario: Scenario,
     *,
     rate: float = 600.0,
-    coverage: float = 0.6,
+    coverage: float = 0.8,
     chunk: int = 300,
     timeout_s: float = 120.0,
     progress: Callable[[ScenarioResult], None] | None = None,
@@ -104,10 +104,12 @@ async def run_scenario(
             for records in fetched.values():
                 for record in records:
                     event = decode(DecisionEvent, record.value)
+                    # The controller's own decisions on this rollout; a recommendation
+                    # changes no state, so it keeps the deploy's epoch.
                     if (
                         event.deployment == "fraud"
-                        and event.epoch > deployed.epoch
-                        and (event.decided_by == "controller")
+                        and event.epoch >= deployed.epoch
+                        and event.decided_by == "controller"
                     ):
                         result.decisions.append(event)
             result.seconds = time.monotonic() - started

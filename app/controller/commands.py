@@ -104,7 +104,7 @@ class CommandHandler:
                 return reject_command(
                     state, command, f"version {command.version}: {exc.reason}", now
                 )
-        return apply(state, command, now, candidate)
+        return apply(state, command, now, candidate, self._store.spec(command.deployment).policy)
 
     def _validated(self, deployment: str, version: str) -> ModelRef:
         """The version's reference, once its artifact, signature and a smoke run check out."""

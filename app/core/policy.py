@@ -18,6 +18,9 @@ class Guardrails(BaseModel):
 
     max_candidate_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     max_latency_ratio: float = Field(default=2.0, gt=0.0)
+    # ...and only when the p99 difference is at least this large: on microsecond models a
+    # ratio alone measures scheduler noise.
+    min_latency_regression_ms: float = Field(default=1.0, ge=0.0)
     max_disagreement: float = Field(default=0.2, ge=0.0, le=1.0)
     max_score_shift: float = Field(default=1.0, ge=0.0)  # PSI of fraud scores
 

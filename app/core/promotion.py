@@ -25,8 +25,7 @@ from typing import Any
 from app.core.analysis import RolloutAnalysis
 from app.core.events import DeploymentState, Evidence, Mode, Phase
 
-MIN_GUARDRAIL_SAMPLES = 100
-MIN_SHIFT_SAMPLES = 500  # PSI is biased upwards on few samples
+MIN_SHIFT_SAMPLES = 500  # PSI is biased upwards, and p99 is noise, on fewer samples
 
 
 class Verdict(StrEnum):
@@ -68,12 +67,20 @@ def guardrail_failures(state: DeploymentState, a: RolloutAnalysis) -> list[str]:
             f"{g.max_disagreement:.1%} (sequential test, alpha {a.alpha})"
         )
     scored = min(a.candidate_arm.scored, a.production.scored)
-    enough = scored >= MIN_GUARDRAIL_SAMPLES
     if scored >= MIN_SHIFT_SAMPLES and a.score_shift > g.max_score_shift:
         failed.append(f"score shift PSI {a.score_shift:.3f} is above {g.max_score_shift:.3f}")
     ratio = a.latency_ratio
-    if enough and not math.isnan(ratio) and ratio > g.max_latency_ratio:
-        failed.append(f"p99 latency is {ratio:.2f}x production's (limit {g.max_latency_ratio}x)")
+    slower_ms = a.candidate_arm.quantile(0.99) - a.production.quantile(0.99)
+    if (
+        scored >= MIN_SHIFT_SAMPLES
+        and not math.isnan(ratio)
+        and ratio > g.max_latency_ratio
+        and slower_ms >= g.min_latency_regression_ms
+    ):
+        failed.append(
+            f"p99 latency is {ratio:.2f}x production's, {slower_ms:.2f} ms slower "
+            f"(limits {g.max_latency_ratio}x and {g.min_latency_regression_ms} ms)"
+        )
     return failed
 
 
@@ -132,6 +139,7 @@ def evidence(state: DeploymentState, a: RolloutAnalysis, outcome: Criterion, kin
             "max_disagreement": g.max_disagreement,
             "max_score_shift": g.max_score_shift,
             "max_latency_ratio": g.max_latency_ratio,
+            "min_latency_regression_ms": g.min_latency_regression_ms,
             "non_inferiority_margin": state.policy.non_inferiority_margin,
             "min_feedback_coverage": state.policy.min_feedback_coverage,
             "min_samples_per_step": state.policy.min_samples_per_step,

@@ -81,13 +81,19 @@ def apply(
     command: ControlCommand,
     now: int,
     candidate: ModelRef | None = None,
+    default_policy: Policy | None = None,
 ) -> Outcome:
     """Apply ``command`` to ``state``. ``candidate`` is the validated reference of
-    ``command.version`` for ``deploy`` (the caller checked artifact, signature and smoke run)."""
+    ``command.version`` for ``deploy`` (the caller checked artifact, signature and smoke run).
+    A ``deploy`` starts from ``default_policy`` (the deployment's, from ``deployment.yaml``)
+    plus the command's overrides, so one rollout's overrides never leak into the next."""
     try:
         if command.deployment != state.deployment:
             raise Rejected(f"command is for {command.deployment!r}, state is {state.deployment!r}")
-        changes, reason = _TRANSITIONS[command.action](state, command, candidate)
+        base = state
+        if command.action is Action.DEPLOY and default_policy is not None:
+            base = state.model_copy(update={"policy": default_policy})
+        changes, reason = _TRANSITIONS[command.action](base, command, candidate)
         new = state.model_copy(
             update={**changes, "epoch": state.epoch + 1, "updated_at": now, "reason": reason}
         )

@@ -153,13 +153,18 @@ def _score_deployment(
         for i, r in enumerate(rows)
         if r.assignment.served_by is Role.CANDIDATE or r.assignment.compare
     ]
-    candidate = _run(route.candidate, rows, wants_candidate) if route.candidate else None
-    failed = set(wants_candidate) - set(candidate.outputs) if candidate else set()
     # Production scores the compared rows in a call of their own, over the same rows as the
     # candidate, so the two arms' per-row latencies are measured alike (a canary's candidate
-    # sees a small share of a batch); then what it serves besides, and what the candidate failed.
+    # sees a small share of a batch). The first model call of a batch runs on cold caches,
+    # so which arm goes first alternates from batch to batch.
     compared = [i for i, r in enumerate(rows) if r.assignment.compare]
-    paired = _run(route.production, rows, compared)
+    candidate_first = rows[0].record.offset % 2 == 0
+    paired = _run(route.production, rows, compared) if not candidate_first else None
+    candidate = _run(route.candidate, rows, wants_candidate) if route.candidate else None
+    if paired is None:
+        paired = _run(route.production, rows, compared)
+    failed = set(wants_candidate) - set(candidate.outputs) if candidate else set()
+    # Then what production serves besides, and what the candidate failed.
     production = _run(
         route.production,
         rows,

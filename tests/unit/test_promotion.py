@@ -132,8 +132,14 @@ CASES: list[tuple[str, DeploymentState, dict[str, Any], Verdict]] = [
     (
         "canary: latency guardrail",
         state(Mode.CANARY),
-        {"n": 400, "cand_latency": 1.0},
+        {"n": 600, "cand_latency": 5.0},
         Verdict.ROLLBACK,
+    ),
+    (
+        "canary: a slower but still fast candidate",
+        state(Mode.CANARY),
+        {"n": 600, "cand_latency": 0.1},
+        Verdict.ADVANCE,
     ),
     (
         "canary: last step, criterion passed",

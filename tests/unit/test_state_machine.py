@@ -234,3 +234,16 @@ def test_rejections_leave_the_state_and_epoch_unchanged(
 def test_command_for_another_deployment_is_rejected() -> None:
     other = ControlCommand(command_id="x", deployment="spam", action=Action.PROMOTE)
     assert apply(CANARY, other, now=1).state is None
+
+
+def test_a_deploy_starts_from_the_deployments_policy_not_the_last_rollouts() -> None:
+    leaked = STABLE.model_copy(update={"policy": Policy(min_samples_per_step=7)})
+    outcome = apply(
+        leaked,
+        cmd(Action.DEPLOY, version="2", mode=Mode.CANARY, policy={"alpha": 0.01}),
+        now=1,
+        candidate=V2,
+        default_policy=Policy(),
+    )
+    assert outcome.state is not None
+    assert outcome.state.policy == Policy(alpha=0.01)
