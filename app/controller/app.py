@@ -90,6 +90,7 @@ def partition_for(deployment: str, partitions: int) -> int:
 
 
 def build_app(settings: Settings) -> faust.App:
+    (settings.home / "controller").mkdir(parents=True, exist_ok=True)  # faust makes one level
     app = faust.App(
         APP_ID,
         broker=";".join(f"kafka://{host}" for host in settings.bootstrap_servers.split(",")),

@@ -43,6 +43,9 @@ class ControllerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"controller not ready:\n{self.log()[-3000:]}")
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
