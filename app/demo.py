@@ -207,21 +207,23 @@ def _summary(results: list[ScenarioResult]) -> None:
         "labelled",
         "requests",
         "time",
-        "why",
         title="What the controller decided",
-        show_lines=True,
     )
     for r in results:
         final = r.final
         samples = final.evidence.samples if final else {}
+        decided = final.action if final else "-"
         table.add_row(
             r.scenario.name,
             r.scenario.expect,
-            final.action if final else "-",
+            f"[green]{decided}[/green]" if r.ok else f"[red]{decided}[/red]",
             str(samples.get("compared", "-")),
             str(samples.get("labelled", "-")),
             f"{r.requests:,}",
             f"{r.seconds:.0f}s",
-            final.reason if final else "",
         )
     console.print(table)
+    console.print("Why:")
+    for r in results:
+        final = r.final
+        console.print(f"  {r.scenario.name}: {final.reason if final else 'no decision'}")
