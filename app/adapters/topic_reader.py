@@ -42,3 +42,29 @@ async def read_topic(
         return records
     finally:
         await consumer.stop()
+
+
+async def read_tail(settings: Settings, topic: str, n: int) -> list[ConsumerRecord]:
+    """About the last ``n`` committed records of ``topic``, spread over its partitions."""
+    consumer = reader(settings)
+    await consumer.start()
+    try:
+        partitions = await partitions_of(consumer, topic)
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        share = max(1, n // len(partitions))
+        for tp in partitions:
+            consumer.seek(tp, max(starts[tp], ends[tp] - share))
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pending = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+            if not pending:
+                break
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+        return records
+    finally:
+        await consumer.stop()

@@ -40,7 +40,7 @@ class ControlPlane(Service):
         self.view = StateView(settings)
         self.publisher = DecisionPublisher(settings, group_id=APP_ID)
         self.store = ModelStore(settings.model_store)
-        self.handler = CommandHandler(self.store, self.view, self.publisher)
+        self.handler = CommandHandler(self.store, self.view, self.publisher, settings)
         self.analysts: dict[int, PartitionAnalyst] = {}
         self.ready = asyncio.Event()
 

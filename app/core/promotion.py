@@ -213,3 +213,35 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def replay_gate(state: DeploymentState, a: RolloutAnalysis) -> tuple[bool, str, Evidence]:
+    """Automatic mode's optional gate: the candidate has scored the last requests beside
+    production (one fixed sample, looked at once). It passes when no guardrail fails and its
+    disagreement and error rate are within the policy's ceilings."""
+    g = state.policy.guardrails
+    problems = guardrail_failures(state, a)
+    if a.disagreement > g.max_disagreement:
+        problems.append(f"disagreement {a.disagreement:.1%} above {g.max_disagreement:.1%}")
+    if a.candidate_arm.error_rate > g.max_candidate_error_rate:
+        problems.append(
+            f"error rate {a.candidate_arm.error_rate:.2%} above {g.max_candidate_error_rate:.2%}"
+        )
+    outcome = Criterion.FAILED if problems else Criterion.PASSED
+    ev = evidence(state, a, outcome, "replay")
+    if not a.paired:
+        return False, "replay gate: no recent requests to replay", ev
+    if problems:
+        return (
+            False,
+            f"replay gate failed on {a.paired} recent requests: " + "; ".join(problems),
+            ev,
+        )
+    return (
+        True,
+        (
+            f"replay gate passed on {a.paired} recent requests "
+            f"(disagreement {a.disagreement:.1%}, error rate {a.candidate_arm.error_rate:.2%})"
+        ),
+        ev,
+    )

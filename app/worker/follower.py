@@ -61,6 +61,10 @@ class TableFollower:
         self.table = table
         self._evict()
         self._view.listeners.append(self._on_state)
+        # States the view took while the first table was being loaded: take them now (no
+        # await between attaching the listener and this, so none slips through).
+        for state in list(self._view.states.values()):
+            self._on_state(state)
         self._task = asyncio.create_task(self._run(), name="table-follower")
 
     async def stop(self) -> None:

@@ -10,10 +10,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.kafka_clients import plain_producer
-from app.core.events import Mode
+from app.core.events import Action, Mode
 from app.scenarios import DEMO, Scenario, reset, run_scenario
 from app.settings import Settings
-from tests.integration.control import ControllerProcess, state
+from app.traffic import make_requests, send
+from tests.integration.control import ControllerProcess, command, state
 from tests.integration.workers import WorkerProcess, running_workers
 
 pytestmark = pytest.mark.kafka
@@ -98,3 +99,25 @@ async def test_demo_scenario_decides_on_evidence(
         f"\n{name}: {final.action} after {ev.samples['compared']} compared "
         f"({result.requests} requests, {result.seconds:.1f}s): {final.reason}"
     )
+
+
+async def test_automatic_replay_gate_lets_a_good_version_through_and_stops_a_bad_one(
+    from_v1: None,
+    workers: list[WorkerProcess],
+    settings_: Settings,
+    producer: AIOKafkaProducer,
+) -> None:
+    await send(producer, make_requests(2000, seed=77, run_id="replay-traffic"))
+    before = await state(settings_)
+    bad = await command(
+        settings_, Action.DEPLOY, version="3", mode=Mode.AUTOMATIC, policy={"replay_gate": 1000}
+    )
+    assert not bad.accepted and "replay gate failed" in bad.reason, bad.reason
+    assert bad.evidence.samples["paired"] >= 900
+    assert (await state(settings_)) == before
+    good = await command(
+        settings_, Action.DEPLOY, version="2", mode=Mode.AUTOMATIC, policy={"replay_gate": 1000}
+    )
+    assert good.accepted and "replay gate passed" in good.reason, good.reason
+    assert good.evidence.metrics["disagreement"] < 0.2
+    assert (await state(settings_)).production.version == "2"
