@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from app.adapters.kafka_clients import partitions_of, reader
 from app.settings import Settings
@@ -18,15 +18,23 @@ async def read_topic(
     done: Callable[[list[ConsumerRecord]], bool],
     timeout_s: float = 60.0,
     settle_s: float = 0.0,
+    since_ms: int | None = None,
 ) -> list[ConsumerRecord]:
-    """Every committed record of ``topic`` from the beginning, until ``done(records)`` holds
-    (then keep reading ``settle_s`` more, to catch what should not be there) or the timeout."""
+    """Every committed record of ``topic`` from the beginning (or from the first written at
+    or after ``since_ms``), until ``done(records)`` holds (then keep reading ``settle_s``
+    more, to catch what should not be there) or the timeout."""
     consumer = reader(settings)
     await consumer.start()
     try:
         partitions = await partitions_of(consumer, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            ends = await consumer.end_offsets(partitions)
+            for tp in partitions:
+                at = found.get(tp)
+                consumer.seek(tp, at.offset if at is not None else ends[tp])
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         settled_at: float | None = None
@@ -68,3 +76,37 @@ async def read_tail(settings: Settings, topic: str, n: int) -> list[ConsumerReco
         return records
     finally:
         await consumer.stop()
+
+
+async def read_to_end(
+    settings: Settings, topic: str, since_ms: int | None = None
+) -> list[ConsumerRecord]:
+    """Every committed record of ``topic`` (from ``since_ms``) up to its end as of the call."""
+    consumer = reader(settings)
+    await consumer.start()
+    try:
+        partitions = await partitions_of(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            for tp in partitions:
+                at = found.get(tp)
+                consumer.seek(tp, at.offset if at is not None else ends[tp])
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pending = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+            if not pending:
+                break
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            for part in batch.values():
+                records.extend(r for r in part if r.offset < ends[_tp(r)])
+        return records
+    finally:
+        await consumer.stop()
+
+
+def _tp(record: ConsumerRecord) -> TopicPartition:
+    return TopicPartition(record.topic, record.partition)

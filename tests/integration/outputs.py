@@ -11,12 +11,14 @@ from aiokafka import ConsumerRecord
 
 from app.adapters.kafka_clients import partitions_of, reader
 from app.adapters.topic_reader import read_topic
-from app.core.events import Comparison, Prediction, decode
+from app.core.events import Comparison, Prediction, decode, now_ms
 from app.settings import Settings
 from app.traffic import SentRequest
 from app.training.stream import FEATURE_NAMES
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+# Outputs are read from the start of this test session on (not the topics' whole history).
+SESSION_START_MS = now_ms() - 60_000
 
 
 def direct(version: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -56,6 +58,7 @@ async def predictions(
         lambda rs: len(mine(rs)) >= expect,
         timeout_s=timeout_s,
         settle_s=settle_s,
+        since_ms=SESSION_START_MS,
     )
     return mine(records)
 
@@ -76,6 +79,7 @@ async def comparisons(
         lambda rs: len(mine(rs)) >= expect,
         timeout_s=timeout_s,
         settle_s=settle_s,
+        since_ms=SESSION_START_MS,
     )
     return mine(records)
 

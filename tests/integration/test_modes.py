@@ -16,16 +16,29 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.kafka_clients import plain_producer
-from app.adapters.topic_reader import read_topic
+from app.adapters.topic_reader import read_to_end
 from app.core.events import Action, DecisionEvent, Mode, Prediction, Role, ShedReport, decode
 from app.core.routing import bucket
 from app.settings import Settings
 from app.traffic import SentRequest, make_requests, send
 from tests.integration.control import ControllerProcess, cli, command, reset_fraud, state, status
-from tests.integration.outputs import Tail, comparisons, direct, feature_rows, predictions
+from tests.integration.outputs import (
+    SESSION_START_MS,
+    Tail,
+    comparisons,
+    direct,
+    feature_rows,
+    predictions,
+)
 from tests.integration.workers import WorkerProcess, running_workers
 
 pytestmark = pytest.mark.kafka
+
+# These tests steer rollouts by hand: a step that never has enough samples keeps the
+# controller's evidence side from advancing, promoting or retiring on its own meanwhile
+# (v2 passes every guardrail against v1, so nothing is rolled back either).
+HANDS_ON = {"min_samples_per_step": 1_000_000_000}
+HANDS_ON_JSON = '{"min_samples_per_step": 1000000000}'
 
 
 @pytest.fixture
@@ -118,7 +131,18 @@ async def test_canary_share_is_sticky_monotonic_and_correct(
 ) -> None:
     run = f"canary-{uuid.uuid4().hex[:6]}"
     n = 2000
-    result = cli(kafka_bootstrap, "deploy", "fraud", "2", "--mode", "canary", "--weight", "0.1")
+    result = cli(
+        kafka_bootstrap,
+        "deploy",
+        "fraud",
+        "2",
+        "--mode",
+        "canary",
+        "--weight",
+        "0.1",
+        "--policy",
+        HANDS_ON_JSON,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "accepted" in result.stdout
     on_candidate: dict[float, set[str]] = {}
@@ -161,7 +185,9 @@ async def test_shadow_scores_the_candidate_only_into_comparisons(
     producer: AIOKafkaProducer,
 ) -> None:
     run = f"shadow-{uuid.uuid4().hex[:6]}"
-    decision = await command(settings_, Action.DEPLOY, version="2", mode=Mode.SHADOW)
+    decision = await command(
+        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW
+    )
     assert decision.accepted, decision.reason
     n = 1000
     served = await serve_at(settings_, producer, run, "full", n, decision.epoch)
@@ -191,7 +217,7 @@ async def test_shadow_scores_the_candidate_only_into_comparisons(
     # A sample rate below 1: exactly the requests the deterministic sample picks.
     decision = await command(settings_, Action.ABORT)
     decision = await command(
-        settings_, Action.DEPLOY, version="2", mode=Mode.SHADOW, sample_rate=0.3
+        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW, sample_rate=0.3
     )
     assert decision.accepted
     served = await serve_at(settings_, producer, run, "part", n, decision.epoch)
@@ -215,7 +241,9 @@ async def test_manual_waits_for_promote_and_automatic_promotes_at_once(
 ) -> None:
     run = f"manual-{uuid.uuid4().hex[:6]}"
     n = 500
-    result = cli(kafka_bootstrap, "deploy", "fraud", "2", "--mode", "manual")
+    result = cli(
+        kafka_bootstrap, "deploy", "fraud", "2", "--mode", "manual", "--policy", HANDS_ON_JSON
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     st = status(kafka_bootstrap)["fraud"]
     assert st["phase"] == "awaiting_approval" and st["candidate"]["version"] == "2"
@@ -243,7 +271,9 @@ async def test_rollback_and_abort_restore_the_previous_production(
     kafka_bootstrap: str,
 ) -> None:
     run = f"back-{uuid.uuid4().hex[:6]}"
-    d = await command(settings_, Action.DEPLOY, version="2", mode=Mode.CANARY, weight=1.0)
+    d = await command(
+        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.CANARY, weight=1.0
+    )
     assert d.accepted
     canary = await serve_at(settings_, producer, run, "canary", 300, d.epoch)
     assert {p.model.version for p in canary.values()} == {"2"}
@@ -333,9 +363,7 @@ async def _send_raw_command(
 
 
 async def _events(settings: Settings) -> list[DecisionEvent]:
-    records = await read_topic(
-        settings, "deployments.events", lambda rs: True, timeout_s=5, settle_s=0.5
-    )
+    records = await read_to_end(settings, "deployments.events", since_ms=SESSION_START_MS)
     return [
         decode(DecisionEvent, r.value)
         for r in sorted(records, key=lambda r: (r.partition, r.offset))
@@ -369,7 +397,9 @@ async def test_twenty_swaps_under_load_lose_nothing_and_never_go_back_in_epoch(
     ):
         load = asyncio.create_task(continuous_load())
         for _ in range(20):
-            d = await command(settings_, Action.DEPLOY, version="2", mode=Mode.MANUAL)
+            d = await command(
+                settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.MANUAL
+            )
             assert d.accepted, d.reason
             promoted_at = time.time() * 1000
             d = await command(settings_, Action.PROMOTE)
@@ -422,7 +452,7 @@ async def test_a_worker_behind_sheds_shadow_scoring_first_and_reports_it(
     tmp_path: Path,
 ) -> None:
     run = f"shed-{uuid.uuid4().hex[:6]}"
-    d = await command(settings_, Action.DEPLOY, version="2", mode=Mode.SHADOW)
+    d = await command(settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW)
     assert d.accepted
     sent = make_requests(4000, seed=41, run_id=run)
     tail = await Tail(settings_, "inference.comparisons").start()

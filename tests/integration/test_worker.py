@@ -19,7 +19,7 @@ from app.adapters.topic_reader import read_topic
 from app.core.events import DeadLetter, Prediction, decode, encode
 from app.settings import Settings
 from app.traffic import make_requests, send, send_raw
-from tests.integration.outputs import direct, feature_rows, predictions
+from tests.integration.outputs import SESSION_START_MS, direct, feature_rows, predictions
 from tests.integration.workers import running_workers
 
 pytestmark = pytest.mark.kafka
@@ -125,6 +125,7 @@ async def test_malformed_records_get_dead_letters_and_valid_ones_are_served(
             ),
             timeout_s=60,
             settle_s=2,
+            since_ms=SESSION_START_MS,
         )
     assert Counter(p.request_id for p in predictions) == Counter(
         s.request.request_id for s in valid
