@@ -13,6 +13,6 @@ app = typer.Typer(
 
 
 def main() -> None:
-    from app.cli import control, kafka, serve, simulate, topics, traffic, train  # noqa: F401
+    from app.cli import bench, control, kafka, serve, simulate, topics, traffic, train  # noqa: F401
 
     app()

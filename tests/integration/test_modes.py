@@ -289,7 +289,10 @@ async def test_rollback_and_abort_restore_the_previous_production(
     result = cli(kafka_bootstrap, "rollback", "fraud")
     assert result.returncode == 0, result.stdout
     st = await state(settings_)
-    assert st.production.version == "1" and st.history == history
+    assert st.production.version == "1"
+    # The history is what it was (less its oldest entry if the deploy pushed it past the cap).
+    assert len(st.history) >= len(history) - 1
+    assert st.history == history[len(history) - len(st.history) :]
     rolled = await serve_at(settings_, producer, run, "rolled", 300, st.epoch)
     assert {p.model.version for p in rolled.values()} == {"1"}
 

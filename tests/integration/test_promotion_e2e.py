@@ -107,6 +107,7 @@ async def test_automatic_replay_gate_lets_a_good_version_through_and_stops_a_bad
     settings_: Settings,
     producer: AIOKafkaProducer,
 ) -> None:
+    await reset(settings_)  # the manual scenario leaves its candidate waiting
     await send(producer, make_requests(2000, seed=77, run_id="replay-traffic"))
     before = await state(settings_)
     bad = await command(
