@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
-from app.adapters.kafka_clients import group_consumer, partitions_of, plain_producer, reader
+from app.adapters.kafka_clients import (
+    assign_at_end,
+    group_consumer,
+    partitions_of,
+    plain_producer,
+    reader,
+)
 from app.settings import Settings
 from app.traffic import make_requests, send
 
@@ -42,11 +48,7 @@ async def drain(settings: Settings, requests: int) -> DrainResult:
     consumer = reader(settings)
     await consumer.start()
     try:
-        partitions = await partitions_of(consumer, "inference.predictions")
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await consumer.position(tp)
+        await assign_at_end(consumer, "inference.predictions")
         # A fresh group would read the whole topic: start it at the end, before the backlog.
         await _commit_group_at_end(settings, group)
         await send(producer, make_requests(requests, seed=3, run_id=run))

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from app.adapters import kafka_local
 from app.adapters.control_client import current_states
-from app.adapters.kafka_clients import partitions_of, plain_producer, reader
+from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
 from app.adapters.topics import apply_topics, load_topics_file
 from app.core.events import Prediction, decode
 from app.scenarios import DEMO, ScenarioResult, reset, run_scenario
@@ -98,11 +98,7 @@ async def show_serving(settings: Settings, seconds: float, rate: float) -> int:
     requests = make_requests(int(seconds * rate), seed=int(time.time()) % 1000, run_id=run_id)
     seen: Counter[str] = Counter()
     try:
-        partitions = await partitions_of(consumer, "inference.predictions")
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await consumer.position(tp)
+        await assign_at_end(consumer, "inference.predictions")
         sender = asyncio.create_task(send(producer, requests, rate=rate))
         started = time.monotonic()
         last: Prediction | None = None

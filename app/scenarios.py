@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.control_client import current_states, send_command
-from app.adapters.kafka_clients import partitions_of, reader
+from app.adapters.kafka_clients import assign_at_end, reader
 from app.core.events import Action, ControlCommand, DecisionEvent, Mode, decode
 from app.settings import Settings
 from app.traffic import SentRequest, make_requests, send, send_feedback
@@ -69,11 +69,7 @@ async def run_scenario(
     started = time.monotonic()
     result = ScenarioResult(scenario, None, [], 0, 0, 0.0)
     try:
-        partitions = await partitions_of(events, "deployments.events")
-        events.assign(partitions)
-        await events.seek_to_end(*partitions)
-        for tp in partitions:
-            await events.position(tp)
+        await assign_at_end(events, "deployments.events")
         deployed = await send_command(
             settings,
             ControlCommand(

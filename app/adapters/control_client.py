@@ -6,7 +6,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.adapters.kafka_clients import partitions_of, plain_producer, reader
+from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
 from app.adapters.state_view import StateView
 from app.core.events import ControlCommand, DecisionEvent, DeploymentState, decode, encode
 from app.settings import Settings
@@ -23,11 +23,7 @@ async def send_command(
     consumer = reader(settings, client_id="rollout-cli")
     await consumer.start()
     try:
-        partitions = await partitions_of(consumer, EVENTS_TOPIC)
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:  # pin the end now, before the command can be answered
-            await consumer.position(tp)
+        partitions = await assign_at_end(consumer, EVENTS_TOPIC)  # before the command goes
         producer = plain_producer(settings)
         await producer.start()
         try:

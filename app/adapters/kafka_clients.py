@@ -78,3 +78,14 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
     if not partitions:
         raise LookupError(f"topic {topic} does not exist; run `rollout topics apply`")
     return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def assign_at_end(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` and pin the position at its current end, so that
+    what is written from now on (e.g. the answer to a command about to be sent) is read."""
+    partitions = await partitions_of(consumer, topic)
+    consumer.assign(partitions)
+    await consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        await consumer.position(tp)  # seek_to_end is lazy: resolve it now
+    return partitions

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from app.adapters.kafka_clients import partitions_of, reader
 from app.settings import Settings
@@ -30,11 +30,8 @@ async def read_topic(
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         if since_ms is not None:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
             ends = await consumer.end_offsets(partitions)
-            for tp in partitions:
-                at = found.get(tp)
-                consumer.seek(tp, at.offset if at is not None else ends[tp])
+            await _seek_to_time(consumer, partitions, since_ms, ends)
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         settled_at: float | None = None
@@ -64,16 +61,7 @@ async def read_tail(settings: Settings, topic: str, n: int) -> list[ConsumerReco
         share = max(1, n // len(partitions))
         for tp in partitions:
             consumer.seek(tp, max(starts[tp], ends[tp] - share))
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            pending = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
-            if not pending:
-                break
-            batch = await consumer.getmany(*pending, timeout_ms=200)
-            for part in batch.values():
-                records.extend(part)
-        return records
+        return await _read_until(consumer, ends)
     finally:
         await consumer.stop()
 
@@ -90,23 +78,36 @@ async def read_to_end(
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         if since_ms is not None:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
-            for tp in partitions:
-                at = found.get(tp)
-                consumer.seek(tp, at.offset if at is not None else ends[tp])
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pending = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
-            if not pending:
-                break
-            batch = await consumer.getmany(*pending, timeout_ms=200)
-            for part in batch.values():
-                records.extend(r for r in part if r.offset < ends[_tp(r)])
-        return records
+            await _seek_to_time(consumer, partitions, since_ms, ends)
+        return await _read_until(consumer, ends)
     finally:
         await consumer.stop()
 
 
-def _tp(record: ConsumerRecord) -> TopicPartition:
-    return TopicPartition(record.topic, record.partition)
+async def _seek_to_time(
+    consumer: AIOKafkaConsumer,
+    partitions: list[TopicPartition],
+    since_ms: int,
+    ends: dict[TopicPartition, int],
+) -> None:
+    """Each partition at its first record written at or after ``since_ms`` (else its end)."""
+    found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+    for tp in partitions:
+        at = found.get(tp)
+        consumer.seek(tp, at.offset if at is not None else ends[tp])
+
+
+async def _read_until(
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], timeout_s: float = 60.0
+) -> list[ConsumerRecord]:
+    """From the current positions up to ``ends`` (exclusive)."""
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pending = [tp for tp in ends if await consumer.position(tp) < ends[tp]]
+        if not pending:
+            break
+        batch = await consumer.getmany(*pending, timeout_ms=200)
+        for tp, part in batch.items():
+            records.extend(r for r in part if r.offset < ends[tp])
+    return records

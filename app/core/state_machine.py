@@ -114,6 +114,30 @@ def reject(
     decided_by: str = CONTROLLER,
 ) -> Outcome:
     """A rejection: the state and its epoch stay as they were."""
+    return unchanged(
+        state,
+        reason,
+        now,
+        action=action,
+        command_id=command_id,
+        decided_by=decided_by,
+        accepted=False,
+    )
+
+
+def unchanged(
+    state: DeploymentState,
+    reason: str,
+    now: int,
+    *,
+    action: str,
+    command_id: str | None,
+    decided_by: str,
+    accepted: bool,
+    evidence: Evidence | None = None,
+) -> Outcome:
+    """A decision that leaves the state (and its epoch) as it is: a rejection, or a
+    recommendation."""
     return Outcome(
         None,
         DecisionEvent(
@@ -121,11 +145,12 @@ def reject(
             epoch=state.epoch,
             action=action,
             command_id=command_id,
-            accepted=False,
+            accepted=accepted,
             reason=reason,
             decided_by=decided_by,
             from_=summary(state),
             to=summary(state),
+            evidence=evidence or Evidence(),
             at=now,
         ),
     )
@@ -355,20 +380,16 @@ def controller_step(
     ``next_weight``), ``promote``, ``rollback`` / ``retire`` (the candidate leaves; production
     never changed), ``await_approval``; or ``recommend``, which changes no state."""
     if action == "recommend":
-        event = DecisionEvent(
-            deployment=state.deployment,
-            epoch=state.epoch,
+        return unchanged(
+            state,
+            reason,
+            now,
             action=action,
             command_id=None,
-            accepted=True,
-            reason=reason,
             decided_by=CONTROLLER,
-            from_=summary(state),
-            to=summary(state),
+            accepted=True,
             evidence=evidence,
-            at=now,
         )
-        return Outcome(None, event)
     candidate = state.candidate
     if candidate is None:
         raise ValueError(f"{action} needs a candidate")

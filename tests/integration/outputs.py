@@ -9,7 +9,7 @@ import onnxruntime as ort
 import orjson
 from aiokafka import ConsumerRecord
 
-from app.adapters.kafka_clients import partitions_of, reader
+from app.adapters.kafka_clients import assign_at_end, reader
 from app.adapters.topic_reader import read_topic
 from app.core.events import Comparison, Prediction, decode, now_ms
 from app.settings import Settings
@@ -94,11 +94,7 @@ class Tail:
 
     async def start(self) -> Tail:
         await self._consumer.start()
-        partitions = await partitions_of(self._consumer, self._topic)
-        self._consumer.assign(partitions)
-        await self._consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await self._consumer.position(tp)
+        await assign_at_end(self._consumer, self._topic)
         return self
 
     async def poll(self, timeout_ms: int = 100) -> list[ConsumerRecord]:
