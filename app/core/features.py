@@ -101,7 +101,24 @@ def _values_by_name(features: dict[str, Any], names: Sequence[str]) -> list[floa
 
 def feature_row(features: Any, names: Sequence[str]) -> npt.NDArray[np.float32]:
     """One request's features as a ``(len(names),)`` float32 row, or ``FeatureError``."""
+    fast = _fast_row(features, names)
+    if fast is not None:
+        return fast
     return np.asarray(_values(features, names), dtype=np.float32)
+
+
+def _fast_row(features: Any, names: Sequence[str]) -> npt.NDArray[np.float32] | None:
+    """The row when nothing is wrong with it, else None (the careful path names the problem)."""
+    values = _plain_values(features, names)
+    if values is None:
+        return None
+    try:
+        row = np.array(values, dtype=np.float64)
+    except OverflowError:
+        return None
+    if not np.all(np.abs(row) <= _FLOAT32_MAX):  # also False for NaN
+        return None
+    return row.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -118,16 +135,60 @@ class FeatureBatch:
 
 
 def feature_matrix(rows: Sequence[Any], names: Sequence[str]) -> FeatureBatch:
-    """Check every row and stack the valid ones into one ``(n_valid, f)`` float32 matrix."""
-    values: list[list[float]] = []
-    valid: list[int] = []
-    errors: list[tuple[int, FeatureError]] = []
+    """Check every row and stack the valid ones into one ``(n_valid, f)`` float32 matrix.
+
+    Rows whose shape and types are right are converted and range-checked together (one
+    numpy array for the batch); only the rest, and rows out of range, take the careful
+    per-value path that names the problem."""
+    width = len(names)
+    candidates: list[list[Any]] = []
+    positions: list[int] = []
+    slow: list[int] = []
     for i, features in enumerate(rows):
+        values = _plain_values(features, names)
+        if values is None:
+            slow.append(i)
+        else:
+            candidates.append(values)
+            positions.append(i)
+    checked = np.empty((0, width), dtype=np.float64)
+    if candidates:
         try:
-            values.append(_values(features, names))
+            checked = np.array(candidates, dtype=np.float64).reshape(len(candidates), width)
+        except (OverflowError, ValueError):  # an int beyond float64: find it row by row
+            slow.extend(positions)
+            positions, checked = [], checked[:0]
+    in_range = np.all(np.abs(checked) <= _FLOAT32_MAX, axis=1)  # False for NaN and inf
+    good = {p: n for n, p in enumerate(positions) if in_range[n]}
+    slow.extend(p for n, p in enumerate(positions) if not in_range[n])
+    errors: list[tuple[int, FeatureError]] = []
+    for i in slow:
+        try:
+            _values(rows[i], names)
         except FeatureError as error:
             errors.append((i, error))
-        else:
-            valid.append(i)
-    matrix = np.array(values, dtype=np.float32).reshape(len(values), len(names))
-    return FeatureBatch(matrix=matrix, valid=valid, errors=errors)
+        else:  # not expected: the fast path only defers rows with a problem
+            raise AssertionError(f"row {i} passed the careful check only")
+    valid = sorted(good)
+    matrix = checked[[good[i] for i in valid]].astype(np.float32).reshape(len(valid), width)
+    return FeatureBatch(matrix=matrix, valid=valid, errors=sorted(errors, key=lambda e: e[0]))
+
+
+def _plain_values(features: Any, names: Sequence[str]) -> list[Any] | None:
+    """The values in model order when the shape is right and every value is a JSON number
+    (not bool); else None."""
+    if type(features) is dict:
+        if len(features) != len(names):
+            return None
+        try:
+            values = [features[n] for n in names]
+        except KeyError:
+            return None
+    elif type(features) is list and len(features) == len(names):
+        values = features
+    else:
+        return None
+    for v in values:
+        if type(v) is not float and type(v) is not int:
+            return None
+    return values

@@ -24,8 +24,6 @@ from app.core.events import (
     SourceOffset,
 )
 
-MAX_JSON_DEPTH = 32
-
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
@@ -76,10 +74,6 @@ def parse_request(
         return Rejection(
             DeadLetterCode.INVALID_REQUEST,
             f"request must be a JSON object, got {type(body).__name__}",
-        )
-    if _depth(body) > MAX_JSON_DEPTH:
-        return Rejection(
-            DeadLetterCode.INVALID_REQUEST, f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
         )
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
@@ -139,17 +133,6 @@ def _payload_text(value: bytes) -> tuple[str, PayloadEncoding]:
         return value.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         return base64.b64encode(value).decode("ascii"), "base64"
-
-
-def _depth(node: object, level: int = 1) -> int:
-    """Nesting depth, stopping early once past the limit."""
-    if level > MAX_JSON_DEPTH:
-        return level
-    if isinstance(node, dict):
-        return max((_depth(v, level + 1) for v in node.values()), default=level)
-    if isinstance(node, list):
-        return max((_depth(v, level + 1) for v in node), default=level)
-    return level
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.core.events import ShedReport, encode, now_ms
 from app.core.requests import RawRecord
@@ -92,6 +93,7 @@ class Worker:
         producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
         # Fence any earlier incarnation before reading offsets (see the module docstring).
         await producer.start()
+        sender = BatchSender(producer)
         consumer = group_consumer(
             self.settings,
             self.settings.group_id,
@@ -110,7 +112,7 @@ class Worker:
                     if generation != self.generation:
                         await self._rewind_dropped(consumer, records)
                         continue
-                    await self._publish(producer, consumer, records)
+                    await self._publish(producer, sender, consumer, records)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -158,6 +160,7 @@ class Worker:
     async def _publish(
         self,
         producer: AIOKafkaProducer,
+        sender: BatchSender,
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
     ) -> None:
@@ -199,12 +202,10 @@ class Worker:
             offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
         try:
             async with producer.transaction():
-                for out in result.outgoing:
-                    await producer.send(out.topic, value=out.value, key=out.key)
-                for out in reports:
-                    await producer.send(
-                        out.topic, value=out.value, key=out.key, headers=SHED_HEADERS
-                    )
+                await sender.send(
+                    [(o.topic, o.key, o.value, ()) for o in result.outgoing]
+                    + [(o.topic, o.key, o.value, SHED_HEADERS) for o in reports]
+                )
                 await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
         except ProducerFenced:
             log.error(

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
 from app.core.events import (
     ArmResult,
@@ -25,12 +26,11 @@ from app.core.events import (
     Mode,
     ModelOutput,
     ModelRef,
-    Prediction,
     Role,
     encode,
     now_ms,
 )
-from app.core.features import FeatureError, feature_row
+from app.core.features import feature_matrix
 from app.core.requests import RawRecord, Rejection, dead_letter, entity_key, parse_request
 from app.core.routing import PRODUCTION_ONLY, Assignment, assign
 
@@ -92,15 +92,18 @@ class _Row:
     record: RawRecord
     request: InferenceRequest
     entity: str
-    vector: np.ndarray
     assignment: Assignment
+
+
+# A model's output for one row, as the wire has it: {"label": str, "scores": [float, ...]}.
+_Output = dict[str, Any]
 
 
 @dataclass(slots=True)
 class _ArmRun:
     """One model's outputs over the rows it scored (indices into the deployment's rows)."""
 
-    outputs: dict[int, ModelOutput]
+    outputs: dict[int, _Output]
     latency_ms: float
     error: str | None
 
@@ -118,36 +121,44 @@ def score_batch(
     result = BatchResult()
     now = now_ms()
     known = frozenset(table)
-    by_deployment: dict[str, list[_Row]] = {}
+    parsed_by_deployment: dict[str, list[tuple[RawRecord, InferenceRequest]]] = {}
     for record in records:
         parsed = parse_request(record, known, max_request_bytes)
         if isinstance(parsed, Rejection):
             _reject(result, topics, record, parsed, now)
             continue
-        route = table[parsed.deployment]
-        try:
-            vector = feature_row(parsed.features, route.production.feature_names)
-        except FeatureError as exc:
-            _reject(result, topics, record, Rejection(exc.code, exc.message), now)
-            continue
-        entity = entity_key(parsed, record.key)
-        assignment = assign(route.state, entity, parsed.request_id)
-        if assignment.compare and route.state.mode in (Mode.SHADOW, Mode.MANUAL):
-            name = parsed.deployment
-            result.shadow_sampled[name] = result.shadow_sampled.get(name, 0) + 1
-            if shed_shadow:
-                result.shadow_shed[name] = result.shadow_shed.get(name, 0) + 1
-                assignment = PRODUCTION_ONLY
-        row = _Row(record, parsed, entity, vector, assignment)
-        by_deployment.setdefault(parsed.deployment, []).append(row)
-    for deployment, rows in by_deployment.items():
-        _score_deployment(result, topics, table[deployment], rows)
+        parsed_by_deployment.setdefault(parsed.deployment, []).append((record, parsed))
+    for name, parsed_rows in parsed_by_deployment.items():
+        route = table[name]
+        checked = feature_matrix(
+            [req.features for _, req in parsed_rows], route.production.feature_names
+        )
+        for i, error in checked.errors:
+            _reject(result, topics, parsed_rows[i][0], Rejection(error.code, error.message), now)
+        rows: list[_Row] = []
+        for i in checked.valid:
+            record, request = parsed_rows[i]
+            entity = entity_key(request, record.key)
+            assignment = assign(route.state, entity, request.request_id)
+            if assignment.compare and route.state.mode in (Mode.SHADOW, Mode.MANUAL):
+                result.shadow_sampled[name] = result.shadow_sampled.get(name, 0) + 1
+                if shed_shadow:
+                    result.shadow_shed[name] = result.shadow_shed.get(name, 0) + 1
+                    assignment = PRODUCTION_ONLY
+            rows.append(_Row(record, request, entity, assignment))
+        if rows:
+            _score_deployment(result, topics, route, rows, checked.matrix)
     return result
 
 
 def _score_deployment(
-    result: BatchResult, topics: Topics, route: DeploymentRoute, rows: list[_Row]
+    result: BatchResult,
+    topics: Topics,
+    route: DeploymentRoute,
+    rows: list[_Row],
+    matrix: np.ndarray,
 ) -> None:
+    """``matrix[i]`` is the feature row of ``rows[i]``."""
     wants_candidate = [
         i
         for i, r in enumerate(rows)
@@ -159,15 +170,15 @@ def _score_deployment(
     # so which arm goes first alternates from batch to batch.
     compared = [i for i, r in enumerate(rows) if r.assignment.compare]
     candidate_first = rows[0].record.offset % 2 == 0
-    paired = _run(route.production, rows, compared) if not candidate_first else None
-    candidate = _run(route.candidate, rows, wants_candidate) if route.candidate else None
+    paired = _run(route.production, matrix, compared) if not candidate_first else None
+    candidate = _run(route.candidate, matrix, wants_candidate) if route.candidate else None
     if paired is None:
-        paired = _run(route.production, rows, compared)
+        paired = _run(route.production, matrix, compared)
     failed = set(wants_candidate) - set(candidate.outputs) if candidate else set()
     # Then what production serves besides, and what the candidate failed.
     production = _run(
         route.production,
-        rows,
+        matrix,
         [
             i
             for i, r in enumerate(rows)
@@ -177,6 +188,16 @@ def _score_deployment(
     )
     production.outputs.update(paired.outputs)
     state = route.state
+    mode = state.mode.value
+    identity = {
+        id(scorer): {
+            "name": scorer.ref.name,
+            "version": scorer.ref.version,
+            "sha256": scorer.ref.sha256,
+        }
+        for scorer in (route.production, route.candidate)
+        if scorer is not None
+    }
     for i, row in enumerate(rows):
         served_by = row.assignment.served_by
         if i in failed:
@@ -193,21 +214,24 @@ def _score_deployment(
             rejection = Rejection(DeadLetterCode.MODEL_ERROR, error)
             _reject(result, topics, row.record, rejection, now_ms())
             continue
-        prediction = Prediction(
-            request_id=row.request.request_id,
-            deployment=state.deployment,
-            entity_key=row.entity,
-            model=scorer.ref.identity(),
-            role=served_by,
-            mode=state.mode,
-            epoch=state.epoch,
-            output=output,
-            latency_ms=paired.latency_ms
-            if arm is production and i in paired.outputs
-            else arm.latency_ms,
-            served_at=now_ms(),
+        latency = (
+            paired.latency_ms if arm is production and row.assignment.compare else arm.latency_ms
         )
-        result.outgoing.append(Outgoing(topics.predictions, row.record.key, encode(prediction)))
+        prediction = {  # the Prediction contract, built directly: this is the hot path
+            "request_id": row.request.request_id,
+            "deployment": state.deployment,
+            "entity_key": row.entity,
+            "model": identity[id(scorer)],
+            "role": served_by.value,
+            "mode": mode,
+            "epoch": state.epoch,
+            "output": output,
+            "latency_ms": latency,
+            "served_at": now_ms(),
+        }
+        result.outgoing.append(
+            Outgoing(topics.predictions, row.record.key, orjson.dumps(prediction))
+        )
         result.predictions += 1
         if row.assignment.compare or i in failed:
             assert candidate is not None
@@ -235,8 +259,8 @@ def _compare(
         result.candidate_errors += 1
     agree, delta = False, 0.0
     if prod_out is not None and cand_out is not None:
-        agree = prod_out.label == cand_out.label
-        delta = cand_out.scores[-1] - prod_out.scores[-1]
+        agree = prod_out["label"] == cand_out["label"]
+        delta = cand_out["scores"][-1] - prod_out["scores"][-1]
     comparison = Comparison(
         request_id=row.request.request_id,
         deployment=route.state.deployment,
@@ -255,47 +279,49 @@ def _compare(
 
 
 def _arm_result(
-    scorer: Scorer, output: ModelOutput | None, run: _ArmRun, error: str | None = None
+    scorer: Scorer, output: _Output | None, run: _ArmRun, error: str | None = None
 ) -> ArmResult:
     return ArmResult(
         version=scorer.ref.version,
         sha256=scorer.ref.sha256,
-        output=output,
+        output=ModelOutput.model_validate(output) if output is not None else None,
         latency_ms=run.latency_ms if output is not None else None,
         error=error,
     )
 
 
-def _run(scorer: Scorer, rows: list[_Row], indices: list[int]) -> _ArmRun:
-    """Score ``indices`` in one model call; on failure, isolate the failing rows one by one."""
+def _run(scorer: Scorer, matrix: np.ndarray, indices: list[int]) -> _ArmRun:
+    """Score rows ``indices`` of ``matrix`` in one model call; on failure, isolate the
+    failing rows one by one."""
     if not indices:
         return _ArmRun({}, 0.0, None)
-    matrix = np.stack([rows[i].vector for i in indices])
+    selected = matrix if len(indices) == len(matrix) else matrix[indices]
     started = time.perf_counter()
     try:
-        labels, scores = scorer.predict(matrix)
+        labels, scores = scorer.predict(selected)
     except Exception as exc:  # a model may fail on a batch; find the rows it fails on
-        return _run_one_by_one(scorer, rows, indices, exc)
+        return _run_one_by_one(scorer, matrix, indices, exc)
     per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
     outputs = {
-        i: ModelOutput(label=labels[n], scores=scores[n].tolist()) for n, i in enumerate(indices)
+        i: {"label": labels[n], "scores": row}
+        for n, (i, row) in enumerate(zip(indices, scores.tolist(), strict=True))
     }
     return _ArmRun(outputs, per_row_ms, None)
 
 
 def _run_one_by_one(
-    scorer: Scorer, rows: list[_Row], indices: list[int], first: Exception
+    scorer: Scorer, matrix: np.ndarray, indices: list[int], first: Exception
 ) -> _ArmRun:
-    outputs: dict[int, ModelOutput] = {}
+    outputs: dict[int, _Output] = {}
     error = f"{type(first).__name__}: {first}"
     started = time.perf_counter()
     for i in indices:
         try:
-            labels, scores = scorer.predict(rows[i].vector[np.newaxis, :])
+            labels, scores = scorer.predict(matrix[i : i + 1])
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             continue
-        outputs[i] = ModelOutput(label=labels[0], scores=scores[0].tolist())
+        outputs[i] = {"label": labels[0], "scores": scores[0].tolist()}
     per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
     return _ArmRun(outputs, per_row_ms, error)
 
