@@ -21,6 +21,11 @@ Headers = Sequence[tuple[str, bytes]]
 Record = tuple[str, bytes | None, bytes, Headers]  # topic, key, value, headers
 
 
+def keyed_partition(key: bytes, count: int) -> int:
+    """Where Kafka's default partitioner (Java's and aiokafka's) puts ``key``."""
+    return int(murmur2(key) & 0x7FFFFFFF) % count
+
+
 class BatchSender:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
@@ -41,9 +46,7 @@ class BatchSender:
             topic, key = record[0], record[1]
             count = await self._count(topic)
             partition = (
-                (murmur2(key) & 0x7FFFFFFF) % count
-                if key is not None
-                else next(self._round_robin) % count
+                keyed_partition(key, count) if key is not None else next(self._round_robin) % count
             )
             grouped[(topic, partition)].append(record)
         futures: list[asyncio.Future[object]] = []

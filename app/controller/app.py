@@ -15,9 +15,9 @@ import logging
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 from mode import Service
 
+from app.adapters.batch_send import keyed_partition
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
@@ -86,7 +86,7 @@ class ControlPlane(Service):
 
 def partition_for(deployment: str, partitions: int) -> int:
     """Where Kafka's default partitioner puts records keyed by ``deployment``."""
-    return int(murmur2(deployment.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    return keyed_partition(deployment.encode("utf-8"), partitions)
 
 
 def build_app(settings: Settings) -> faust.App:
