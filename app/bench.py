@@ -1,112 +1,217 @@
-"""``rollout bench``: how fast one worker drains a backlog, measured on the local broker.
+"""``rollout bench``: throughput of one worker against ceilings measured in the same run.
 
-A first benchmark (the full suite of ceilings is still to come): it writes a backlog of
-generated requests, starts one ``rollout worker`` process, and times the committed
-predictions from the first to the last (read back with ``read_committed``). The worker's
-consumer group is fresh, so it reads exactly this backlog.
+Each line drains a backlog of the same generated requests through the worker's own loop
+(``app.worker.loop.Worker``: same consumer, micro-batching, batched producer and one
+transaction per batch), in this process, on the configured broker:
+
+- **C_io**: every request copied to a sink topic as it is (no decoding, no model);
+- **C_parse**: each request decoded and a small JSON output encoded (the realistic ceiling);
+- **fan-out-2**: C_parse writing two outputs per request (the ceiling for shadow);
+- **C_compute**: onnxruntime alone, rows/s at the worker's batch size (no Kafka);
+- **worker** in production-only, canary 10 % (paired) and shadow 100 % modes.
+
+Rates are records per second between the first and the last committed batch. Absolute
+figures drift from run to run on shared machines; the ratios to the ceilings are the result.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import asyncio
+import contextlib
+import resource
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
+import orjson
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
-from app.adapters.kafka_clients import (
-    assign_at_end,
-    group_consumer,
-    partitions_of,
-    plain_producer,
-    reader,
-)
+from app.adapters.kafka_clients import group_consumer, partitions_of, plain_producer
+from app.adapters.model_store import ModelStore
+from app.core.events import DeploymentState, Mode, Phase, now_ms
+from app.core.policy import Policy
+from app.core.requests import RawRecord
 from app.settings import Settings
 from app.traffic import make_requests, send
+from app.worker.loop import Worker
+from app.worker.scoring import DeploymentRoute, Outgoing, RoutingTable
+
+SINK = "bench.sink"
+C_PARSE = "C_parse (decode + encode)"
+FAN_OUT = "fan-out-2 (C_parse, 2 outputs)"
 
 
 @dataclass(frozen=True)
-class DrainResult:
-    requests: int
-    predictions: int
+class Line:
+    name: str
+    records: int
     seconds: float
-    worker_cpu_s: float
+    cpu_s: float
 
     @property
     def per_second(self) -> float:
-        return self.predictions / self.seconds if self.seconds else 0.0
+        return self.records / self.seconds if self.seconds else 0.0
 
 
-async def drain(settings: Settings, requests: int) -> DrainResult:
-    run = f"bench-{uuid.uuid4().hex[:8]}"
-    group = f"rollout-bench-{run}"
-    producer = plain_producer(settings)
-    await producer.start()
-    consumer = reader(settings)
-    await consumer.start()
-    try:
-        await assign_at_end(consumer, "inference.predictions")
-        # A fresh group would read the whole topic: start it at the end, before the backlog.
-        await _commit_group_at_end(settings, group)
-        await send(producer, make_requests(requests, seed=3, run_id=run))
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "ROLLOUT_GROUP_ID": group,
-        }
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker", "--worker-id", run],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        first = last = 0.0
-        seen = 0
-        deadline = time.monotonic() + 300
-        try:
-            while seen < requests and time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=200)
-                now = time.monotonic()
-                for records in batch.values():
-                    mine = sum(1 for r in records if run.encode() in r.value)
-                    if mine and not first:
-                        first = now
-                    if mine:
-                        last = now
-                    seen += mine
-            cpu = _cpu_seconds(worker.pid)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
-        return DrainResult(requests, seen, last - first, cpu)
-    finally:
-        await consumer.stop()
-        await producer.stop()
+def _passthrough(batch: list[RawRecord]) -> list[Outgoing]:
+    return [Outgoing(SINK, r.key, r.value or b"") for r in batch]
 
 
-async def _commit_group_at_end(settings: Settings, group: str) -> None:
-    """Give ``group`` committed offsets at the current end of the requests topic."""
+def _parse(fan_out: int) -> Callable[[list[RawRecord]], list[Outgoing]]:
+    def transform(batch: list[RawRecord]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for r in batch:
+            body = orjson.loads(r.value or b"{}")
+            value = orjson.dumps(
+                {
+                    "request_id": body["request_id"],
+                    "deployment": body["deployment"],
+                    "output": {"label": "legit", "scores": [1.0, 0.0]},
+                }
+            )
+            out.extend(Outgoing(SINK, r.key, value) for _ in range(fan_out))
+        return out
+
+    return transform
+
+
+def _table(store: ModelStore, mode: Mode) -> RoutingTable:
+    production = store.load(store.ref("fraud", "1"))
+    candidate = store.load(store.ref("fraud", "2")) if mode is not Mode.MANUAL else None
+    state = DeploymentState(
+        deployment="fraud",
+        epoch=1,
+        mode=mode,
+        phase=Phase.PROGRESSING if candidate else Phase.STABLE,
+        production=production.ref,
+        candidate=candidate.ref if candidate else None,
+        canary_weight=0.10 if mode is Mode.CANARY else 0.0,
+        shadow_sample_rate=1.0,
+        policy=Policy(),
+        updated_at=now_ms(),
+    )
+    return {"fraud": DeploymentRoute(state, production, candidate)}
+
+
+async def _fresh_group(settings: Settings) -> Settings:
+    """A consumer group whose committed offsets are the requests topic's current end."""
+    group = f"rollout-bench-{uuid.uuid4().hex[:8]}"
     consumer = group_consumer(settings, group)
     await consumer.start()
     try:
         partitions = await partitions_of(consumer, "inference.requests")
         ends = await consumer.end_offsets(partitions)
         consumer.assign(partitions)
-        await consumer.commit(
-            {TopicPartition(tp.topic, tp.partition): off for tp, off in ends.items()}
-        )
+        await consumer.commit({TopicPartition(tp.topic, tp.partition): o for tp, o in ends.items()})
     finally:
         await consumer.stop()
+    return settings.model_copy(update={"group_id": group})
 
 
-def _cpu_seconds(pid: int) -> float:
+async def _ensure_sink(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([NewTopic(SINK, num_partitions=6, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def drain(
+    settings: Settings,
+    name: str,
+    requests: int,
+    table: RoutingTable,
+    transform: Callable[[list[RawRecord]], list[Outgoing]] | None = None,
+) -> Line:
+    """Write a backlog of ``requests``, then time one in-process worker draining it."""
+    group = await _fresh_group(settings)
+    producer = plain_producer(settings)
+    await producer.start()
+    try:
+        await send(
+            producer, make_requests(requests, seed=3, run_id=f"bench-{uuid.uuid4().hex[:6]}")
+        )
+    finally:
+        await producer.stop()
+    worker = Worker(group, f"bench-{uuid.uuid4().hex[:6]}", lambda: table, transform=transform)
+    stop = asyncio.Event()
+    cpu0 = _cpu()
+    task = asyncio.create_task(worker.run(stop))
+    deadline = time.monotonic() + 300
+    while worker.stats.records < requests and time.monotonic() < deadline and not task.done():
+        await asyncio.sleep(0.05)
+    cpu = _cpu() - cpu0
+    stop.set()
+    stats = await task
+    # Rate over the batches after the first (its wait for the group to form is not work).
+    first_batch = stats.records / max(stats.batches, 1)
+    seconds = max(stats.last_batch_at - stats.first_batch_at, 1e-6)
+    return Line(name, int(stats.records - first_batch), seconds, cpu)
+
+
+def compute_ceiling(store: ModelStore, batch: int, seconds: float = 2.0) -> Line:
+    model = store.load(store.ref("fraud", "1"))
+    x = np.random.default_rng(0).random((batch, len(model.feature_names)), dtype=np.float32)
+    rows, started = 0, time.perf_counter()
+    cpu0 = _cpu()
+    while time.perf_counter() - started < seconds:
+        model.predict(x)
+        rows += batch
+    return Line("C_compute (onnxruntime)", rows, time.perf_counter() - started, _cpu() - cpu0)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_bench(
+    settings: Settings, requests: int, out_dir: Path, progress: Callable[[str], None]
+) -> list[Line]:
+    await _ensure_sink(settings)
+    store = ModelStore(settings.model_store)
+    prod_only = _table(store, Mode.MANUAL)
+    plan: list[tuple[str, RoutingTable, Callable[[list[RawRecord]], list[Outgoing]] | None]] = [
+        ("C_io (passthrough)", prod_only, _passthrough),
+        (C_PARSE, prod_only, _parse(1)),
+        (FAN_OUT, prod_only, _parse(2)),
+        ("worker: production only", prod_only, None),
+        ("worker: canary 10% (paired)", _table(store, Mode.CANARY), None),
+        ("worker: shadow 100%", _table(store, Mode.SHADOW), None),
+    ]
+    lines: list[Line] = []
+    for name, table, transform in plan:
+        progress(f"{name} …")
+        lines.append(await drain(settings, name, requests, table, transform))
+        progress(f"{name}: {lines[-1].per_second:,.0f}/s")
+    lines.append(compute_ceiling(store, settings.batch_max_records))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_bytes(
+        orjson.dumps(
+            [asdict(line) | {"per_second": line.per_second} for line in lines],
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    (out_dir / "bench.md").write_text(markdown(lines))
+    return lines
+
+
+def markdown(lines: list[Line]) -> str:
+    """The table; worker lines carry their ratio to their ceiling (shadow: fan-out-2)."""
+    by_name = {line.name: line.per_second for line in lines}
+    rows = ["| line | records/s | ratio to ceiling | CPU s |", "|---|---:|---:|---:|"]
+    for line in lines:
+        ratio = ""
+        if line.name.startswith("worker"):
+            ceiling = FAN_OUT if "shadow" in line.name else C_PARSE
+            if by_name.get(ceiling):
+                ratio = f"{line.per_second / by_name[ceiling]:.2f} of {ceiling.split(' ')[0]}"
+        rows.append(f"| {line.name} | {line.per_second:,.0f} | {ratio} | {line.cpu_s:.1f} |")
+    return "\n".join(rows) + "\n"

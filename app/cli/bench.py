@@ -1,28 +1,27 @@
-"""``rollout bench``: a first throughput figure, one worker draining a backlog."""
+"""``rollout bench``: the worker's throughput against ceilings measured in the same run."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from app.bench import drain
+from app.bench import markdown, run_bench
 from app.cli import app
 from app.settings import load_settings
 
 
 @app.command()
 def bench(
-    requests: Annotated[int, typer.Option(help="Backlog size.")] = 20_000,
+    requests: Annotated[int, typer.Option(help="Backlog size for each line.")] = 20_000,
+    out: Annotated[Path, typer.Option(help="Where bench.md and bench.json go.")] = Path(
+        "bench-results"
+    ),
 ) -> None:
-    """Time one `rollout worker` draining a backlog of requests (production only, exactly
-    once), on the cluster of KAFKA_BOOTSTRAP_SERVERS (start one with `rollout kafka start`)."""
-    result = asyncio.run(drain(load_settings(), requests))
-    typer.echo(
-        f"one worker, production only, exactly once: {result.predictions:,} of "
-        f"{result.requests:,} predictions committed in {result.seconds:.2f}s = "
-        f"{result.per_second:,.0f} requests/s (worker CPU {result.worker_cpu_s:.1f}s)"
-    )
-    if result.predictions < result.requests:
-        raise typer.Exit(1)
+    """Drain the same backlog through ceilings (C_io, C_parse, fan-out-2) and the worker in
+    three modes, exactly once, on KAFKA_BOOTSTRAP_SERVERS (`rollout kafka start` for a local
+    one); print a Markdown table and write it with a JSON copy to OUT."""
+    lines = asyncio.run(run_bench(load_settings(), requests, out, progress=typer.echo))
+    typer.echo(markdown(lines))

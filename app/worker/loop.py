@@ -32,7 +32,14 @@ from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.core.events import ShedReport, encode, now_ms
 from app.core.requests import RawRecord
 from app.settings import Settings
-from app.worker.scoring import DEFAULT_TOPICS, Outgoing, RoutingTable, Topics, score_batch
+from app.worker.scoring import (
+    DEFAULT_TOPICS,
+    BatchResult,
+    Outgoing,
+    RoutingTable,
+    Topics,
+    score_batch,
+)
 
 # Marks a ShedReport among the Comparisons of inference.comparisons.
 SHED_HEADERS = [("kind", b"shed")]
@@ -52,6 +59,8 @@ class WorkerStats:
     shadow_sampled: int = 0
     shadow_shed: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_batch_at: float = 0.0  # when the first batch committed (monotonic)
+    last_batch_at: float = 0.0
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -79,12 +88,16 @@ class Worker:
         table: Callable[[], RoutingTable],
         topics: Topics = DEFAULT_TOPICS,
         on_assigned: Callable[[], Awaitable[None]] | None = None,
+        transform: Callable[[list[RawRecord]], list[Outgoing]] | None = None,
     ) -> None:
+        """``transform``, for benchmarks only, replaces scoring: the records it returns are
+        published as the batch's outputs, through the same client, batching and transaction."""
         self.settings = settings
         self.worker_id = worker_id
         self.topics = topics
         self._table = table
         self.on_assigned = on_assigned
+        self._transform = transform
         self.lock = asyncio.Lock()
         self.generation = 0
         self.stats = WorkerStats()
@@ -167,6 +180,51 @@ class Worker:
         raw = [
             RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records
         ]
+        reports: list[Outgoing] = []
+        if self._transform is not None:  # a benchmark's stand-in for scoring
+            result = BatchResult(outgoing=self._transform(raw))
+        else:
+            result, reports = await self._score(consumer, raw)
+        first: dict[TopicPartition, int] = {}
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first.setdefault(tp, r.offset)
+            offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
+        try:
+            async with producer.transaction():
+                await sender.send(
+                    [(o.topic, o.key, o.value, ()) for o in result.outgoing]
+                    + [(o.topic, o.key, o.value, SHED_HEADERS) for o in reports]
+                )
+                await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
+        except ProducerFenced:
+            log.error(
+                "another worker with id %r took over (producer fenced); stopping", self.worker_id
+            )
+            raise
+        except KafkaError as exc:
+            # The transaction was aborted: nothing of this batch is visible. Read it again.
+            log.warning("transaction aborted (%s); re-reading %d records", exc, len(records))
+            self.stats.aborted_batches += 1
+            for tp, offset in first.items():
+                consumer.seek(tp, offset)
+            return
+        s = self.stats
+        s.last_batch_at = time.monotonic()
+        if not s.batches:
+            s.first_batch_at = s.last_batch_at
+        s.batches += 1
+        s.records += len(records)
+        s.predictions += result.predictions
+        s.comparisons += result.comparisons
+        s.dead_letters += result.dead_letters
+        s.shadow_sampled += sum(result.shadow_sampled.values())
+        s.shadow_shed += sum(result.shadow_shed.values())
+
+    async def _score(
+        self, consumer: AIOKafkaConsumer, raw: list[RawRecord]
+    ) -> tuple[BatchResult, list[Outgoing]]:
         table = self._table()
         lag = await self._lag(consumer)
         result = score_batch(
@@ -194,39 +252,7 @@ class Worker:
             )
             for name, shed in result.shadow_shed.items()
         ]
-        first: dict[TopicPartition, int] = {}
-        offsets: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            first.setdefault(tp, r.offset)
-            offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
-        try:
-            async with producer.transaction():
-                await sender.send(
-                    [(o.topic, o.key, o.value, ()) for o in result.outgoing]
-                    + [(o.topic, o.key, o.value, SHED_HEADERS) for o in reports]
-                )
-                await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
-        except ProducerFenced:
-            log.error(
-                "another worker with id %r took over (producer fenced); stopping", self.worker_id
-            )
-            raise
-        except KafkaError as exc:
-            # The transaction was aborted: nothing of this batch is visible. Read it again.
-            log.warning("transaction aborted (%s); re-reading %d records", exc, len(records))
-            self.stats.aborted_batches += 1
-            for tp, offset in first.items():
-                consumer.seek(tp, offset)
-            return
-        s = self.stats
-        s.batches += 1
-        s.records += len(records)
-        s.predictions += result.predictions
-        s.comparisons += result.comparisons
-        s.dead_letters += result.dead_letters
-        s.shadow_sampled += sum(result.shadow_sampled.values())
-        s.shadow_shed += sum(result.shadow_shed.values())
+        return result, reports
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> int:
         """Records behind the log end over this worker's partitions (as of the last fetch)."""

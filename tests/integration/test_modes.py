@@ -76,9 +76,11 @@ def workers(
 
 
 def entity_requests(run: str, tag: str, n: int, seed: int = 5) -> list[SentRequest]:
-    """One request per entity ``{run}-ent-{i}`` (the Kafka key is the entity key)."""
+    """One request per entity ``ent-{i}`` (the Kafka key is the entity key). The entity names
+    are fixed, so the canary's share of them is a fixed property of the hash (10.05%, 25.45%,
+    50.6% at 10, 25 and 50%), not a new draw every run."""
     base = make_requests(n, seed=seed, run_id=f"{run}-{tag}")
-    return [SentRequest(s.request, f"{run}-ent-{i}".encode()) for i, s in enumerate(base)]
+    return [SentRequest(s.request, f"ent-{i}".encode()) for i, s in enumerate(base)]
 
 
 async def serve_at(
