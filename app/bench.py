@@ -186,6 +186,8 @@ async def run_bench(
         ("worker: canary 10% (paired)", _table(store, Mode.CANARY), None),
         ("worker: shadow 100%", _table(store, Mode.SHADOW), None),
     ]
+    progress("warming up (broker, clients, models) …")
+    await drain(settings, "warm-up", min(requests, 5000), prod_only)
     lines: list[Line] = []
     for name, table, transform in plan:
         progress(f"{name} …")

@@ -15,7 +15,7 @@ from app.settings import load_settings
 
 @app.command()
 def bench(
-    requests: Annotated[int, typer.Option(help="Backlog size for each line.")] = 20_000,
+    requests: Annotated[int, typer.Option(help="Backlog size for each line.")] = 50_000,
     out: Annotated[Path, typer.Option(help="Where bench.md and bench.json go.")] = Path(
         "bench-results"
     ),
