@@ -71,11 +71,15 @@ def guardrail_failures(state: DeploymentState, a: RolloutAnalysis) -> list[str]:
         failed.append(f"score shift PSI {a.score_shift:.3f} is above {g.max_score_shift:.3f}")
     ratio = a.latency_ratio
     slower_ms = a.candidate_arm.quantile(0.99) - a.production.quantile(0.99)
+    # A slow candidate is slow for the typical request too: the median confirms the tail, so a
+    # scheduler hiccup in one arm's few slowest calls does not roll a canary back.
+    median_ratio = a.candidate_arm.quantile(0.5) / a.production.quantile(0.5)
     if (
         scored >= MIN_SHIFT_SAMPLES
         and not math.isnan(ratio)
         and ratio > g.max_latency_ratio
         and slower_ms >= g.min_latency_regression_ms
+        and median_ratio > g.max_latency_ratio
     ):
         failed.append(
             f"p99 latency is {ratio:.2f}x production's, {slower_ms:.2f} ms slower "

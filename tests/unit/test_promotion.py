@@ -262,3 +262,17 @@ def test_ground_truth_is_awaited_for_the_horizon_only() -> None:
     a.expire(now=10_000)
     assert not a.pending and a.expired_pending == 5
     assert not a.add_feedback(Feedback(request_id=c, deployment="fraud", label="x", observed_at=1))
+
+
+def test_a_slow_tail_alone_does_not_trip_the_latency_guardrail() -> None:
+    """The candidate's slowest 2% of calls are 5 ms (a scheduler hiccup), its median is
+    production's: no rollback. The same tail with a slow median is a regression."""
+    st = state(Mode.CANARY)
+    hiccups = analysis(st)
+    feed(hiccups, 600)
+    for _ in range(12):
+        hiccups.candidate_arm.add(5.0, 0.3, False)
+    assert decide(st, hiccups).verdict is Verdict.ADVANCE
+    slow = analysis(st)
+    feed(slow, 600, cand_latency=5.0)
+    assert decide(st, slow).verdict is Verdict.ROLLBACK
