@@ -21,7 +21,7 @@ import contextlib
 import resource
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,9 +31,15 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from app.adapters.kafka_clients import group_consumer, partitions_of, plain_producer
+from app.adapters.kafka_clients import (
+    assign_at_end,
+    group_consumer,
+    partitions_of,
+    plain_producer,
+    reader,
+)
 from app.adapters.model_store import ModelStore
-from app.core.events import DeploymentState, Mode, Phase, now_ms
+from app.core.events import DeploymentState, Mode, Phase, encode, now_ms
 from app.core.policy import Policy
 from app.core.requests import RawRecord
 from app.settings import Settings
@@ -156,6 +162,75 @@ async def drain(
     return Line(name, int(stats.records - first_batch), seconds, cpu)
 
 
+@dataclass(frozen=True)
+class Latency:
+    name: str
+    rate: float
+    requests: int
+    answered: int
+    p50_ms: float
+    p99_ms: float
+
+
+async def latency(
+    settings: Settings, name: str, table: RoutingTable, rate: float, seconds: float
+) -> Latency:
+    """End-to-end latency under open-loop load at ``rate``: from handing a request to the
+    producer to reading its committed prediction (``read_committed``)."""
+    group = await _fresh_group(settings)
+    worker = Worker(group, f"bench-{uuid.uuid4().hex[:6]}", lambda: table)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    tail = reader(settings)
+    await tail.start()
+    producer = plain_producer(settings)
+    await producer.start()
+    run = f"lat-{uuid.uuid4().hex[:6]}"
+    requests = make_requests(int(rate * seconds), seed=5, run_id=run)
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    try:
+        await assign_at_end(tail, "inference.predictions")
+        await asyncio.sleep(3)  # let the worker join its group before the clock starts
+
+        async def collect() -> None:
+            while not stop.is_set():
+                batch = await tail.getmany(timeout_ms=50)
+                now = time.time() * 1000
+                for records in batch.values():
+                    for record in records:
+                        if run.encode() in record.value:
+                            rid = orjson.loads(record.value)["request_id"]
+                            seen.setdefault(rid, now)
+
+        collector = asyncio.create_task(collect())
+        started = time.monotonic()
+        for i, req in enumerate(requests):
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent[req.request.request_id] = time.time() * 1000
+            await producer.send("inference.requests", encode(req.request), key=req.key)
+        deadline = time.monotonic() + 30
+        while len(seen) < len(requests) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop.set()
+        await collector
+    finally:
+        stop.set()
+        await task
+        await producer.stop()
+        await tail.stop()
+    delays = sorted(seen[rid] - sent[rid] for rid in seen if rid in sent)
+    return Latency(
+        name, rate, len(requests), len(seen), _quantile(delays, 0.5), _quantile(delays, 0.99)
+    )
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)] if ordered else float("nan")
+
+
 def compute_ceiling(store: ModelStore, batch: int, seconds: float = 2.0) -> Line:
     model = store.load(store.ref("fraud", "1"))
     x = np.random.default_rng(0).random((batch, len(model.feature_names)), dtype=np.float32)
@@ -174,7 +249,7 @@ def _cpu() -> float:
 
 async def run_bench(
     settings: Settings, requests: int, out_dir: Path, progress: Callable[[str], None]
-) -> list[Line]:
+) -> tuple[list[Line], list[Latency]]:
     await _ensure_sink(settings)
     store = ModelStore(settings.model_store)
     prod_only = _table(store, Mode.MANUAL)
@@ -194,18 +269,22 @@ async def run_bench(
         lines.append(await drain(settings, name, requests, table, transform))
         progress(f"{name}: {lines[-1].per_second:,.0f}/s")
     lines.append(compute_ceiling(store, settings.batch_max_records))
+    latencies: list[Latency] = []
+    for line, (name, table, transform) in zip(lines, plan, strict=False):
+        if transform is None:  # the worker's modes: latency at half their sustained rate
+            progress(f"{name}: latency at {line.per_second / 2:,.0f}/s …")
+            latencies.append(await latency(settings, name, table, line.per_second / 2, 10.0))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_bytes(
-        orjson.dumps(
-            [asdict(line) | {"per_second": line.per_second} for line in lines],
-            option=orjson.OPT_INDENT_2,
-        )
-    )
-    (out_dir / "bench.md").write_text(markdown(lines))
-    return lines
+    report = {
+        "throughput": [asdict(line) | {"per_second": line.per_second} for line in lines],
+        "latency": [asdict(x) for x in latencies],
+    }
+    (out_dir / "bench.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    (out_dir / "bench.md").write_text(markdown(lines, latencies, settings.batch_max_wait_ms))
+    return lines, latencies
 
 
-def markdown(lines: list[Line]) -> str:
+def markdown(lines: list[Line], latencies: Sequence[Latency] = (), wait_ms: int = 20) -> str:
     """The table; worker lines carry their ratio to their ceiling (shadow: fan-out-2)."""
     by_name = {line.name: line.per_second for line in lines}
     rows = ["| line | records/s | ratio to ceiling | CPU s |", "|---|---:|---:|---:|"]
@@ -216,4 +295,18 @@ def markdown(lines: list[Line]) -> str:
             if by_name.get(ceiling):
                 ratio = f"{line.per_second / by_name[ceiling]:.2f} of {ceiling.split(' ')[0]}"
         rows.append(f"| {line.name} | {line.per_second:,.0f} | {ratio} | {line.cpu_s:.1f} |")
+    if latencies:
+        rows += [
+            "",
+            f"End-to-end latency at half the sustained rate (goal: p99 <= the "
+            f"{wait_ms} ms batch wait + 10 ms):",
+            "",
+            "| line | rate/s | answered | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        rows += [
+            f"| {x.name} | {x.rate:,.0f} | {x.answered:,}/{x.requests:,} | "
+            f"{x.p50_ms:.1f} | {x.p99_ms:.1f} |"
+            for x in latencies
+        ]
     return "\n".join(rows) + "\n"

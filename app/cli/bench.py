@@ -23,5 +23,6 @@ def bench(
     """Drain the same backlog through ceilings (C_io, C_parse, fan-out-2) and the worker in
     three modes, exactly once, on KAFKA_BOOTSTRAP_SERVERS (`rollout kafka start` for a local
     one); print a Markdown table and write it with a JSON copy to OUT."""
-    lines = asyncio.run(run_bench(load_settings(), requests, out, progress=typer.echo))
-    typer.echo(markdown(lines))
+    settings = load_settings()
+    lines, latencies = asyncio.run(run_bench(settings, requests, out, progress=typer.echo))
+    typer.echo(markdown(lines, latencies, settings.batch_max_wait_ms))
