@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -46,6 +49,7 @@ from app.settings import Settings
 from app.traffic import make_requests, send
 from app.worker.loop import Worker
 from app.worker.scoring import DeploymentRoute, Outgoing, RoutingTable
+from app.worker.service import install_stop_signals
 
 SINK = "bench.sink"
 C_PARSE = "C_parse (decode + encode)"
@@ -86,7 +90,7 @@ def _parse(fan_out: int) -> Callable[[list[RawRecord]], list[Outgoing]]:
     return transform
 
 
-def _table(store: ModelStore, mode: Mode) -> RoutingTable:
+def fixed_table(store: ModelStore, mode: Mode) -> RoutingTable:
     production = store.load(store.ref("fraud", "1"))
     candidate = store.load(store.ref("fraud", "2")) if mode is not Mode.MANUAL else None
     state = DeploymentState(
@@ -173,14 +177,24 @@ class Latency:
 
 
 async def latency(
-    settings: Settings, name: str, table: RoutingTable, rate: float, seconds: float
+    settings: Settings, name: str, mode: Mode, rate: float, seconds: float
 ) -> Latency:
     """End-to-end latency under open-loop load at ``rate``: from handing a request to the
-    producer to reading its committed prediction (``read_committed``)."""
+    producer to reading its committed prediction (``read_committed``). The worker runs in a
+    process of its own (``python -m app.bench MODE``), so the load does not share its loop."""
     group = await _fresh_group(settings)
-    worker = Worker(group, f"bench-{uuid.uuid4().hex[:6]}", lambda: table)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "ROLLOUT_GROUP_ID": group.group_id,
+        "ROLLOUT_MODEL_STORE": str(settings.model_store),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.bench", mode.value, group.group_id],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tail = reader(settings)
     await tail.start()
     producer = plain_producer(settings)
@@ -189,21 +203,25 @@ async def latency(
     requests = make_requests(int(rate * seconds), seed=5, run_id=run)
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def collect() -> None:
+        while not done.is_set():
+            batch = await tail.getmany(timeout_ms=50)
+            now = time.time() * 1000
+            for records in batch.values():
+                for record in records:
+                    if run.encode() in record.value:
+                        seen.setdefault(orjson.loads(record.value)["request_id"], now)
+
     try:
         await assign_at_end(tail, "inference.predictions")
-        await asyncio.sleep(3)  # let the worker join its group before the clock starts
-
-        async def collect() -> None:
-            while not stop.is_set():
-                batch = await tail.getmany(timeout_ms=50)
-                now = time.time() * 1000
-                for records in batch.values():
-                    for record in records:
-                        if run.encode() in record.value:
-                            rid = orjson.loads(record.value)["request_id"]
-                            seen.setdefault(rid, now)
-
         collector = asyncio.create_task(collect())
+        probe = make_requests(1, seed=9, run_id=f"{run}-probe")[0]
+        deadline = time.monotonic() + 60
+        while f"{run}-probe-0" not in seen and time.monotonic() < deadline:  # worker ready?
+            await producer.send_and_wait("inference.requests", encode(probe.request), key=probe.key)
+            await asyncio.sleep(1.0)
         started = time.monotonic()
         for i, req in enumerate(requests):
             delay = started + i / rate - time.monotonic()
@@ -212,18 +230,19 @@ async def latency(
             sent[req.request.request_id] = time.time() * 1000
             await producer.send("inference.requests", encode(req.request), key=req.key)
         deadline = time.monotonic() + 30
-        while len(seen) < len(requests) and time.monotonic() < deadline:
+        while sum(1 for rid in sent if rid in seen) < len(requests) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        stop.set()
+        done.set()
         await collector
     finally:
-        stop.set()
-        await task
+        done.set()
+        worker.terminate()
+        worker.wait(timeout=30)
         await producer.stop()
         await tail.stop()
-    delays = sorted(seen[rid] - sent[rid] for rid in seen if rid in sent)
+    delays = sorted(seen[rid] - sent[rid] for rid in sent if rid in seen)
     return Latency(
-        name, rate, len(requests), len(seen), _quantile(delays, 0.5), _quantile(delays, 0.99)
+        name, rate, len(requests), len(delays), _quantile(delays, 0.5), _quantile(delays, 0.99)
     )
 
 
@@ -252,14 +271,14 @@ async def run_bench(
 ) -> tuple[list[Line], list[Latency]]:
     await _ensure_sink(settings)
     store = ModelStore(settings.model_store)
-    prod_only = _table(store, Mode.MANUAL)
+    prod_only = fixed_table(store, Mode.MANUAL)
     plan: list[tuple[str, RoutingTable, Callable[[list[RawRecord]], list[Outgoing]] | None]] = [
         ("C_io (passthrough)", prod_only, _passthrough),
         (C_PARSE, prod_only, _parse(1)),
         (FAN_OUT, prod_only, _parse(2)),
         ("worker: production only", prod_only, None),
-        ("worker: canary 10% (paired)", _table(store, Mode.CANARY), None),
-        ("worker: shadow 100%", _table(store, Mode.SHADOW), None),
+        ("worker: canary 10% (paired)", fixed_table(store, Mode.CANARY), None),
+        ("worker: shadow 100%", fixed_table(store, Mode.SHADOW), None),
     ]
     progress("warming up (broker, clients, models) …")
     await drain(settings, "warm-up", min(requests, 5000), prod_only)
@@ -273,7 +292,8 @@ async def run_bench(
     for line, (name, table, transform) in zip(lines, plan, strict=False):
         if transform is None:  # the worker's modes: latency at half their sustained rate
             progress(f"{name}: latency at {line.per_second / 2:,.0f}/s …")
-            latencies.append(await latency(settings, name, table, line.per_second / 2, 10.0))
+            mode = fixed_table_mode(table)
+            latencies.append(await latency(settings, name, mode, line.per_second / 2, 10.0))
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "throughput": [asdict(line) | {"per_second": line.per_second} for line in lines],
@@ -310,3 +330,21 @@ def markdown(lines: list[Line], latencies: Sequence[Latency] = (), wait_ms: int 
             for x in latencies
         ]
     return "\n".join(rows) + "\n"
+
+
+def fixed_table_mode(table: RoutingTable) -> Mode:
+    return table["fraud"].state.mode
+
+
+async def _serve_fixed(mode: Mode, worker_id: str) -> None:
+    """The worker's loop with a fixed routing table, until SIGTERM (``rollout bench``'s
+    latency lines run it as a process of its own)."""
+    settings = Settings()
+    table = fixed_table(ModelStore(settings.model_store), mode)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await Worker(settings, worker_id, lambda: table).run(stop)
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_fixed(Mode(sys.argv[1]), sys.argv[2]))
