@@ -3,7 +3,7 @@ and tests.
 
 Layout under ``<home>/kafka``::
 
-    libs/           Kafka 4.1 runtime jars, fetched once with ``mvn`` (marker file ``.fetched``)
+    libs/           Kafka 4.1 runtime jars, fetched once with ``mvn`` (``app.adapters.kafka_jars``)
     data/           KRaft log dirs, formatted once (``--standalone``)
     server.properties, log4j2.properties, broker.log, broker.pid
 
@@ -38,12 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from app.adapters import kafka_jars
 from app.settings import Settings
 
-KAFKA_VERSION = "4.1.1"
-SCALA_VERSION = "2.13"
-SLF4J_VERSION = "2.0.17"
-LOG4J_VERSION = "2.24.3"
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 _DATA_DIR_PROP = "-Drollout.kafka.data="
@@ -131,57 +128,12 @@ class StartResult:
 # --------------------------------------------------------------------------- jars
 
 
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.rollout</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_{scala}</artifactId>
-      <version>{kafka}</version></dependency>
-    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId>
-      <version>{slf4j}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-slf4j2-impl</artifactId><version>{log4j}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
-  </dependencies>
-</project>
-"""
-
-
 def fetch_jars(config: BrokerConfig, *, timeout: float = 900.0) -> Path:
-    """Copy Kafka's runtime closure (plus slf4j2 → log4j2 logging) into ``config.libs_dir`` with
-    ``mvn dependency:copy-dependencies``. A no-op when the marker file says this version was
-    already fetched. Returns the libs dir."""
-    libs = config.libs_dir
-    marker = libs / ".fetched"
-    if marker.is_file() and marker.read_text().strip() == KAFKA_VERSION:
-        return libs
-    if shutil.which("mvn") is None:
-        raise KafkaLocalError("`mvn` is not on PATH; it is needed once to fetch the Kafka jars")
-    build = config.kafka_dir / "fetch"
-    build.mkdir(parents=True, exist_ok=True)
-    (build / "pom.xml").write_text(
-        _POM.format(
-            scala=SCALA_VERSION, kafka=KAFKA_VERSION, slf4j=SLF4J_VERSION, log4j=LOG4J_VERSION
-        )
-    )
-    shutil.rmtree(libs, ignore_errors=True)
-    cmd = [
-        "mvn", "-q", "-B", "dependency:copy-dependencies",
-        "-DincludeScope=runtime", f"-DoutputDirectory={libs}",
-    ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, cwd=build, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    jar = libs / f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar"
-    if proc.returncode != 0 or not jar.is_file():
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise KafkaLocalError(f"fetching Kafka {KAFKA_VERSION} jars failed:\n{tail}")
-    marker.write_text(KAFKA_VERSION + "\n")
-    return libs
+    """The Kafka runtime in ``config.libs_dir`` (see :mod:`app.adapters.kafka_jars`)."""
+    try:
+        return kafka_jars.fetch(config.libs_dir, config.kafka_dir / "fetch", timeout=timeout)
+    except kafka_jars.FetchError as exc:
+        raise KafkaLocalError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- config & format

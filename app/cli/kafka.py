@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from app.adapters import kafka_local
+from app.adapters import kafka_jars, kafka_local
 from app.cli import app
 from app.settings import load_settings
 
@@ -31,7 +31,7 @@ def start(
     """Start the broker (fetching Kafka with mvn on first use); return once it answers."""
     config = _config()
     if not (config.libs_dir / ".fetched").is_file():
-        typer.echo(f"Fetching Kafka {kafka_local.KAFKA_VERSION} jars into {config.libs_dir} ...")
+        typer.echo(f"Fetching Kafka {kafka_jars.KAFKA_VERSION} jars into {config.libs_dir} ...")
     try:
         result = kafka_local.start(config, fresh=fresh, timeout=timeout)
     except kafka_local.KafkaLocalError as exc:
