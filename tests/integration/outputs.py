@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -42,46 +43,58 @@ async def predictions(
     settings: Settings, prefix: str, expect: int, settle_s: float = 3.0, timeout_s: float = 120
 ) -> list[tuple[ConsumerRecord, Prediction]]:
     """Committed predictions whose request id starts with ``prefix`` (with their records)."""
-
-    def mine(records: list[ConsumerRecord]) -> list[tuple[ConsumerRecord, Prediction]]:
-        out = []
-        for r in records:
-            if prefix.encode() in r.value:
-                p = decode(Prediction, r.value)
-                if p.request_id.startswith(prefix):
-                    out.append((r, p))
-        return out
-
-    records = await read_topic(
-        settings,
-        "inference.predictions",
-        lambda rs: len(mine(rs)) >= expect,
-        timeout_s=timeout_s,
-        settle_s=settle_s,
-        since_ms=SESSION_START_MS,
+    return await _matching(
+        settings, "inference.predictions", Prediction, prefix, expect, settle_s, timeout_s
     )
-    return mine(records)
 
 
 async def comparisons(
     settings: Settings, prefix: str, expect: int, settle_s: float = 3.0, timeout_s: float = 120
 ) -> list[Comparison]:
-    def mine(records: list[ConsumerRecord]) -> list[Comparison]:
-        return [
-            c
-            for c in (decode(Comparison, r.value) for r in records if prefix.encode() in r.value)
-            if c.request_id.startswith(prefix)
-        ]
+    found = await _matching(
+        settings, "inference.comparisons", Comparison, prefix, expect, settle_s, timeout_s
+    )
+    return [c for _, c in found]
+
+
+_Keyed = TypeVar("_Keyed", Prediction, Comparison)
+
+
+async def _matching(
+    settings: Settings,
+    topic: str,
+    kind: type[_Keyed],
+    prefix: str,
+    expect: int,
+    settle_s: float,
+    timeout_s: float,
+) -> list[tuple[ConsumerRecord, _Keyed]]:
+    """Read ``topic`` (from the session's start) until ``expect`` records of ``kind`` with a
+    request id starting with ``prefix`` are in; each record is decoded once, as it arrives."""
+    needle = prefix.encode()
+    found: list[tuple[ConsumerRecord, _Keyed]] = []
+    scanned = 0
+
+    def take(records: list[ConsumerRecord]) -> int:
+        nonlocal scanned
+        for record in records[scanned:]:
+            if record.value and needle in record.value:
+                event = decode(kind, record.value)
+                if event.request_id.startswith(prefix):
+                    found.append((record, event))
+        scanned = len(records)
+        return len(found)
 
     records = await read_topic(
         settings,
-        "inference.comparisons",
-        lambda rs: len(mine(rs)) >= expect,
+        topic,
+        lambda rs: take(rs) >= expect,
         timeout_s=timeout_s,
         settle_s=settle_s,
         since_ms=SESSION_START_MS,
     )
-    return mine(records)
+    take(records)
+    return found
 
 
 class Tail:
