@@ -189,7 +189,13 @@ logger.clients.level = INFO
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id as Kafka's own ``Uuid.randomUuid`` makes it: base64url of 16 random
+    bytes, never starting with ``-`` (the storage tool's argument parser would read that as a
+    flag; it failed one CI run in 64)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not candidate.startswith("-"):
+            return candidate
 
 
 def _classpath(config: BrokerConfig) -> str:
@@ -232,7 +238,7 @@ def _format_storage(config: BrokerConfig) -> None:
     shutil.rmtree(config.data_dir, ignore_errors=True)
     cmd = [
         *_jvm_base(config), STORAGE_TOOL, "format", "--standalone",
-        "-t", _cluster_id(), "-c", str(config.server_properties),
+        f"--cluster-id={_cluster_id()}", "-c", str(config.server_properties),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
