@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(default=20, ge=0)
     max_request_bytes: int = Field(default=64 * 1024, ge=256)
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    # How long the broker may hold a fetch that found nothing (see kafka_clients._fetching).
+    fetch_max_wait_ms: int = Field(default=10, ge=0, le=500)
     # Past this many records of lag, a worker sheds shadow scoring (production goes on).
     shadow_shed_lag: int = Field(default=10_000, ge=0)
 

@@ -152,7 +152,11 @@ class Worker:
         log.info("dropped a batch of %d records taken across a rebalance", len(records))
 
     async def _take(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> list[ConsumerRecord]:
-        """Up to ``batch_max_records``: wait for the first, then at most the batch wait more."""
+        """Up to ``batch_max_records``: wait for the first record, then take what the fetcher
+        holds. The batch closes when it is full, when nothing more is buffered, or after
+        ``batch_max_wait_ms``, whichever comes first: records that arrive while a transaction
+        commits are taken together by the next batch, so batches grow with the load by
+        themselves and a lone request never waits for company."""
         limit = self.settings.batch_max_records
         taken: list[ConsumerRecord] = []
         first = await consumer.getmany(timeout_ms=200, max_records=limit)
@@ -161,11 +165,10 @@ class Worker:
         if not taken:
             return taken
         deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000.0
-        while len(taken) < limit and not stop.is_set():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
+        while len(taken) < limit and not stop.is_set() and time.monotonic() < deadline:
+            more = await consumer.getmany(timeout_ms=0, max_records=limit - len(taken))
+            if not more:
                 break
-            more = await consumer.getmany(timeout_ms=remaining_ms, max_records=limit - len(taken))
             for part in more.values():
                 taken.extend(part)
         return taken

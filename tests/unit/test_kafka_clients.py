@@ -1,0 +1,22 @@
+"""How the aiokafka clients are configured (no broker needed)."""
+
+from aiokafka.producer import sender
+
+from app.adapters import kafka_clients
+from app.settings import Settings
+
+
+def test_the_concurrent_transactions_backoff_is_the_one_aiokafka_reads() -> None:
+    # kafka_clients lowers aiokafka's fixed 20 ms wait after CONCURRENT_TRANSACTIONS; this
+    # fails if an aiokafka upgrade stops reading that module global (the lever would be gone).
+    handler = sender.AddPartitionsToTxnHandler.handle_response
+    assert "BACKOFF_OVERRIDE" in handler.__code__.co_names
+    assert sender.BACKOFF_OVERRIDE == kafka_clients.TXN_RETRY_BACKOFF_S < 0.02
+
+
+async def test_consumers_hold_empty_fetches_only_briefly() -> None:
+    settings = Settings(fetch_max_wait_ms=7)
+    consumer = kafka_clients.reader(settings)
+    assert consumer._fetch_max_wait_ms == 7
+    grouped = kafka_clients.group_consumer(settings, "g", fetch_max_wait_ms=3)
+    assert grouped._fetch_max_wait_ms == 3  # an explicit argument wins
