@@ -24,9 +24,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -34,6 +35,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from app.adapters import kafka_local
 from app.adapters.kafka_clients import (
     assign_at_end,
     group_consumer,
@@ -42,6 +44,8 @@ from app.adapters.kafka_clients import (
     reader,
 )
 from app.adapters.model_store import ModelStore
+from app.adapters.process_stats import cpu_seconds
+from app.bench_rollout import NaiveLine, PaceReport, SwapReport, naive_peer, service_lines
 from app.core.events import DeploymentState, Mode, Phase, encode, now_ms
 from app.core.policy import Policy
 from app.core.requests import RawRecord
@@ -54,6 +58,9 @@ from app.worker.service import install_stop_signals
 SINK = "bench.sink"
 C_PARSE = "C_parse (decode + encode)"
 FAN_OUT = "fan-out-2 (C_parse, 2 outputs)"
+PROD_ONLY = "worker: production only"
+CANARY = "worker: canary 10% (paired)"
+SHADOW = "worker: shadow 100%"
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ class Line:
     name: str
     records: int
     seconds: float
-    cpu_s: float
+    cpu_s: float  # this process (the worker's loop, the load's producer)
+    broker_cpu_s: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -139,6 +147,7 @@ async def drain(
     requests: int,
     table: RoutingTable,
     transform: Callable[[list[RawRecord]], list[Outgoing]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Line:
     """Write a backlog of ``requests``, then time one in-process worker draining it."""
     group = await _fresh_group(settings)
@@ -152,18 +161,22 @@ async def drain(
         await producer.stop()
     worker = Worker(group, f"bench-{uuid.uuid4().hex[:6]}", lambda: table, transform=transform)
     stop = asyncio.Event()
-    cpu0 = _cpu()
+    cpu0, broker0 = _cpu(), _broker_cpu(settings)
     task = asyncio.create_task(worker.run(stop))
     deadline = time.monotonic() + 300
+    shown = time.monotonic()
     while worker.stats.records < requests and time.monotonic() < deadline and not task.done():
         await asyncio.sleep(0.05)
-    cpu = _cpu() - cpu0
+        if progress is not None and time.monotonic() - shown > 5:
+            shown = time.monotonic()
+            progress(f"  {worker.stats.records:,}/{requests:,} …")
+    cpu, broker = _cpu() - cpu0, _broker_cpu(settings) - broker0
     stop.set()
     stats = await task
     # Rate over the batches after the first (its wait for the group to form is not work).
     first_batch = stats.records / max(stats.batches, 1)
     seconds = max(stats.last_batch_at - stats.first_batch_at, 1e-6)
-    return Line(name, int(stats.records - first_batch), seconds, cpu)
+    return Line(name, int(stats.records - first_batch), seconds, cpu, broker)
 
 
 @dataclass(frozen=True)
@@ -266,9 +279,51 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _broker_cpu(settings: Settings) -> float:
+    """CPU seconds of the local broker so far (0 when the cluster is not ours to see)."""
+    status = kafka_local.status(kafka_local.BrokerConfig.from_settings(settings))
+    if not status.running or status.pid is None:
+        return 0.0
+    return cpu_seconds(status.pid) or 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    lines: list[Line]
+    latencies: list[Latency]
+    wait_ms: int
+    naive: NaiveLine | None = None
+    swaps: SwapReport | None = None
+    pace: PaceReport | None = None
+
+    def rate(self, name: str) -> float:
+        return next((x.per_second for x in self.lines if x.name == name), 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "throughput": [asdict(x) | {"per_second": x.per_second} for x in self.lines],
+            "latency": [asdict(x) for x in self.latencies],
+            "batch_max_wait_ms": self.wait_ms,
+            "naive_peer": asdict(self.naive) | {"per_second": self.naive.per_second}
+            if self.naive
+            else None,
+            "swaps": asdict(self.swaps) if self.swaps else None,
+            "controller_pace": asdict(self.pace) | {"per_second": self.pace.per_second}
+            if self.pace
+            else None,
+            "goals": [asdict(g) for g in goals(self)],
+        }
+
+
 async def run_bench(
-    settings: Settings, requests: int, out_dir: Path, progress: Callable[[str], None]
-) -> tuple[list[Line], list[Latency]]:
+    settings: Settings,
+    requests: int,
+    out_dir: Path,
+    progress: Callable[[str], None],
+    naive_requests: int = 5000,
+    swaps: int = 20,
+    swap_rate: float = 1000.0,
+) -> Report:
     await _ensure_sink(settings)
     store = ModelStore(settings.model_store)
     prod_only = fixed_table(store, Mode.MANUAL)
@@ -276,16 +331,16 @@ async def run_bench(
         ("C_io (passthrough)", prod_only, _passthrough),
         (C_PARSE, prod_only, _parse(1)),
         (FAN_OUT, prod_only, _parse(2)),
-        ("worker: production only", prod_only, None),
-        ("worker: canary 10% (paired)", fixed_table(store, Mode.CANARY), None),
-        ("worker: shadow 100%", fixed_table(store, Mode.SHADOW), None),
+        (PROD_ONLY, prod_only, None),
+        (CANARY, fixed_table(store, Mode.CANARY), None),
+        (SHADOW, fixed_table(store, Mode.SHADOW), None),
     ]
     progress("warming up (broker, clients, models) …")
     await drain(settings, "warm-up", min(requests, 5000), prod_only)
     lines: list[Line] = []
     for name, table, transform in plan:
         progress(f"{name} …")
-        lines.append(await drain(settings, name, requests, table, transform))
+        lines.append(await drain(settings, name, requests, table, transform, progress))
         progress(f"{name}: {lines[-1].per_second:,.0f}/s")
     lines.append(compute_ceiling(store, settings.batch_max_records))
     latencies: list[Latency] = []
@@ -294,32 +349,104 @@ async def run_bench(
             progress(f"{name}: latency at {line.per_second / 2:,.0f}/s …")
             mode = fixed_table_mode(table)
             latencies.append(await latency(settings, name, mode, line.per_second / 2, 10.0))
+            progress(f"  p50 {latencies[-1].p50_ms:.1f} ms, p99 {latencies[-1].p99_ms:.1f} ms")
+    progress(f"naive peer (faust, per record) over {naive_requests:,} requests …")
+    naive = await naive_peer(settings, naive_requests, SINK, _fresh_group)
+    progress(f"naive peer: {naive.per_second:,.0f}/s")
+    swapped, pace = await service_lines(settings, swap_rate, swaps, requests, progress)
+    report = Report(lines, latencies, settings.batch_max_wait_ms, naive, swapped, pace)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {
-        "throughput": [asdict(line) | {"per_second": line.per_second} for line in lines],
-        "latency": [asdict(x) for x in latencies],
-    }
-    (out_dir / "bench.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    (out_dir / "bench.md").write_text(markdown(lines, latencies, settings.batch_max_wait_ms))
-    return lines, latencies
+    (out_dir / "bench.json").write_bytes(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2))
+    (out_dir / "bench.md").write_text(markdown(report))
+    return report
 
 
-def markdown(lines: list[Line], latencies: Sequence[Latency] = (), wait_ms: int = 20) -> str:
-    """The table; worker lines carry their ratio to their ceiling (shadow: fan-out-2)."""
-    by_name = {line.name: line.per_second for line in lines}
-    rows = ["| line | records/s | ratio to ceiling | CPU s |", "|---|---:|---:|---:|"]
-    for line in lines:
+@dataclass(frozen=True)
+class Goal:
+    goal: str
+    measured: str
+    met: bool
+
+
+def goals(r: Report) -> list[Goal]:
+    """The issue's goals, each against what this run measured."""
+    out: list[Goal] = []
+    parse, fan_out, prod = r.rate(C_PARSE), r.rate(FAN_OUT), r.rate(PROD_ONLY)
+    if parse:
+        out.append(
+            Goal("production-only >= 0.8 x C_parse", f"{prod / parse:.2f}", prod >= 0.8 * parse)
+        )
+    if fan_out:
+        shadow = r.rate(SHADOW)
+        out.append(
+            Goal(
+                "shadow 100% >= 0.8 x fan-out-2", f"{shadow / fan_out:.2f}", shadow >= 0.8 * fan_out
+            )
+        )
+    if r.naive and r.naive.per_second:
+        ratio = prod / r.naive.per_second
+        out.append(Goal("production-only >= 10 x the naive peer", f"{ratio:.1f}x", ratio >= 10))
+    ceiling = r.wait_ms + 10
+    for x in r.latencies:
+        out.append(
+            Goal(
+                f"{x.name}: p99 <= {ceiling} ms at half load",
+                f"{x.p99_ms:.0f} ms",
+                x.p99_ms <= ceiling,
+            )
+        )
+    if r.swaps:
+        worst = max(r.swaps.promote_ms + r.swaps.rollback_ms, default=float("nan"))
+        out.append(Goal("swap <= 1 s", f"max {worst:.0f} ms", worst <= 1000))
+        out.append(
+            Goal(
+                "swaps lose and duplicate nothing",
+                f"{r.swaps.lost} lost, {r.swaps.duplicated} duplicated",
+                r.swaps.lost == 0 and r.swaps.duplicated == 0,
+            )
+        )
+    if r.pace:
+        caught = r.pace.caught_up_s
+        out.append(
+            Goal(
+                "controller keeps pace with full-rate shadow comparisons",
+                f"max lag {r.pace.max_lag_s:.1f} s; caught up "
+                + (f"{caught:.1f} s after the last" if caught is not None else "never"),
+                caught is not None and r.pace.max_lag_s <= 5.0,
+            )
+        )
+    return out
+
+
+def markdown(r: Report) -> str:
+    """The tables; worker lines carry their ratio to their ceiling (shadow: fan-out-2)."""
+    by_name = {line.name: line.per_second for line in r.lines}
+    rows = [
+        "| line | records/s | ratio to ceiling | CPU s (this process) | CPU s (broker) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for line in r.lines:
         ratio = ""
         if line.name.startswith("worker"):
             ceiling = FAN_OUT if "shadow" in line.name else C_PARSE
             if by_name.get(ceiling):
                 ratio = f"{line.per_second / by_name[ceiling]:.2f} of {ceiling.split(' ')[0]}"
-        rows.append(f"| {line.name} | {line.per_second:,.0f} | {ratio} | {line.cpu_s:.1f} |")
-    if latencies:
+        broker = f"{line.broker_cpu_s:.1f}" if line.broker_cpu_s else ""
+        rows.append(
+            f"| {line.name} | {line.per_second:,.0f} | {ratio} | {line.cpu_s:.1f} | {broker} |"
+        )
+    if r.naive:
+        prod = by_name.get(PROD_ONLY, 0.0)
+        ratio = f"worker is {prod / r.naive.per_second:.1f}x" if r.naive.per_second else ""
+        rows.append(
+            f"| naive peer (faust agent, per record) | {r.naive.per_second:,.0f} | {ratio} | "
+            f"{r.naive.cpu_s:.1f} (its process) | |"
+        )
+    if r.latencies:
         rows += [
             "",
-            f"End-to-end latency at half the sustained rate (goal: p99 <= the "
-            f"{wait_ms} ms batch wait + 10 ms):",
+            f"End-to-end latency (produce → committed prediction, read_committed) under "
+            f"open-loop load at half the sustained rate; batch wait {r.wait_ms} ms:",
             "",
             "| line | rate/s | answered | p50 ms | p99 ms |",
             "|---|---:|---:|---:|---:|",
@@ -327,8 +454,52 @@ def markdown(lines: list[Line], latencies: Sequence[Latency] = (), wait_ms: int 
         rows += [
             f"| {x.name} | {x.rate:,.0f} | {x.answered:,}/{x.requests:,} | "
             f"{x.p50_ms:.1f} | {x.p99_ms:.1f} |"
-            for x in latencies
+            for x in r.latencies
         ]
+    if r.swaps:
+        w = r.swaps
+
+        def ms(values: list[float]) -> str:
+            if not values:
+                return "-"
+            return f"median {values[len(values) // 2]:.0f}, max {values[-1]:.0f}"
+
+        rows += [
+            "",
+            f"Model swaps: {w.swaps} promotes and {w.swaps} rollbacks under {w.rate:,.0f} "
+            f"requests/s (controller + 1 worker), {w.seconds:.0f} s:",
+            "",
+            "| command → first prediction by the new version | ms |",
+            "|---|---|",
+            f"| promote | {ms(w.promote_ms)} |",
+            f"| rollback | {ms(w.rollback_ms)} |",
+            "",
+            f"Requests sent {w.sent:,}; answered {w.answered:,}; lost {w.lost}; "
+            f"duplicated {w.duplicated}.",
+        ]
+    if r.pace:
+        p = r.pace
+        caught = f"{p.caught_up_s:.1f} s" if p.caught_up_s is not None else "not within 15 s"
+        rows += [
+            "",
+            f"Controller pace: shadow 100% over a backlog, {p.comparisons:,} comparison offsets "
+            f"in {p.seconds:.1f} s ({p.per_second:,.0f}/s) on the deployment's partition; "
+            f"{p.snapshots} analysis snapshots; max lag {p.max_lag_records:,} records / "
+            f"{p.max_lag_s:.1f} s; covered the last comparison {caught} after it was written "
+            f"(snapshots every 2 s).",
+        ]
+    cpu = [("swaps", r.swaps.cpu_s if r.swaps else {}), ("pace", r.pace.cpu_s if r.pace else {})]
+    if any(c for _, c in cpu):
+        rows += ["", "| CPU seconds | broker | worker | controller |", "|---|---:|---:|---:|"]
+        for phase, c in cpu:
+            cells = " | ".join(
+                f"{c[k]:.1f}" if k in c else "-" for k in ("broker", "worker", "controller")
+            )
+            rows.append(f"| {phase} | {cells} |")
+    found = goals(r)
+    if found:
+        rows += ["", "| goal | measured | met |", "|---|---|---|"]
+        rows += [f"| {g.goal} | {g.measured} | {'yes' if g.met else 'no'} |" for g in found]
     return "\n".join(rows) + "\n"
 
 

@@ -47,41 +47,49 @@ async def ensure_kafka(settings: Settings) -> None:
 
 
 class Services:
-    """The controller and two workers as child processes of the demo."""
+    """A controller and ``workers`` workers as child processes (logs in ``<home>/<name>``)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.logs = settings.home / "demo"
+    def __init__(
+        self, settings: Settings, workers: int = 2, name: str = "demo", **env: str
+    ) -> None:
+        self.logs = settings.home / name
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "ROLLOUT_MODEL_STORE": str(settings.model_store),
+            **env,
+        }
+        self.roles = [("controller", ["controller"])] + [
+            (f"worker-{i}", ["worker", "--worker-id", f"{name}-{i}"]) for i in range(1, workers + 1)
+        ]
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self) -> None:
-        for name, args in (
-            ("controller", ["controller"]),
-            ("worker-1", ["worker", "--worker-id", "demo-1"]),
-            ("worker-2", ["worker", "--worker-id", "demo-2"]),
-        ):
-            log = (self.logs / f"{name}.log").open("ab")
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "app", *args],
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+    def start(self, quiet: bool = False) -> None:
+        for role, args in self.roles:
+            log = (self.logs / f"{role}.log").open("ab")
+            self.procs[role] = subprocess.Popen(
+                [sys.executable, "-m", "app", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
-        console.print(f"[bold]Services[/bold]: controller and 2 workers (logs in {self.logs})")
+        if not quiet:
+            console.print(
+                f"[bold]Services[/bold]: controller and {len(self.roles) - 1} workers "
+                f"(logs in {self.logs})"
+            )
 
     def check(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs.values():
             if proc.poll() is not None:
                 raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {self.logs}")
 
     def stop(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

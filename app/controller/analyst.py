@@ -127,6 +127,7 @@ class PartitionAnalyst:
         consumer.seek(feedback, self.snapshot.feedback_offset)
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name=f"analyst-p{self.partition}")
+        self._task.add_done_callback(self._ended)
         log.info(
             "analyst p%d: restored %d rollouts, comparisons@%d, feedback@%d",
             self.partition,
@@ -134,6 +135,15 @@ class PartitionAnalyst:
             self.snapshot.comparisons_offset,
             self.snapshot.feedback_offset,
         )
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical(
+                "analyst p%d stopped: no decisions for its deployments until this controller"
+                " restarts",
+                self.partition,
+                exc_info=task.exception(),
+            )
 
     async def stop(self) -> None:
         if self._task is not None:

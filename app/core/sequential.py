@@ -106,18 +106,29 @@ class BettingTest:
         }
 
 
+# Policies may put a ceiling or margin on the edge of its range (a disagreement ceiling of 1,
+# a margin of 1: "never"); a betting test needs its null mean strictly inside the range.
+EDGE = 1e-6
+
+
+def _inside(m: float, lo: float, hi: float) -> float:
+    return min(max(m, lo + EDGE), hi - EDGE)
+
+
 def non_inferiority(margin: float, alpha: float) -> tuple[BettingTest, BettingTest]:
     """The pair of tests on paired correctness differences ``d = candidate - production``
     (each in {-1, 0, 1}): ``better`` rejects "the candidate is worse by more than ``margin``"
     (promote), ``worse`` rejects "the candidate is at most ``margin`` worse" (roll back)."""
-    better = BettingTest(m=-margin, side=Side.ABOVE, alpha=alpha, lo=-1.0, hi=1.0)
-    worse = BettingTest(m=-margin, side=Side.BELOW, alpha=alpha, lo=-1.0, hi=1.0)
+    m = _inside(-margin, -1.0, 1.0)
+    better = BettingTest(m=m, side=Side.ABOVE, alpha=alpha, lo=-1.0, hi=1.0)
+    worse = BettingTest(m=m, side=Side.BELOW, alpha=alpha, lo=-1.0, hi=1.0)
     return better, worse
 
 
 def rate_tests(ceiling: float, alpha: float) -> tuple[BettingTest, BettingTest]:
     """Tests on a Bernoulli rate against ``ceiling``: ``under`` rejects "rate >= ceiling"
     (the rate is acceptably low), ``over`` rejects "rate <= ceiling" (a guardrail is crossed)."""
-    under = BettingTest(m=ceiling, side=Side.BELOW, alpha=alpha)
-    over = BettingTest(m=ceiling, side=Side.ABOVE, alpha=alpha)
+    m = _inside(ceiling, 0.0, 1.0)
+    under = BettingTest(m=m, side=Side.BELOW, alpha=alpha)
+    over = BettingTest(m=m, side=Side.ABOVE, alpha=alpha)
     return under, over

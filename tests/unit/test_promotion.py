@@ -276,3 +276,37 @@ def test_a_slow_tail_alone_does_not_trip_the_latency_guardrail() -> None:
     slow = analysis(st)
     feed(slow, 600, cand_latency=5.0)
     assert decide(st, slow).verdict is Verdict.ROLLBACK
+
+
+@pytest.mark.parametrize(
+    ("margin", "disagreement", "errors", "verdict"),
+    [
+        # Bounds at the edges of their ranges are valid policy ("never roll back on this").
+        (1.0, 1.0, 1.0, Verdict.HOLD),
+        (0.0, 0.0, 0.0, Verdict.RETIRE),  # any disagreement is over a ceiling of 0
+        (1.0, 1.0, 0.0, Verdict.HOLD),
+    ],
+)
+def test_policy_bounds_at_their_edges_still_decide(
+    margin: float, disagreement: float, errors: float, verdict: Verdict
+) -> None:
+    # A ceiling of 1.0 once crashed the controller's analyst (the betting test's null mean
+    # must lie strictly inside [0, 1]); the policy had passed validation.
+    st = state(Mode.SHADOW, non_inferiority_margin=margin, min_samples_per_step=10**9)
+    st = st.model_copy(
+        update={
+            "policy": st.policy.model_copy(
+                update={
+                    "guardrails": st.policy.guardrails.model_copy(
+                        update={
+                            "max_disagreement": disagreement,
+                            "max_candidate_error_rate": errors,
+                        }
+                    )
+                }
+            )
+        }
+    )
+    a = analysis(st)
+    feed(a, 400, disagree=0.1)
+    assert decide(st, a).verdict is verdict
