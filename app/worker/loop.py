@@ -1,14 +1,17 @@
 """The worker's consume → score → publish loop, exactly once, on plain aiokafka.
 
-One batch at a time: take up to ``batch_max_records`` records (waiting at most
-``batch_max_wait_ms`` once the first arrives), score them (``app.worker.scoring``), then
-publish every output and the batch's input offsets in one Kafka transaction. A batch is
-never split over two transactions and transactions never overlap, so
-``send_offsets_to_transaction`` is called once per transaction.
+Take up to ``batch_max_records`` records (what the fetcher holds, waiting at most
+``batch_max_wait_ms``), score them (``app.worker.scoring``), then publish every output and
+the batch's input offsets in one Kafka transaction. Two batches overlap by one stage: the
+next batch is taken and scored while the previous one's transaction commits (the loop would
+otherwise sit idle through its round trips). A batch is never split over two transactions
+and transactions never overlap, so ``send_offsets_to_transaction`` is called once per
+transaction.
 
 Rebalances: a revocation waits for the batch in flight to commit (it takes the same lock),
-and a batch taken before a revocation is dropped unscored: its partitions restart from
-their committed offsets, wherever they are assigned next.
+and a batch taken before a revocation is dropped: its partitions restart from their committed
+offsets, wherever they are assigned next. When a batch is dropped or its transaction aborts,
+the batch taken behind it is dropped too and rewound once the first one's rewind is done.
 
 Crashes: the transactional id is the worker's stable id, so a restarted worker fences its
 previous incarnation and aborts whatever transaction it left open before it reads
@@ -18,6 +21,7 @@ committed offsets. Readers of the outputs use ``read_committed``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -114,19 +118,35 @@ class Worker:
             client_id=f"rollout-worker-{self.worker_id}",
         )
         consumer.subscribe([self.topics.requests], listener=_Revocations(self))
+        commit: asyncio.Task[bool] | None = None  # the previous batch's transaction
         try:
             await consumer.start()
             while not stop.is_set():
                 generation = self.generation
                 records = await self._take(consumer, stop)
-                if not records:
-                    continue
-                async with self.lock:
-                    if generation != self.generation:
-                        await self._rewind_dropped(consumer, records)
+                # Scored while the previous batch's transaction is still in flight.
+                scored = await self._prepare(consumer, records) if records else None
+                if commit is not None:
+                    committed = await commit
+                    commit = None
+                    if not committed and records:
+                        # The previous batch went back to its partitions (dropped or aborted),
+                        # maybe while this one was being taken: this one goes back too, now
+                        # that nothing else moves the positions.
+                        async with self.lock:
+                            await self._rewind_dropped(consumer, records)
                         continue
-                    await self._publish(producer, sender, consumer, records)
+                if records and scored is not None:
+                    commit = asyncio.create_task(
+                        self._commit(producer, sender, consumer, records, scored, generation)
+                    )
+            if commit is not None:
+                await commit
         finally:
+            if commit is not None and not commit.done():
+                commit.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                    await commit
             await consumer.stop()
             await producer.stop()
         return self.stats
@@ -149,7 +169,10 @@ class Worker:
                 continue
             committed = await consumer.committed(tp)
             consumer.seek(tp, committed if committed is not None else offset)
-        log.info("dropped a batch of %d records taken across a rebalance", len(records))
+        log.info(
+            "dropped a batch of %d records; its partitions restart from their committed offsets",
+            len(records),
+        )
 
     async def _take(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> list[ConsumerRecord]:
         """Up to ``batch_max_records``: wait for the first record, then take what the fetcher
@@ -173,21 +196,42 @@ class Worker:
                 taken.extend(part)
         return taken
 
+    async def _prepare(
+        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]
+    ) -> tuple[BatchResult, list[Outgoing]]:
+        raw = [
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records
+        ]
+        if self._transform is not None:  # a benchmark's stand-in for scoring
+            return BatchResult(outgoing=self._transform(raw)), []
+        return await self._score(consumer, raw)
+
+    async def _commit(
+        self,
+        producer: AIOKafkaProducer,
+        sender: BatchSender,
+        consumer: AIOKafkaConsumer,
+        records: list[ConsumerRecord],
+        scored: tuple[BatchResult, list[Outgoing]],
+        generation: int,
+    ) -> bool:
+        """Publish one scored batch and its input offsets in one transaction. False when the
+        batch was not committed: dropped (taken across a rebalance) or aborted."""
+        async with self.lock:
+            if generation != self.generation:
+                await self._rewind_dropped(consumer, records)
+                return False
+            return await self._publish(producer, sender, consumer, records, *scored)
+
     async def _publish(
         self,
         producer: AIOKafkaProducer,
         sender: BatchSender,
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
-    ) -> None:
-        raw = [
-            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records
-        ]
-        reports: list[Outgoing] = []
-        if self._transform is not None:  # a benchmark's stand-in for scoring
-            result = BatchResult(outgoing=self._transform(raw))
-        else:
-            result, reports = await self._score(consumer, raw)
+        result: BatchResult,
+        reports: list[Outgoing],
+    ) -> bool:
         first: dict[TopicPartition, int] = {}
         offsets: dict[TopicPartition, int] = {}
         for r in records:
@@ -212,7 +256,7 @@ class Worker:
             self.stats.aborted_batches += 1
             for tp, offset in first.items():
                 consumer.seek(tp, offset)
-            return
+            return False
         s = self.stats
         s.last_batch_at = time.monotonic()
         if not s.batches:
@@ -224,6 +268,7 @@ class Worker:
         s.dead_letters += result.dead_letters
         s.shadow_sampled += sum(result.shadow_sampled.values())
         s.shadow_shed += sum(result.shadow_shed.values())
+        return True
 
     async def _score(
         self, consumer: AIOKafkaConsumer, raw: list[RawRecord]
