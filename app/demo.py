@@ -54,6 +54,7 @@ class Services:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.dashboard_port = settings.dashboard_port
 
     def start(self) -> None:
         for name, args in (
@@ -71,6 +72,8 @@ class Services:
                 )
             )
         console.print(f"[bold]Services[/bold]: controller and 2 workers (logs in {self.logs})")
+        if self.dashboard_port:
+            console.print(f"  dashboard: http://127.0.0.1:{self.dashboard_port}/")
 
     def check(self) -> None:
         for proc in self.procs:
