@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from playwright.async_api import Locator
 
 from app.adapters.kafka_clients import plain_producer
 from app.core.events import Action, Mode, Phase
@@ -138,6 +139,22 @@ async def traffic(producer: AIOKafkaProducer, rate: float = 300.0) -> AsyncItera
             await task
 
 
+async def newest(
+    timeline: Locator, action: str, after_epoch: int, timeout_s: float = 30
+) -> Locator:
+    """The newest decision ``action`` in the page's timeline from an epoch after
+    ``after_epoch`` (the timeline also holds earlier tests' rollouts), once it shows."""
+    item = timeline.locator(f"[data-action={action}]").first
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await item.count():
+            epoch = await item.get_attribute("data-epoch")
+            if epoch is not None and int(epoch) > after_epoch:
+                return item
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no {action} after epoch {after_epoch} on the page within {timeout_s}s")
+
+
 async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
     dashboard_controller: ControllerProcess,
     worker: WorkerProcess,
@@ -191,9 +208,8 @@ async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
             risen = int(seen[-1].rstrip("%"))
             assert risen > 10, seen
             timeline = card.get_by_test_id("timeline")
-            await expect(timeline.locator("[data-action=advance]").first).to_contain_text(
-                "advancing to"
-            )
+            advance = await newest(timeline, "advance", after_epoch=deployed.epoch)
+            await expect(advance).to_contain_text("advancing to")
             assert (
                 await card.get_by_test_id("agreement").text_content()
             ) != "\u2013"  # the "no data" dash
@@ -206,7 +222,7 @@ async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
             st = await state(settings_)
             assert st.phase is Phase.PAUSED and st.candidate is not None
             assert st.candidate.version == "2"
-            paused = timeline.locator("[data-action=pause]").first
+            paused = await newest(timeline, "pause", deployed.epoch)
             await expect(paused).to_contain_text("by dashboard")
 
             # 3. A degraded candidate is rolled back; the timeline says why.
@@ -221,9 +237,8 @@ async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
             )
             assert deployed.accepted, deployed.reason
             await expect(card.get_by_test_id("candidate")).to_have_text("v3", timeout=15_000)
-            rollback = timeline.locator("[data-action=rollback]").first
             async with traffic(producer):
-                await expect(rollback).to_be_visible(timeout=90_000)
+                rollback = await newest(timeline, "rollback", deployed.epoch, timeout_s=90)
             await expect(rollback.get_by_test_id("reason")).to_contain_text(
                 "disagreement with production"
             )
