@@ -456,7 +456,13 @@ async def service_lines(
 ) -> tuple[SwapReport, PaceReport]:
     """Start a controller and one worker, run the swaps and the pace phase, stop them."""
     # The pace phase wants every comparison: no shedding of shadow scoring behind a backlog.
-    services = Services(settings, workers=1, name="bench", ROLLOUT_SHADOW_SHED_LAG="1000000000")
+    services = Services(
+        settings,
+        workers=1,
+        name="bench",
+        ROLLOUT_SHADOW_SHED_LAG="1000000000",
+        ROLLOUT_DASHBOARD_PORT="0",
+    )
     services.start(quiet=True)
     try:
         progress("starting a controller and a worker …")

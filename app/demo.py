@@ -64,6 +64,7 @@ class Services:
             (f"worker-{i}", ["worker", "--worker-id", f"{name}-{i}"]) for i in range(1, workers + 1)
         ]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.dashboard_port = int(env.get("ROLLOUT_DASHBOARD_PORT", settings.dashboard_port))
 
     def start(self, quiet: bool = False) -> None:
         for role, args in self.roles:
@@ -79,6 +80,8 @@ class Services:
                 f"[bold]Services[/bold]: controller and {len(self.roles) - 1} workers "
                 f"(logs in {self.logs})"
             )
+            if self.dashboard_port:
+                console.print(f"  dashboard: http://127.0.0.1:{self.dashboard_port}/")
 
     def check(self) -> None:
         for proc in self.procs.values():

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     # Controller: how soon a dead controller's partitions move to another one.
     controller_session_timeout_s: float = Field(default=6.0, ge=1.0)
 
+    # HTTP: a worker's /metrics port; the controller's dashboard, JSON API and /metrics port
+    # (0 = no server); the address both bind to (0.0.0.0 in containers).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    dashboard_port: int = Field(default=8080, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+
     def bootstrap_is_default(self) -> bool:
         return self.bootstrap_servers == "127.0.0.1:9092"
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from app.adapters.logs import setup_logging
 from app.cli import app
 from app.controller.app import run_controller
 from app.demo import run_demo
@@ -28,7 +29,7 @@ def worker(
     ] = None,
 ) -> None:
     """Consume inference.requests and publish predictions, exactly once."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(logging.INFO)
     settings = load_settings()
     asyncio.run(run_worker(settings, worker_id or default_worker_id()))
 
@@ -38,6 +39,7 @@ def controller(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Own the deployments' state: apply commands, publish states and decisions."""
+    setup_logging(loglevel)
     run_controller(load_settings(), loglevel=loglevel)
 
 

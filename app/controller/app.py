@@ -22,6 +22,7 @@ from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
 from app.controller.commands import CONTROL_TOPIC, CommandHandler
+from app.controller.dashboard import WebServer, start_web
 from app.controller.publisher import DecisionPublisher
 from app.settings import Settings
 
@@ -43,14 +44,18 @@ class ControlPlane(Service):
         self.handler = CommandHandler(self.store, self.view, self.publisher, settings)
         self.analysts: dict[int, PartitionAnalyst] = {}
         self.ready = asyncio.Event()
+        self.web: WebServer | None = None
 
     async def on_start(self) -> None:
         await self.view.start()
         await self.view.catch_up()
         self.ready.set()
         log.info("controller ready: %d deployments known", len(self.view.states))
+        self.web = await start_web(self.settings, self.view, lambda: self.analysts)
 
     async def on_stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
         for partition in list(self.analysts):
             await self._release(partition)
         await self.publisher.close()
@@ -129,5 +134,6 @@ def build_app(settings: Settings) -> faust.App:
 
 def run_controller(settings: Settings, loglevel: str = "info") -> None:
     app = build_app(settings)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # Logging is set up by the entry point (JSON lines off a terminal): faust keeps it.
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
     worker.execute_from_commandline()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
+from app.adapters import metrics
 from app.adapters.kafka_clients import transactional_producer
 from app.core.events import DecisionEvent, DeploymentState, encode
 from app.settings import Settings
@@ -56,6 +57,8 @@ class DecisionPublisher:
         except ProducerFenced:
             await self.release(partition)
             await self._publish(partition, decision, state, consumed, extra)
+        if decision is not None:
+            metrics.observe_decision(decision)
 
     async def _publish(
         self,

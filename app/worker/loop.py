@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from app.adapters import metrics
 from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.core.events import ShedReport, encode, now_ms
@@ -268,6 +269,7 @@ class Worker:
         s.dead_letters += result.dead_letters
         s.shadow_sampled += sum(result.shadow_sampled.values())
         s.shadow_shed += sum(result.shadow_shed.values())
+        metrics.observe_batch(result, [r.timestamp for r in records], now_ms())
         return True
 
     async def _score(
@@ -275,6 +277,7 @@ class Worker:
     ) -> tuple[BatchResult, list[Outgoing]]:
         table = self._table()
         lag = await self._lag(consumer)
+        metrics.observe_lag(lag)
         result = score_batch(
             raw,
             table,

@@ -85,6 +85,11 @@ class BatchResult:
     # Per deployment: requests shadow mode sampled for comparison, and how many were shed.
     shadow_sampled: dict[str, int] = field(default_factory=dict)
     shadow_shed: dict[str, int] = field(default_factory=dict)
+    # For metrics: predictions by (deployment, version, role), dead letters by code, and each
+    # model call as (deployment, version, role, rows, per-row ms).
+    served: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    model_calls: list[tuple[str, str, str, int, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -106,6 +111,7 @@ class _ArmRun:
     outputs: dict[int, _Output]
     latency_ms: float
     error: str | None
+    rows: int = 0  # rows the call scored (or tried to)
 
 
 def score_batch(
@@ -188,6 +194,15 @@ def _score_deployment(
     )
     production.outputs.update(paired.outputs)
     state = route.state
+    for run, scorer, role in (
+        (production, route.production, Role.PRODUCTION),
+        (paired, route.production, Role.PRODUCTION),
+        (candidate, route.candidate, Role.CANDIDATE),
+    ):
+        if run is not None and scorer is not None and run.rows:
+            result.model_calls.append(
+                (state.deployment, scorer.ref.version, role.value, run.rows, run.latency_ms)
+            )
     mode = state.mode.value
     identity = {
         id(scorer): {
@@ -233,6 +248,8 @@ def _score_deployment(
             Outgoing(topics.predictions, row.record.key, orjson.dumps(prediction))
         )
         result.predictions += 1
+        served_key = (state.deployment, scorer.ref.version, served_by.value)
+        result.served[served_key] = result.served.get(served_key, 0) + 1
         if row.assignment.compare or i in failed:
             assert candidate is not None
             prod_arm = paired if row.assignment.compare else production
@@ -306,7 +323,7 @@ def _run(scorer: Scorer, matrix: np.ndarray, indices: list[int]) -> _ArmRun:
         i: {"label": labels[n], "scores": row}
         for n, (i, row) in enumerate(zip(indices, scores.tolist(), strict=True))
     }
-    return _ArmRun(outputs, per_row_ms, None)
+    return _ArmRun(outputs, per_row_ms, None, len(indices))
 
 
 def _run_one_by_one(
@@ -323,7 +340,7 @@ def _run_one_by_one(
             continue
         outputs[i] = {"label": labels[0], "scores": scores[0].tolist()}
     per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
-    return _ArmRun(outputs, per_row_ms, error)
+    return _ArmRun(outputs, per_row_ms, error, len(indices))
 
 
 def _reject(
@@ -332,3 +349,4 @@ def _reject(
     letter = dead_letter(record, rejection, now)
     result.outgoing.append(Outgoing(topics.dlq, record.key, encode(letter)))
     result.dead_letters += 1
+    result.rejected[rejection.code.value] = result.rejected.get(rejection.code.value, 0) + 1

@@ -11,6 +11,9 @@ import logging
 import signal
 import socket
 
+from app.adapters import metrics
+from app.adapters.http_server import metrics_app, start_site
+from app.adapters.logs import log_context
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
 from app.settings import Settings
@@ -28,8 +31,12 @@ def default_worker_id() -> str:
 async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> WorkerStats:
     """Follow ``deployments.state`` and serve under its latest epochs until ``stop`` is set."""
     async with StateView(settings) as view:
+        metrics.watch_states(lambda: view.states)
         follower = TableFollower(ModelStore(settings.model_store), view)
         await follower.start()
+        http = None
+        if settings.metrics_port:
+            http = await start_site(metrics_app(), settings.http_host, settings.metrics_port)
         try:
             for name, route in follower.table.items():
                 st = route.state
@@ -41,12 +48,15 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
                     st.production.version,
                     st.production.sha256[:12],
                     st.candidate.version if st.candidate else "-",
+                    extra={"deployment": name, "epoch": st.epoch},
                 )
             worker = Worker(
                 settings, worker_id, lambda: follower.table, on_assigned=follower.settle
             )
             return await worker.run(stop)
         finally:
+            if http is not None:
+                await http.cleanup()
             await follower.stop()
 
 
@@ -60,7 +70,8 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 async def run_worker(settings: Settings, worker_id: str) -> WorkerStats:
     stop = asyncio.Event()
     install_stop_signals(stop)
-    stats = await serve(settings, worker_id, stop)
+    with log_context(worker_id=worker_id):
+        stats = await serve(settings, worker_id, stop)
     log.info(
         "worker %s stopped: %d records, %d predictions, %d dead letters in %d batches",
         worker_id,

@@ -22,7 +22,13 @@ from app.settings import Settings
 class ControllerProcess:
     def __init__(self, bootstrap: str, log_dir: Path, name: str = "c1", **env: str) -> None:
         self.log_path = log_dir / f"controller-{name}.log"
-        self._env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, **env}
+        # No dashboard unless a test asks for one (on a port of its own).
+        self._env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "ROLLOUT_DASHBOARD_PORT": "0",
+            **env,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ControllerProcess:

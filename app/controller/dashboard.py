@@ -1,0 +1,177 @@
+"""The controller's web server: the live dashboard, its JSON API, and ``/metrics``.
+
+Routes (all JSON unless said otherwise):
+
+- ``GET /`` — the dashboard (one HTML page that polls the API every second).
+- ``GET /api/deployments`` — ``{"now", "deployments": [view, ...]}``, one view per deployment
+  (``app.core.rollout_view.deployment_view``): its state, the live analysis of its rollout
+  (when this controller owns the deployment's partition), the traffic split over time and
+  its recent decisions with their evidence, newest first.
+- ``GET /api/deployments/{name}`` — one view; 404 if the deployment has no state.
+- ``POST /api/deployments/{name}/commands`` — body ``{"action": "promote" | "rollback" |
+  "pause" | "resume", "reason": str, "issued_by": str}``: writes a ``ControlCommand`` to
+  ``deployments.control`` and answers with the controller's ``DecisionEvent`` (200 accepted,
+  409 rejected, 504 no answer in time); 400 for an action outside that list or a malformed
+  body, 404 for an unknown deployment (nothing is sent in either case).
+- ``GET /metrics`` — Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from app.adapters import metrics
+from app.adapters.control_client import send_command
+from app.adapters.decision_log import DecisionLog
+from app.adapters.http_server import metrics_handler, start_site
+from app.adapters.state_view import StateView
+from app.controller.analyst import PartitionAnalyst
+from app.core.analysis import RolloutAnalysis
+from app.core.events import Action, ControlCommand, DecisionEvent, DeploymentState, now_ms
+from app.core.rollout_view import analysis_view, decision_view, deployment_view
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# What the dashboard's buttons may ask for.
+BUTTON_ACTIONS = (Action.PROMOTE, Action.ROLLBACK, Action.PAUSE, Action.RESUME)
+
+SendCommand = Callable[[ControlCommand], Awaitable[DecisionEvent | None]]
+
+
+class Dashboard:
+    def __init__(
+        self,
+        states: Callable[[], Mapping[str, DeploymentState]],
+        analyses: Callable[[], Mapping[str, RolloutAnalysis]],
+        decisions: DecisionLog,
+        send: SendCommand,
+    ) -> None:
+        self._states = states
+        self._analyses = analyses
+        self._decisions = decisions
+        self._send = send
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.page)
+        app.router.add_get("/api/deployments", self.list_deployments)
+        app.router.add_get("/api/deployments/{name}", self.get_deployment)
+        app.router.add_post("/api/deployments/{name}/commands", self.post_command)
+        app.router.add_get("/metrics", metrics_handler)
+        return app
+
+    def view(self, name: str, now: int) -> dict[str, Any] | None:
+        state = self._states().get(name)
+        if state is None:
+            return None
+        analysis = self._analyses().get(name)
+        return deployment_view(state, analysis, self._decisions.recent(name), now)
+
+    async def page(self, request: web.Request) -> web.Response:
+        html = resources.files("app.controller").joinpath("static/dashboard.html").read_text()
+        return web.Response(text=html, content_type="text/html")
+
+    async def list_deployments(self, request: web.Request) -> web.Response:
+        now = now_ms()
+        views = [self.view(name, now) for name in sorted(self._states())]
+        return _json({"now": now, "deployments": [v for v in views if v is not None]})
+
+    async def get_deployment(self, request: web.Request) -> web.Response:
+        view = self.view(request.match_info["name"], now_ms())
+        if view is None:
+            return _json({"error": f"no deployment {request.match_info['name']!r}"}, 404)
+        return _json(view)
+
+    async def post_command(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._states():
+            return _json({"error": f"no deployment {name!r}"}, 404)
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            return _json({"error": f"body is not JSON: {exc}"}, 400)
+        if not isinstance(body, dict):
+            return _json({"error": "body must be a JSON object"}, 400)
+        allowed = {a.value for a in BUTTON_ACTIONS}
+        action = body.get("action")
+        if action not in allowed:
+            return _json({"error": f"action must be one of {sorted(allowed)}"}, 400)
+        command = ControlCommand(
+            command_id=uuid.uuid4().hex,
+            deployment=name,
+            action=Action(action),
+            issued_by=str(body.get("issued_by") or "dashboard")[:128],
+            reason=str(body.get("reason") or "from the dashboard")[:1000],
+        )
+        log.info(
+            "dashboard: %s %s",
+            action,
+            name,
+            extra={"deployment": name, "command_id": command.command_id},
+        )
+        decision = await self._send(command)
+        if decision is None:
+            return _json({"error": "no answer from the controller in time"}, 504)
+        return _json(decision_view(decision), 200 if decision.accepted else 409)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+class WebServer:
+    """The controller's web server and the decision log behind it, started and stopped with
+    the control plane. A port that cannot be bound is logged, and the controller goes on
+    without its dashboard: deciding matters more than showing."""
+
+    def __init__(self, decisions: DecisionLog, runner: web.AppRunner | None) -> None:
+        self.decisions = decisions
+        self.runner = runner
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.decisions.stop()
+
+
+async def start_web(
+    settings: Settings,
+    view: StateView,
+    analysts: Callable[[], Mapping[int, PartitionAnalyst]],
+) -> WebServer:
+    def analyses() -> dict[str, RolloutAnalysis]:
+        return {
+            name: tracked.analysis
+            for analyst in analysts().values()
+            for name, tracked in analyst.snapshot.rollouts.items()
+        }
+
+    def analysis_views() -> dict[str, dict[str, Any]]:
+        states = view.states
+        return {n: analysis_view(states[n], a) for n, a in analyses().items() if n in states}
+
+    metrics.watch_states(lambda: view.states)
+    metrics.watch_analyses(analysis_views)
+    decisions = DecisionLog(settings)
+    await decisions.start()
+    runner = None
+    if settings.dashboard_port:
+
+        async def send(command: ControlCommand) -> DecisionEvent | None:
+            return await send_command(settings, command, timeout_s=15.0)
+
+        dashboard = Dashboard(lambda: view.states, analyses, decisions, send)
+        try:
+            runner = await start_site(dashboard.app(), settings.http_host, settings.dashboard_port)
+            log.info("dashboard on http://%s:%d/", settings.http_host, settings.dashboard_port)
+        except OSError as exc:
+            log.error("dashboard not served on port %d: %s", settings.dashboard_port, exc)
+    return WebServer(decisions, runner)

@@ -1,0 +1,123 @@
+"""What the dashboard and its JSON API show of a deployment, as plain JSON-ready data.
+
+Pure: built from a ``DeploymentState``, the live ``RolloutAnalysis`` of its rollout (if this
+controller holds it) and its recent ``DecisionEvent``s. No I/O, no clock (``now`` is passed).
+
+- ``analysis_view``: the candidate-vs-production comparison — samples, agreement, score shift,
+  latency, accuracy with feedback coverage, the success criterion, failed guardrails, and each
+  sequential test's evidence against its threshold (log-wealth vs ``log(1/alpha)``).
+- ``weight_timeline``: the candidate's traffic share over time, one point per decision that
+  moved it (the state holds the current one).
+- ``deployment_view``: all of it for one deployment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from app.core.analysis import RolloutAnalysis
+from app.core.events import DecisionEvent, DeploymentState, Mode
+from app.core.promotion import criterion, guardrail_failures
+from app.core.sequential import BettingTest
+
+# Test name in the API -> (attribute of RolloutAnalysis, what rejecting its null means).
+TESTS: dict[str, tuple[str, str]] = {
+    "non_inferiority": ("better", "promote: candidate not worse than the margin"),
+    "inferiority": ("worse", "roll back: candidate worse than the margin"),
+    "agreement": ("agree_ok", "disagreement below the ceiling"),
+    "disagreement": ("disagree_over", "guardrail: disagreement above the ceiling"),
+    "candidate_errors": ("errors_over", "guardrail: candidate error rate above the ceiling"),
+}
+
+
+def finite_dict(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: finite(v) for k, v in value.items()}
+
+
+def finite(value: Any) -> Any:
+    """JSON has no NaN/inf: ``None`` in their place, in nested dicts and lists too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def sequential_test_view(test: BettingTest, meaning: str) -> dict[str, Any]:
+    """A test's evidence against its threshold; ``progress`` is log-wealth over threshold
+    (1.0 = rejected), floored at 0."""
+    summary = test.summary()
+    return finite_dict(
+        {
+            **summary,
+            "meaning": meaning,
+            "progress": max(test.max_log_wealth, 0.0) / test.threshold,
+        }
+    )
+
+
+def analysis_view(state: DeploymentState, a: RolloutAnalysis) -> dict[str, Any]:
+    outcome, kind, why = criterion(state, a)
+    return finite_dict(
+        {
+            "candidate": a.candidate,
+            "start_epoch": a.start_epoch,
+            "step_epoch": a.step_epoch,
+            "samples": a.samples(),
+            "metrics": a.metrics(),
+            "criterion": {"kind": kind, "outcome": outcome.value, "why": why},
+            "guardrails_failed": guardrail_failures(state, a),
+            "tests": {
+                name: sequential_test_view(getattr(a, attr), meaning)
+                for name, (attr, meaning) in TESTS.items()
+            },
+        }
+    )
+
+
+def weight_timeline(
+    state: DeploymentState, decisions: Sequence[DecisionEvent], now: int
+) -> list[dict[str, Any]]:
+    """``[{at, weight, epoch, action}]`` in time order: each accepted decision's resulting
+    weight (the candidate's share: canary weight, 0 outside canary), then the state now."""
+    points = [
+        {"at": d.at, "weight": d.to.weight, "epoch": d.epoch, "action": d.action}
+        for d in sorted(decisions, key=lambda d: (d.at, d.epoch))
+        if d.accepted and d.to is not None
+    ]
+    current = state.canary_weight if state.mode is Mode.CANARY and state.candidate else 0.0
+    points.append({"at": max(now, state.updated_at), "weight": current, "epoch": state.epoch})
+    points[-1]["action"] = "now"
+    return points
+
+
+def decision_view(d: DecisionEvent) -> dict[str, Any]:
+    data: dict[str, Any] = d.model_dump(mode="json", by_alias=True)
+    return finite_dict(data)
+
+
+def deployment_view(
+    state: DeploymentState,
+    analysis: RolloutAnalysis | None,
+    decisions: Sequence[DecisionEvent],
+    now: int,
+) -> dict[str, Any]:
+    """Everything the dashboard shows of one deployment (decisions newest first)."""
+    live = (
+        analysis
+        if analysis is not None
+        and state.candidate is not None
+        and analysis.candidate == state.candidate.version
+        else None
+    )
+    return {
+        "deployment": state.deployment,
+        "state": state.model_dump(mode="json"),
+        "analysis": analysis_view(state, live) if live is not None else None,
+        "traffic": weight_timeline(state, decisions, now),
+        "decisions": [decision_view(d) for d in sorted(decisions, key=lambda d: -d.at)],
+    }
