@@ -18,13 +18,10 @@ import numpy as np
 import orjson
 
 from app.core.events import (
-    ArmResult,
-    Comparison,
     DeadLetterCode,
     DeploymentState,
     InferenceRequest,
     Mode,
-    ModelOutput,
     ModelRef,
     Role,
     encode,
@@ -278,33 +275,39 @@ def _compare(
     if prod_out is not None and cand_out is not None:
         agree = prod_out["label"] == cand_out["label"]
         delta = cand_out["scores"][-1] - prod_out["scores"][-1]
-    comparison = Comparison(
-        request_id=row.request.request_id,
-        deployment=route.state.deployment,
-        mode=route.state.mode,
-        epoch=route.state.epoch,
-        source=row.record.source,
-        served_by=served_by,
-        production=_arm_result(route.production, prod_out, production),
-        candidate=_arm_result(route.candidate, cand_out, candidate, cand_error),
-        agree=agree,
-        score_delta=delta,
-    )
-    key = route.state.deployment.encode("utf-8")
-    result.outgoing.append(Outgoing(topics.comparisons, key, encode(comparison)))
+    state = route.state
+    comparison = {  # the Comparison contract, built directly: shadow compares every record
+        "request_id": row.request.request_id,
+        "deployment": state.deployment,
+        "mode": state.mode.value,
+        "epoch": state.epoch,
+        "source": {
+            "topic": row.record.topic,
+            "partition": row.record.partition,
+            "offset": row.record.offset,
+        },
+        "served_by": served_by.value,
+        "production": _arm_result(route.production, prod_out, production),
+        "candidate": _arm_result(route.candidate, cand_out, candidate, cand_error),
+        "agree": agree,
+        "score_delta": delta,
+    }
+    key = state.deployment.encode("utf-8")
+    result.outgoing.append(Outgoing(topics.comparisons, key, orjson.dumps(comparison)))
     result.comparisons += 1
 
 
 def _arm_result(
     scorer: Scorer, output: _Output | None, run: _ArmRun, error: str | None = None
-) -> ArmResult:
-    return ArmResult(
-        version=scorer.ref.version,
-        sha256=scorer.ref.sha256,
-        output=ModelOutput.model_validate(output) if output is not None else None,
-        latency_ms=run.latency_ms if output is not None else None,
-        error=error,
-    )
+) -> dict[str, Any]:
+    """The ``ArmResult`` contract."""
+    return {
+        "version": scorer.ref.version,
+        "sha256": scorer.ref.sha256,
+        "output": output,
+        "latency_ms": run.latency_ms if output is not None else None,
+        "error": error,
+    }
 
 
 def _run(scorer: Scorer, matrix: np.ndarray, indices: list[int]) -> _ArmRun:

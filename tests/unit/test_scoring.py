@@ -125,13 +125,27 @@ def test_canary_serves_a_share_by_entity_and_pairs_every_candidate_served_reques
 
 
 def test_shadow_keeps_candidate_output_out_of_predictions(v1: LoadedModel, v2: LoadedModel) -> None:
-    result = score_batch(
-        records(500), route(Mode.SHADOW, v1, v2, rate=1.0), max_request_bytes=65536
-    )
+    recs = records(500)
+    result = score_batch(recs, route(Mode.SHADOW, v1, v2, rate=1.0), max_request_bytes=65536)
     preds = outputs(result.outgoing, "inference.predictions", Prediction)
     comps = outputs(result.outgoing, "inference.comparisons", Comparison)
     assert {p.role for p in preds} == {Role.PRODUCTION} and len(preds) == 500
     assert len(comps) == 500 and all(c.served_by is Role.PRODUCTION for c in comps)
+    where = {orjson.loads(r.value)["request_id"]: (r.partition, r.offset) for r in recs}
+    served = {p.request_id: p.output for p in preds}
+    for c in comps:
+        assert (c.source.topic, c.source.partition, c.source.offset) == (
+            "inference.requests",
+            *where[c.request_id],
+        )
+        assert (c.mode, c.epoch, c.production.version, c.candidate.version) == (
+            Mode.SHADOW,
+            5,
+            "1",
+            "2",
+        )
+        assert c.production.output == served[c.request_id]  # the same call's output
+        assert c.production.latency_ms is not None and c.candidate.latency_ms is not None
 
 
 def test_a_failing_candidate_never_costs_a_prediction(v1: LoadedModel) -> None:
