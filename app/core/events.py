@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.core.policy import Policy
 
 MAX_REQUEST_ID_CHARS = 128
+MAX_DEPLOYMENT_CHARS = 128
 
 
 def now_ms() -> int:
@@ -88,7 +89,7 @@ class InferenceRequest(_Event):
     (by name or in the model's order), so their values are left loose here."""
 
     request_id: Annotated[str, Field(min_length=1, max_length=MAX_REQUEST_ID_CHARS)]
-    deployment: Annotated[str, Field(min_length=1, max_length=128)]
+    deployment: Annotated[str, Field(min_length=1, max_length=MAX_DEPLOYMENT_CHARS)]
     features: Features
     entity_key: str | None = None
     sent_at: int | None = None

@@ -16,8 +16,10 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +111,7 @@ def feature_row(features: Any, names: Sequence[str]) -> npt.NDArray[np.float32]:
 
 def _fast_row(features: Any, names: Sequence[str]) -> npt.NDArray[np.float32] | None:
     """The row when nothing is wrong with it, else None (the careful path names the problem)."""
-    values = _plain_values(features, names)
+    values = _plain_values(features, names, _getter(tuple(names)))
     if values is None:
         return None
     try:
@@ -141,11 +143,12 @@ def feature_matrix(rows: Sequence[Any], names: Sequence[str]) -> FeatureBatch:
     numpy array for the batch); only the rest, and rows out of range, take the careful
     per-value path that names the problem."""
     width = len(names)
-    candidates: list[list[Any]] = []
+    candidates: list[Sequence[Any]] = []
     positions: list[int] = []
     slow: list[int] = []
+    getter = _getter(tuple(names))
     for i, features in enumerate(rows):
-        values = _plain_values(features, names)
+        values = _plain_values(features, names, getter)
         if values is None:
             slow.append(i)
         else:
@@ -174,21 +177,29 @@ def feature_matrix(rows: Sequence[Any], names: Sequence[str]) -> FeatureBatch:
     return FeatureBatch(matrix=matrix, valid=valid, errors=sorted(errors, key=lambda e: e[0]))
 
 
-def _plain_values(features: Any, names: Sequence[str]) -> list[Any] | None:
+_NUMBER_TYPE_SET = frozenset({int, float})  # exactly: bool is an int subclass, and is refused
+
+
+@functools.lru_cache(maxsize=64)
+def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], Any]:
+    return operator.itemgetter(*names)
+
+
+def _plain_values(
+    features: Any, names: Sequence[str], getter: Callable[[dict[str, Any]], Any]
+) -> Sequence[Any] | None:
     """The values in model order when the shape is right and every value is a JSON number
-    (not bool); else None."""
+    (not bool); else None. (C-level lookups and type checks: this runs for every request.)"""
     if type(features) is dict:
         if len(features) != len(names):
             return None
         try:
-            values = [features[n] for n in names]
+            got = getter(features)
         except KeyError:
             return None
+        values: Sequence[Any] = got if len(names) != 1 else (got,)
     elif type(features) is list and len(features) == len(names):
         values = features
     else:
         return None
-    for v in values:
-        if type(v) is not float and type(v) is not int:
-            return None
-    return values
+    return values if _NUMBER_TYPE_SET.issuperset(map(type, values)) else None

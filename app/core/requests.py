@@ -16,6 +16,8 @@ import orjson
 from pydantic import ValidationError
 
 from app.core.events import (
+    MAX_DEPLOYMENT_CHARS,
+    MAX_REQUEST_ID_CHARS,
     DeadLetter,
     DeadLetterCode,
     DeadLetterError,
@@ -80,15 +82,48 @@ def parse_request(
         return Rejection(
             DeadLetterCode.MISSING_REQUEST_ID, "request_id is missing, empty or not a string"
         )
-    try:
-        request = InferenceRequest.model_validate(body)
-    except ValidationError as exc:
-        return Rejection(DeadLetterCode.INVALID_REQUEST, _first_error(exc))
+    request = _well_formed(body, request_id)
+    if request is None:  # pydantic judges the rest, and names what is wrong
+        try:
+            request = InferenceRequest.model_validate(body)
+        except ValidationError as exc:
+            return Rejection(DeadLetterCode.INVALID_REQUEST, _first_error(exc))
     if request.deployment not in known_deployments:
         return Rejection(
             DeadLetterCode.UNKNOWN_DEPLOYMENT, f"no deployment named {request.deployment!r}"
         )
     return request
+
+
+_FIELDS = frozenset(InferenceRequest.model_fields)
+
+
+def _well_formed(body: dict[str, Any], request_id: str) -> InferenceRequest | None:
+    """The request when every field has exactly the type the contract wants, checked by hand
+    (the hot path: pydantic validation was an eighth of the worker's scoring time); None for
+    anything else, which ``InferenceRequest.model_validate`` then accepts (coercing) or
+    rejects. Only accepts what the model would accept unchanged."""
+    if not _FIELDS.issuperset(body) or len(request_id) > MAX_REQUEST_ID_CHARS:
+        return None
+    deployment = body.get("deployment")
+    features = body.get("features")
+    entity = body.get("entity_key")
+    sent_at = body.get("sent_at")
+    if (
+        type(deployment) is not str
+        or not 0 < len(deployment) <= MAX_DEPLOYMENT_CHARS
+        or (type(features) is not dict and type(features) is not list)
+        or (entity is not None and type(entity) is not str)
+        or (sent_at is not None and type(sent_at) is not int)
+    ):
+        return None
+    return InferenceRequest.model_construct(
+        request_id=request_id,
+        deployment=deployment,
+        features=features,
+        entity_key=entity,
+        sent_at=sent_at,
+    )
 
 
 def _lenient_json(value: bytes) -> Any:
