@@ -218,6 +218,7 @@ async def broker_restart(env: ChaosEnv) -> ChaosResult:
     logs = env.work_dir / "broker-restart"
     workers = [processes.worker(f"brk-{tag}-{i}", logs, _env_for(settings)) for i in (1, 2)]
     notes: list[str] = []
+    problems: list[str] = []
 
     async def inject(load: Load) -> list[int]:
         for w in workers:
@@ -231,14 +232,16 @@ async def broker_restart(env: ChaosEnv) -> ChaosResult:
         await asyncio.to_thread(kafka_local.start, config)
         await asyncio.sleep(6.0)
         for w in workers:
-            if not w.alive():  # a supervisor (systemd, k8s) would restart it: say so
-                notes.append(f"worker {w.args[-1]} exited during the outage; restarted")
+            if not w.alive():  # a broken promise; restarted (as a supervisor would) to count
+                problems.append(f"worker {w.args[-1]} exited during the outage")
                 w.start()
         await asyncio.sleep(2.0)
         return faults
 
     try:
-        return await _under_load(env, settings, "broker-restart", inject, notes)
+        out = await _under_load(env, settings, "broker-restart", inject, notes)
+        out.problems += problems
+        return out
     finally:
         for w in workers:
             w.terminate()

@@ -18,6 +18,7 @@ committed offsets. Readers of the outputs use ``read_committed``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -125,11 +126,38 @@ class Worker:
                     if generation != self.generation:
                         await self._rewind_dropped(consumer, records)
                         continue
+                    aborted = self.stats.aborted_batches
                     await self._publish(producer, sender, consumer, records)
+                    if self.stats.aborted_batches != aborted:
+                        producer = await self._replace_producer(producer, stop)
+                        sender = BatchSender(producer)
         finally:
             await consumer.stop()
             await producer.stop()
         return self.stats
+
+    async def _replace_producer(
+        self, broken: AIOKafkaProducer, stop: asyncio.Event
+    ) -> AIOKafkaProducer:
+        """A fresh producer under the same transactional id after an aborted transaction.
+        aiokafka's producer does not survive every failure (a broker restart can leave its
+        transaction manager in a fatal state, and the next ``begin_transaction`` fails an
+        assertion): starting a new one fences the old and aborts what it left open. Retried
+        while the broker is unreachable."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broken.stop(), timeout=10)
+        while True:
+            producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
+            try:
+                await producer.start()
+                return producer
+            except KafkaError as exc:
+                log.warning("producer restart failed (%s); retrying", exc)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                if stop.is_set():
+                    raise
+                await asyncio.sleep(1.0)
 
     async def _rewind_dropped(
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]

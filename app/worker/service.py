@@ -29,7 +29,8 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
     """Follow ``deployments.state`` and serve under its latest epochs until ``stop`` is set."""
     async with StateView(settings) as view:
         follower = TableFollower(ModelStore(settings.model_store), view)
-        await follower.start()
+        if not await follower.start(stop):  # stopped while waiting for loadable models
+            return WorkerStats()
         try:
             for name, route in follower.table.items():
                 st = route.state
