@@ -132,9 +132,10 @@ def invalid(draw: st.DrawFn, rid: str) -> Case:
 def batches(draw: st.DrawFn, prefix: str = "h", max_size: int = 25) -> list[Case]:
     """A mix of valid and invalid records, with some request ids used twice."""
     n = draw(st.integers(min_value=1, max_value=max_size))
+    tag = draw(st.uuids()).hex[:8]  # ids of one example never meet another example's
     cases: list[Case] = []
     for i in range(n):
-        rid = f"{prefix}-{i}"
+        rid = f"{prefix}-{tag}-{i}"
         if cases and draw(st.integers(0, 9)) == 0:  # a duplicated request id
             earlier = draw(st.sampled_from(cases))
             rid = earlier.request_id or rid
