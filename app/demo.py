@@ -24,6 +24,7 @@ from rich.table import Table
 from app.adapters import kafka_local
 from app.adapters.control_client import current_states
 from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
+from app.adapters.kafka_security import client_options
 from app.adapters.topics import apply_topics, load_topics_file
 from app.core.events import Prediction, decode
 from app.scenarios import DEMO, ScenarioResult, reset, run_scenario
@@ -40,7 +41,11 @@ async def ensure_kafka(settings: Settings) -> None:
         config = kafka_local.BrokerConfig.from_settings(settings)
         result = await asyncio.to_thread(kafka_local.start, config)
         console.print(f"  {result.action} on {result.status.bootstrap} in {result.seconds:.1f}s")
-    applied = await apply_topics(settings.bootstrap_servers, load_topics_file(settings.topics_file))
+    applied = await apply_topics(
+        settings.bootstrap_servers,
+        load_topics_file(settings.topics_file),
+        security=client_options(settings),
+    )
     console.print(
         f"[bold]Topics[/bold]: {len(applied.created)} created, {len(applied.present)} present"
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +40,14 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     dashboard_port: int = Field(default=8080, ge=0, le=65535)
     http_host: str = "127.0.0.1"
+
+    # Kafka security (every client: app.adapters.kafka_security). The password is a SecretStr:
+    # it prints as '**********' and is only unwrapped where a client is built.
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-256"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None  # CA bundle for SSL / SASL_SSL (default: the system's)
 
     def bootstrap_is_default(self) -> bool:
         return self.bootstrap_servers == "127.0.0.1:9092"

@@ -1,7 +1,7 @@
 """aiokafka clients configured the one way every Rollout process uses them.
 
 Readers use ``read_committed``; producers that write results are transactional and
-idempotent. Connection settings come from ``Settings`` only.
+idempotent. Connection settings (bootstrap servers, SASL/SSL) come from ``Settings`` only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.producer import sender as _aiokafka_sender
 
+from app.adapters.kafka_security import client_options
 from app.settings import Settings
 
 # A transaction that begins right after the previous one committed finds its commit markers
@@ -24,7 +25,8 @@ _aiokafka_sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_S
 
 
 def connection(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap_servers": settings.bootstrap_servers}
+    """Where the cluster is and how to authenticate (``app.adapters.kafka_security``)."""
+    return {"bootstrap_servers": settings.bootstrap_servers, **client_options(settings)}
 
 
 def _fetching(settings: Settings) -> dict[str, Any]:

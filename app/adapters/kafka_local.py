@@ -15,6 +15,10 @@ Contracts:
 * :func:`stop` ends only the broker this module started: the pidfile's process must have
   ``kafka.Kafka`` and our data dir on its command line.
 * All functions are synchronous and safe to call from inside a running event loop.
+* With ``BrokerConfig.scram`` set (``rollout kafka start --secure``), the broker's only client
+  listener is ``SASL_PLAINTEXT`` with SCRAM: the user is created when the storage is formatted
+  (``kafka-storage format --add-scram``), the broker talks to itself as that user, and every
+  call here authenticates as it. ``server.properties`` then holds the password (mode 0600).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from pydantic import SecretStr
+
 from app.adapters import kafka_jars
 from app.settings import Settings
 
@@ -53,25 +59,61 @@ class KafkaLocalError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ScramUser:
+    """The one SCRAM user of a secured local broker (the broker itself and every client)."""
+
+    username: str
+    password: SecretStr
+    mechanism: str = "SCRAM-SHA-256"
+
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments that authenticate as this user."""
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": self.mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password.get_secret_value(),
+        }
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
-    """Where the local broker lives and which ports it listens on (127.0.0.1 only)."""
+    """Where the local broker lives and which ports it listens on (127.0.0.1 only); with
+    ``scram``, its client listener requires SASL/SCRAM as that user."""
 
     home: Path = Path(".rollout")
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
+    scram: ScramUser | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerConfig:
         """Home from ``settings.home``; port from ``settings.bootstrap_servers`` when it is a
-        single ``127.0.0.1:PORT`` or ``localhost:PORT`` (controller on PORT + 1), else 9092."""
+        single ``127.0.0.1:PORT`` or ``localhost:PORT`` (controller on PORT + 1), else 9092.
+        SCRAM when ``settings.security_protocol`` is ``SASL_PLAINTEXT`` with a SCRAM mechanism
+        and both username and password are set."""
         port = 9092
         servers = settings.bootstrap_servers.split(",")
         if len(servers) == 1 and ":" in servers[0]:
             host, _, raw = servers[0].strip().rpartition(":")
             if host in ("127.0.0.1", "localhost") and raw.isdigit():
                 port = int(raw)
-        return cls(home=settings.home, port=port, controller_port=port + 1)
+        scram = None
+        if (
+            settings.security_protocol == "SASL_PLAINTEXT"
+            and settings.sasl_mechanism.startswith("SCRAM-")
+            and settings.sasl_username
+            and settings.sasl_password is not None
+        ):
+            scram = ScramUser(
+                settings.sasl_username, settings.sasl_password, settings.sasl_mechanism
+            )
+        return cls(home=settings.home, port=port, controller_port=port + 1, scram=scram)
+
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for talking to this broker."""
+        return self.scram.client_options() if self.scram is not None else {}
 
     @property
     def kafka_dir(self) -> Path:
@@ -139,17 +181,45 @@ def fetch_jars(config: BrokerConfig, *, timeout: float = 900.0) -> Path:
 # --------------------------------------------------------------------------- config & format
 
 
+def _jaas_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _listener_properties(config: BrokerConfig) -> dict[str, str]:
+    ctl = f"127.0.0.1:{config.controller_port}"
+    if config.scram is None:
+        return {
+            "listeners": f"PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
+            "advertised.listeners": f"PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        }
+    user = config.scram
+    mechanism = user.mechanism.lower()
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{_jaas_quote(user.username)}" '
+        f'password="{_jaas_quote(user.password.get_secret_value())}";'
+    )
+    return {
+        "listeners": f"SASL_PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
+        "advertised.listeners": f"SASL_PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": user.mechanism,
+        "sasl.mechanism.inter.broker.protocol": user.mechanism,
+        f"listener.name.sasl_plaintext.{mechanism}.sasl.jaas.config": jaas,
+    }
+
+
 def _server_properties(config: BrokerConfig) -> str:
     ctl = f"127.0.0.1:{config.controller_port}"
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": ctl,
-        "listeners": f"PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
-        "advertised.listeners": f"PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
+        **_listener_properties(config),
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(config.data_dir),
         "num.partitions": "6",
         "default.replication.factor": "1",
@@ -219,6 +289,8 @@ def _jvm_base(config: BrokerConfig) -> list[str]:
 
 def _write_configs(config: BrokerConfig) -> None:
     config.kafka_dir.mkdir(parents=True, exist_ok=True)
+    config.server_properties.touch(mode=0o600)
+    config.server_properties.chmod(0o600)  # it may hold the SCRAM password
     config.server_properties.write_text(_server_properties(config))
     (config.kafka_dir / "log4j2.properties").write_text(_LOG4J2)
 
@@ -227,12 +299,15 @@ def _format_storage(config: BrokerConfig) -> None:
     """Format ``data_dir`` once; refuse to reuse it with other ports (the KRaft voter set
     records the controller endpoint)."""
     stamp = config.kafka_dir / "format.json"
-    wanted = {"port": config.port, "controller_port": config.controller_port}
+    wanted: dict[str, Any] = {"port": config.port, "controller_port": config.controller_port}
+    if config.scram is not None:  # a plain broker's stamp stays as it always was
+        wanted["scram"] = {"user": config.scram.username, "mechanism": config.scram.mechanism}
     if (config.data_dir / "meta.properties").is_file():
         if stamp.is_file() and json.loads(stamp.read_text()) != wanted:
             raise KafkaLocalError(
-                f"{config.data_dir} was formatted for other ports ({stamp.read_text().strip()});"
-                " start with fresh=True (`rollout kafka start --fresh`) to wipe it"
+                f"{config.data_dir} was formatted for other ports or security "
+                f"({stamp.read_text().strip()}); start with fresh=True "
+                "(`rollout kafka start --fresh`) to wipe it"
             )
         return
     shutil.rmtree(config.data_dir, ignore_errors=True)
@@ -240,9 +315,18 @@ def _format_storage(config: BrokerConfig) -> None:
         *_jvm_base(config), STORAGE_TOOL, "format", "--standalone",
         f"--cluster-id={_cluster_id()}", "-c", str(config.server_properties),
     ]  # fmt: skip
+    if config.scram is not None:
+        user = config.scram
+        cmd += [
+            "--add-scram",
+            f"{user.mechanism}=[name={user.username},password={user.password.get_secret_value()}]",
+        ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
-        raise KafkaLocalError(f"formatting {config.data_dir} failed:\n{proc.stdout}{proc.stderr}")
+        output = f"{proc.stdout}{proc.stderr}"
+        if config.scram is not None:
+            output = output.replace(config.scram.password.get_secret_value(), "**********")
+        raise KafkaLocalError(f"formatting {config.data_dir} failed:\n{output}")
     stamp.write_text(json.dumps(wanted))
 
 
@@ -332,10 +416,10 @@ def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _metadata_ok(bootstrap: str, timeout_ms: int) -> bool:
+async def _metadata_ok(bootstrap: str, timeout_ms: int, security: dict[str, Any]) -> bool:
     from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped,unused-ignore]
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **security)
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
@@ -349,12 +433,15 @@ async def _metadata_ok(bootstrap: str, timeout_ms: int) -> bool:
         await client.close()
 
 
-def answers(bootstrap: str, *, timeout: float = 5.0) -> bool:
-    """True when a Kafka broker at ``bootstrap`` answers a metadata request within ``timeout``."""
+def answers(
+    bootstrap: str, *, timeout: float = 5.0, security: dict[str, Any] | None = None
+) -> bool:
+    """True when a Kafka broker at ``bootstrap`` answers a metadata request within ``timeout``
+    (authenticating with ``security``, aiokafka keyword arguments, when given)."""
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     if host in ("127.0.0.1", "localhost") and not _port_open(int(port)):
         return False
-    return run_sync(_metadata_ok(bootstrap, int(timeout * 1000)))
+    return run_sync(_metadata_ok(bootstrap, int(timeout * 1000), security or {}))
 
 
 def _log_tail(config: BrokerConfig, lines: int = 40) -> str:
@@ -384,7 +471,7 @@ def status(config: BrokerConfig | None = None) -> BrokerStatus:
     config = config or BrokerConfig()
     pid = _find_ours(config)
     return BrokerStatus(
-        running=answers(config.bootstrap),
+        running=answers(config.bootstrap, security=config.client_options()),
         managed=pid is not None,
         pid=pid,
         bootstrap=config.bootstrap,
@@ -420,7 +507,7 @@ def _start_locked(config: BrokerConfig, *, fresh: bool, timeout: float) -> Start
             + _log_tail(config)
         )
     if _port_open(config.port) or _port_open(config.controller_port):
-        if answers(config.bootstrap):
+        if answers(config.bootstrap, security=config.client_options()):
             return StartResult("external", status(config), time.monotonic() - began)
         raise KafkaLocalError(
             f"port {config.port} or {config.controller_port} is in use by something that is not"
@@ -491,7 +578,7 @@ def _wait_answering(config: BrokerConfig, pid: int, timeout: float) -> bool:
                 f"the broker (pid {pid}) exited with code {code}; log tail ({config.log_file}):\n"
                 + _log_tail(config)
             )
-        if _port_open(config.port) and answers(config.bootstrap):
+        if _port_open(config.port) and answers(config.bootstrap, security=config.client_options()):
             return True
         time.sleep(0.25)
     return False

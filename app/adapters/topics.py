@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,11 +121,18 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeou
 
 
 async def apply_topics(
-    bootstrap_servers: str, desired: TopicsFile, *, timeout: float = 30.0
+    bootstrap_servers: str,
+    desired: TopicsFile,
+    *,
+    timeout: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> ApplyResult:
-    """Create the missing topics of ``desired`` on the cluster and report differences."""
+    """Create the missing topics of ``desired`` on the cluster and report differences.
+    ``security``: aiokafka keyword arguments (``kafka_security.client_options``)."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000)
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=int(timeout * 1000),
+        **(security or {}),
     )
     await admin.start()
     try:

@@ -13,6 +13,16 @@ app = typer.Typer(
 
 
 def main() -> None:
-    from app.cli import bench, control, kafka, serve, simulate, topics, traffic, train  # noqa: F401
+    from app.cli import (  # noqa: F401
+        bench,
+        chaos,
+        control,
+        kafka,
+        serve,
+        simulate,
+        topics,
+        traffic,
+        train,
+    )
 
     app()

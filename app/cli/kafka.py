@@ -27,9 +27,27 @@ def start(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the broker to answer.")
     ] = 90.0,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Require SASL/SCRAM on the client listener, as the user of"
+            " ROLLOUT_SASL_USERNAME / ROLLOUT_SASL_PASSWORD (with"
+            " ROLLOUT_SECURITY_PROTOCOL=SASL_PLAINTEXT); refuse to start without them.",
+        ),
+    ] = False,
 ) -> None:
     """Start the broker (fetching Kafka with mvn on first use); return once it answers."""
     config = _config()
+    if secure and config.scram is None:
+        typer.secho(
+            "error: --secure needs ROLLOUT_SECURITY_PROTOCOL=SASL_PLAINTEXT,"
+            " ROLLOUT_SASL_MECHANISM=SCRAM-SHA-256 or SCRAM-SHA-512 (default SCRAM-SHA-256),"
+            " ROLLOUT_SASL_USERNAME and ROLLOUT_SASL_PASSWORD in the environment",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
     if not (config.libs_dir / ".fetched").is_file():
         typer.echo(f"Fetching Kafka {kafka_jars.KAFKA_VERSION} jars into {config.libs_dir} ...")
     try:
@@ -38,8 +56,13 @@ def start(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     st = result.status
+    auth = (
+        f" (SASL_PLAINTEXT, {config.scram.mechanism} as {config.scram.username})"
+        if config.scram
+        else ""
+    )
     if result.action == "started":
-        typer.echo(f"Kafka started on {st.bootstrap} (pid {st.pid}) in {result.seconds:.1f}s")
+        typer.echo(f"Kafka started on {st.bootstrap}{auth} (pid {st.pid}) in {result.seconds:.1f}s")
     elif result.action == "already_running":
         typer.echo(f"Kafka already running on {st.bootstrap} (pid {st.pid})")
     else:
@@ -65,7 +88,7 @@ def stop(
         raise typer.Exit(1) from exc
     if stopped:
         typer.echo(f"Kafka on {config.bootstrap} stopped")
-    elif kafka_local.answers(config.bootstrap):
+    elif kafka_local.answers(config.bootstrap, security=config.client_options()):
         typer.secho(
             f"The broker on {config.bootstrap} was not started by rollout; left it running.",
             fg=typer.colors.YELLOW,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from app.adapters.kafka_security import SecurityConfigError, client_options
 from app.adapters.topics import TopicsError, apply_topics, load_topics_file
 from app.cli import app
 from app.settings import load_settings
@@ -31,8 +32,10 @@ def apply(
     path = file or settings.topics_file
     try:
         desired = load_topics_file(path)
-        result = asyncio.run(apply_topics(settings.bootstrap_servers, desired))
-    except (TopicsError, OSError) as exc:
+        result = asyncio.run(
+            apply_topics(settings.bootstrap_servers, desired, security=client_options(settings))
+        )
+    except (TopicsError, OSError, SecurityConfigError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
     except Exception as exc:  # aiokafka connection errors have no common base worth naming

@@ -18,6 +18,7 @@ import faust
 from mode import Service
 
 from app.adapters.batch_send import keyed_partition
+from app.adapters.kafka_security import faust_credentials
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
@@ -99,6 +100,7 @@ def build_app(settings: Settings) -> faust.App:
     app = faust.App(
         APP_ID,
         broker=";".join(f"kafka://{host}" for host in settings.bootstrap_servers.split(",")),
+        broker_credentials=faust_credentials(settings),
         key_serializer="raw",
         value_serializer="raw",
         topic_allow_declare=False,  # topics are declared in topics.yaml

@@ -165,15 +165,18 @@ def feature_matrix(rows: Sequence[Any], names: Sequence[str]) -> FeatureBatch:
     good = {p: n for n, p in enumerate(positions) if in_range[n]}
     slow.extend(p for n, p in enumerate(positions) if not in_range[n])
     errors: list[tuple[int, FeatureError]] = []
+    late: dict[int, list[float]] = {}  # rows that only the careful path could convert
     for i in slow:
         try:
-            _values(rows[i], names)
+            late[i] = _values(rows[i], names)
         except FeatureError as error:
             errors.append((i, error))
-        else:  # not expected: the fast path only defers rows with a problem
-            raise AssertionError(f"row {i} passed the careful check only")
-    valid = sorted(good)
-    matrix = checked[[good[i] for i in valid]].astype(np.float32).reshape(len(valid), width)
+    # A good row lands here when another row of the batch made the fast conversion fail (an
+    # int beyond float64 aborts the whole array): it is served, never failed with the batch.
+    valid = sorted([*good, *late])
+    matrix = np.empty((len(valid), width), dtype=np.float32)
+    for n, i in enumerate(valid):
+        matrix[n] = checked[good[i]] if i in good else late[i]
     return FeatureBatch(matrix=matrix, valid=valid, errors=sorted(errors, key=lambda e: e[0]))
 
 

@@ -63,6 +63,8 @@ def parse_request(
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # never handed to a recursive parser
+            return Rejection(DeadLetterCode.INVALID_JSON, f"payload nests too deeply: {exc}")
         # Only a failed parse pays for the slower checks that tell the failures apart.
         lenient = _lenient_json(value)
         if isinstance(lenient, Rejection):

@@ -6,7 +6,8 @@ so a batch is routed entirely under one epoch and no request waits for a load. M
 loaded while the current production, the candidate or the previous production (the rollback
 target) of some deployment refers to them, so a rollback switches without loading anything.
 A state whose models cannot be loaded is not taken: the last good table keeps serving and
-the failure is kept in ``failures`` (and logged).
+the failure is kept in ``failures`` (and logged). At start there is no good table yet: the
+follower waits for the published state's models (it never serves an older model instead).
 """
 
 from __future__ import annotations
@@ -44,19 +45,22 @@ class TableFollower:
         self.failures: dict[str, str] = {}
         self.switches = 0
 
-    async def start(self) -> None:
-        """Build the first table from the latest states (or ``deployment.yaml``), then follow."""
+    async def start(self, stop: asyncio.Event | None = None, retry_s: float = 1.0) -> bool:
+        """Build the first table from the latest states (or ``deployment.yaml`` for a
+        deployment with no state yet), then follow. When a published state's models cannot be
+        loaded (a file deleted or corrupted after deployment), wait and retry: serving another
+        model under an earlier epoch would take the deployment backwards. Returns False when
+        ``stop`` was set while waiting (nothing is followed then)."""
         await self._view.catch_up()
         table: dict[str, DeploymentRoute] = {}
         for name in self._store.deployments():
-            state = self._view.states.get(name)
-            route = await self._route(state) if state is not None else None
-            if route is None:  # no state yet, or its models cannot load: the declared default
-                spec = self._store.spec(name)
-                ref = self._store.ref(name, spec.initial_production)
-                route = await self._route(initial_state(spec, ref, now_ms()))
-            if route is None:
-                raise ModelRejected(f"{name}: {self.failures.get(name)}")
+            route = await self._first_route(name)
+            while route is None:
+                if stop is not None and stop.is_set():
+                    return False
+                await asyncio.sleep(retry_s)
+                await self._view.catch_up()
+                route = await self._first_route(name)
             table[name] = route
         self.table = table
         self._evict()
@@ -66,6 +70,19 @@ class TableFollower:
         for state in list(self._view.states.values()):
             self._on_state(state)
         self._task = asyncio.create_task(self._run(), name="table-follower")
+        return True
+
+    async def _first_route(self, name: str) -> DeploymentRoute | None:
+        state = self._view.states.get(name)
+        if state is not None:
+            return await self._route(state)
+        spec = self._store.spec(name)  # no state published yet: the declared default
+        route = await self._route(
+            initial_state(spec, self._store.ref(name, spec.initial_production), now_ms())
+        )
+        if route is None:
+            raise ModelRejected(f"{name}: {self.failures.get(name)}")
+        return route
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -120,6 +120,7 @@ class Worker:
         )
         consumer.subscribe([self.topics.requests], listener=_Revocations(self))
         commit: asyncio.Task[bool] | None = None  # the previous batch's transaction
+        aborted = 0  # aborted transactions before it began
         try:
             await consumer.start()
             while not stop.is_set():
@@ -130,6 +131,9 @@ class Worker:
                 if commit is not None:
                     committed = await commit
                     commit = None
+                    if self.stats.aborted_batches != aborted:
+                        producer = await self._replace_producer(producer, stop)
+                        sender = BatchSender(producer)
                     if not committed and records:
                         # The previous batch went back to its partitions (dropped or aborted),
                         # maybe while this one was being taken: this one goes back too, now
@@ -138,6 +142,7 @@ class Worker:
                             await self._rewind_dropped(consumer, records)
                         continue
                 if records and scored is not None:
+                    aborted = self.stats.aborted_batches
                     commit = asyncio.create_task(
                         self._commit(producer, sender, consumer, records, scored, generation)
                     )
@@ -151,6 +156,29 @@ class Worker:
             await consumer.stop()
             await producer.stop()
         return self.stats
+
+    async def _replace_producer(
+        self, broken: AIOKafkaProducer, stop: asyncio.Event
+    ) -> AIOKafkaProducer:
+        """A fresh producer under the same transactional id after an aborted transaction.
+        aiokafka's producer does not survive every failure (a broker restart can leave its
+        transaction manager in a fatal state, and the next ``begin_transaction`` fails an
+        assertion): starting a new one fences the old and aborts what it left open. Retried
+        while the broker is unreachable."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broken.stop(), timeout=10)
+        while True:
+            producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
+            try:
+                await producer.start()
+                return producer
+            except KafkaError as exc:
+                log.warning("producer restart failed (%s); retrying", exc)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                if stop.is_set():
+                    raise
+                await asyncio.sleep(1.0)
 
     async def _rewind_dropped(
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]

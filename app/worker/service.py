@@ -33,7 +33,8 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
     async with StateView(settings) as view:
         metrics.watch_states(lambda: view.states)
         follower = TableFollower(ModelStore(settings.model_store), view)
-        await follower.start()
+        if not await follower.start(stop):  # stopped while waiting for loadable models
+            return WorkerStats()
         http = None
         if settings.metrics_port:
             http = await start_site(metrics_app(), settings.http_host, settings.metrics_port)

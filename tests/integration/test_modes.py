@@ -317,6 +317,12 @@ async def test_rollback_and_abort_restore_the_previous_production(
             {"action": "deploy", "version": "../../etc", "mode": "canary"},
             "version",
         ),
+        (
+            "uri outside the model store",
+            {"action": "deploy", "version": "2", "mode": "canary", "uri": "/etc/passwd"},
+            "uri",
+        ),
+        ("weight not a number", {"action": "set_weight", "weight": "NaN"}, "weight"),
     ],
 )
 async def test_rejected_commands_leave_state_and_epoch_unchanged(
