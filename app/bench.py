@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ class Line:
     seconds: float
     cpu_s: float  # this process (the worker's loop, the load's producer)
     broker_cpu_s: float = 0.0
+    rates: tuple[float, ...] = ()  # every round's records/s (this line is their median)
 
     @property
     def per_second(self) -> float:
@@ -116,19 +117,43 @@ def fixed_table(store: ModelStore, mode: Mode) -> RoutingTable:
     return {"fraud": DeploymentRoute(state, production, candidate)}
 
 
-async def _fresh_group(settings: Settings) -> Settings:
-    """A consumer group whose committed offsets are the requests topic's current end."""
+Offsets = dict[TopicPartition, int]
+
+
+async def _fresh_group(settings: Settings, at: Offsets | None = None) -> Settings:
+    """A consumer group whose committed offsets are ``at``, else the requests topic's end."""
     group = f"rollout-bench-{uuid.uuid4().hex[:8]}"
     consumer = group_consumer(settings, group)
     await consumer.start()
     try:
         partitions = await partitions_of(consumer, "inference.requests")
-        ends = await consumer.end_offsets(partitions)
+        if at is None:
+            at = await consumer.end_offsets(partitions)
         consumer.assign(partitions)
-        await consumer.commit({TopicPartition(tp.topic, tp.partition): o for tp, o in ends.items()})
+        await consumer.commit({TopicPartition(tp.topic, tp.partition): o for tp, o in at.items()})
     finally:
         await consumer.stop()
     return settings.model_copy(update={"group_id": group})
+
+
+async def write_backlog(settings: Settings, requests: int) -> Offsets:
+    """Append ``requests`` generated requests; returns where they start (per partition)."""
+    consumer = group_consumer(settings, f"rollout-bench-{uuid.uuid4().hex[:8]}")
+    await consumer.start()
+    try:
+        partitions = await partitions_of(consumer, "inference.requests")
+        start: Offsets = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    producer = plain_producer(settings)
+    await producer.start()
+    try:
+        await send(
+            producer, make_requests(requests, seed=3, run_id=f"bench-{uuid.uuid4().hex[:6]}")
+        )
+    finally:
+        await producer.stop()
+    return start
 
 
 async def _ensure_sink(settings: Settings) -> None:
@@ -148,17 +173,13 @@ async def drain(
     table: RoutingTable,
     transform: Callable[[list[RawRecord]], list[Outgoing]] | None = None,
     progress: Callable[[str], None] | None = None,
+    backlog: Offsets | None = None,
 ) -> Line:
-    """Write a backlog of ``requests``, then time one in-process worker draining it."""
-    group = await _fresh_group(settings)
-    producer = plain_producer(settings)
-    await producer.start()
-    try:
-        await send(
-            producer, make_requests(requests, seed=3, run_id=f"bench-{uuid.uuid4().hex[:6]}")
-        )
-    finally:
-        await producer.stop()
+    """Time one in-process worker draining ``requests`` records: the backlog that starts at
+    ``backlog``, or a new one written first."""
+    if backlog is None:
+        backlog = await write_backlog(settings, requests)
+    group = await _fresh_group(settings, at=backlog)
     worker = Worker(group, f"bench-{uuid.uuid4().hex[:6]}", lambda: table, transform=transform)
     stop = asyncio.Event()
     cpu0, broker0 = _cpu(), _broker_cpu(settings)
@@ -284,6 +305,12 @@ def compute_ceiling(store: ModelStore, batch: int, seconds: float = 2.0) -> Line
     return Line("C_compute (onnxruntime)", rows, time.perf_counter() - started, _cpu() - cpu0)
 
 
+def _median(runs: list[Line]) -> Line:
+    ordered = sorted(runs, key=lambda x: x.per_second)
+    middle = ordered[len(ordered) // 2]
+    return replace(middle, rates=tuple(x.per_second for x in runs))
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -333,6 +360,7 @@ async def run_bench(
     naive_requests: int = 5000,
     swaps: int = 20,
     swap_rate: float = 1000.0,
+    rounds: int = 3,
 ) -> Report:
     await _ensure_sink(settings)
     store = ModelStore(settings.model_store)
@@ -347,11 +375,15 @@ async def run_bench(
     ]
     progress("warming up (broker, clients, models) …")
     await drain(settings, "warm-up", min(requests, 5000), prod_only)
-    lines: list[Line] = []
-    for name, table, transform in plan:
-        progress(f"{name} …")
-        lines.append(await drain(settings, name, requests, table, transform, progress))
-        progress(f"{name}: {lines[-1].per_second:,.0f}/s")
+    progress(f"writing a backlog of {requests:,} requests (every line drains the same one) …")
+    backlog = await write_backlog(settings, requests)
+    runs: dict[str, list[Line]] = {name: [] for name, _, _ in plan}
+    for round_ in range(1, rounds + 1):  # interleaved, so that drift hits every line alike
+        for name, table, transform in plan:
+            line = await drain(settings, name, requests, table, transform, progress, backlog)
+            runs[name].append(line)
+            progress(f"round {round_}/{rounds}: {name}: {line.per_second:,.0f}/s")
+    lines = [_median(runs[name]) for name, _, _ in plan]
     lines.append(compute_ceiling(store, settings.batch_max_records))
     latencies: list[Latency] = []
     for line, (name, table, transform) in zip(lines, plan, strict=False):
@@ -432,7 +464,8 @@ def markdown(r: Report) -> str:
     """The tables; worker lines carry their ratio to their ceiling (shadow: fan-out-2)."""
     by_name = {line.name: line.per_second for line in r.lines}
     rows = [
-        "| line | records/s | ratio to ceiling | CPU s (this process) | CPU s (broker) |",
+        "| line | records/s (median of rounds; range) | ratio to ceiling | CPU s (this process)"
+        " | CPU s (broker) |",
         "|---|---:|---:|---:|---:|",
     ]
     for line in r.lines:
@@ -442,8 +475,12 @@ def markdown(r: Report) -> str:
             if by_name.get(ceiling):
                 ratio = f"{line.per_second / by_name[ceiling]:.2f} of {ceiling.split(' ')[0]}"
         broker = f"{line.broker_cpu_s:.1f}" if line.broker_cpu_s else ""
+        spread = (
+            f" ({min(line.rates):,.0f} to {max(line.rates):,.0f})" if len(line.rates) > 1 else ""
+        )
         rows.append(
-            f"| {line.name} | {line.per_second:,.0f} | {ratio} | {line.cpu_s:.1f} | {broker} |"
+            f"| {line.name} | {line.per_second:,.0f}{spread} | {ratio} | {line.cpu_s:.1f} | "
+            f"{broker} |"
         )
     if r.naive:
         prod = by_name.get(PROD_ONLY, 0.0)

@@ -19,6 +19,7 @@ def bench(
     naive_requests: Annotated[int, typer.Option(help="Backlog for the naive peer.")] = 5_000,
     swaps: Annotated[int, typer.Option(help="Promote/rollback pairs under load.")] = 20,
     swap_rate: Annotated[float, typer.Option(help="Requests/s during the swaps.")] = 1_000.0,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds of the drain lines.")] = 3,
     out: Annotated[Path, typer.Option(help="Where bench.md and bench.json go.")] = Path(
         "bench-results"
     ),
@@ -38,6 +39,7 @@ def bench(
             naive_requests=naive_requests,
             swaps=swaps,
             swap_rate=swap_rate,
+            rounds=rounds,
         )
     )
     typer.echo(markdown(report))
