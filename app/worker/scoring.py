@@ -20,7 +20,6 @@ import orjson
 from app.core.events import (
     DeadLetterCode,
     DeploymentState,
-    InferenceRequest,
     Mode,
     ModelRef,
     Role,
@@ -28,7 +27,14 @@ from app.core.events import (
     now_ms,
 )
 from app.core.features import feature_matrix
-from app.core.requests import RawRecord, Rejection, dead_letter, entity_key, parse_request
+from app.core.requests import (
+    ParsedRequest,
+    RawRecord,
+    Rejection,
+    dead_letter,
+    entity_key,
+    parse_request,
+)
 from app.core.routing import PRODUCTION_ONLY, Assignment, assign
 
 
@@ -92,7 +98,7 @@ class BatchResult:
 @dataclass(slots=True)
 class _Row:
     record: RawRecord
-    request: InferenceRequest
+    request: ParsedRequest
     entity: str
     assignment: Assignment
 
@@ -124,7 +130,7 @@ def score_batch(
     result = BatchResult()
     now = now_ms()
     known = frozenset(table)
-    parsed_by_deployment: dict[str, list[tuple[RawRecord, InferenceRequest]]] = {}
+    parsed_by_deployment: dict[str, list[tuple[RawRecord, ParsedRequest]]] = {}
     for record in records:
         parsed = parse_request(record, known, max_request_bytes)
         if isinstance(parsed, Rejection):
