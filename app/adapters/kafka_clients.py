@@ -6,6 +6,7 @@ idempotent. Connection settings (bootstrap servers, SASL/SSL) come from ``Settin
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -22,6 +23,21 @@ from app.settings import Settings
 # service's steady state, so retry as soon as the producer's own retry backoff.
 TXN_RETRY_BACKOFF_S = 0.002
 _aiokafka_sender.BACKOFF_OVERRIDE = TXN_RETRY_BACKOFF_S
+
+
+class _ExpectedRetries(logging.Filter):
+    """The same race answers a transaction's first produce to a partition whose previous
+    commit marker is not written yet with NOT_ENOUGH_REPLICAS (KIP-890 verification, as an old
+    client sees it); aiokafka retries it and warns each time. It is the steady state of
+    back-to-back transactions, not news: demoted to debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "NotEnoughReplicas" in str(record.args):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger(_aiokafka_sender.__name__).addFilter(_ExpectedRetries())
 
 
 def connection(settings: Settings) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """How the aiokafka clients are configured (no broker needed)."""
 
+import logging
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
 from aiokafka.producer import sender
 
 from app.adapters import kafka_clients
@@ -20,3 +24,21 @@ async def test_consumers_hold_empty_fetches_only_briefly() -> None:
     assert consumer._fetch_max_wait_ms == 7
     grouped = kafka_clients.group_consumer(settings, "g", fetch_max_wait_ms=3)
     assert grouped._fetch_max_wait_ms == 3  # an explicit argument wins
+
+
+def test_the_expected_not_enough_replicas_retry_is_not_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger(sender.__name__)
+    with caplog.at_level(logging.INFO, logger=sender.__name__):
+        log.warning(
+            "Got error produce response on topic-partition %s, retrying. Error: %s",
+            "t-0",
+            NotEnoughReplicasError,
+        )
+        log.warning(
+            "Got error produce response on topic-partition %s, retrying. Error: %s",
+            "t-0",
+            KafkaTimeoutError,
+        )
+    assert [r.getMessage().rsplit(": ", 1)[-1] for r in caplog.records] == [str(KafkaTimeoutError)]
