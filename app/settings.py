@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Past this many records of lag, a worker sheds shadow scoring (production goes on).
     shadow_shed_lag: int = Field(default=10_000, ge=0)
 
+    # Worker: how soon a dead (kill -9) worker's partitions move to the others (aiokafka's
+    # default is 10 s; heartbeats go every sixth of it).
+    worker_session_timeout_ms: int = Field(default=6000, ge=1000)
     # Controller: how soon a dead controller's partitions move to another one.
     controller_session_timeout_s: float = Field(default=6.0, ge=1.0)
 

@@ -4,6 +4,7 @@ table of what each lost, duplicated and dead-lettered. Exit 1 when a promise was
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -58,7 +59,7 @@ def chaos(
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise typer.BadParameter(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # a log keeps the whole table
     work = work_dir or Path(tempfile.mkdtemp(prefix="rollout-chaos-"))
     env = ChaosEnv(load_settings(), work.resolve(), rate=rate, seed=seed, kills=kills)
     results: list[ChaosResult] = []

@@ -117,6 +117,8 @@ class Worker:
             self.settings.group_id,
             max_poll_records=self.settings.batch_max_records,
             client_id=f"rollout-worker-{self.worker_id}",
+            session_timeout_ms=self.settings.worker_session_timeout_ms,
+            heartbeat_interval_ms=max(self.settings.worker_session_timeout_ms // 6, 100),
         )
         consumer.subscribe([self.topics.requests], listener=_Revocations(self))
         commit: asyncio.Task[bool] | None = None  # the previous batch's transaction
