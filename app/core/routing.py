@@ -29,6 +29,9 @@ class Assignment:
 
 
 PRODUCTION_ONLY = Assignment(Role.PRODUCTION, compare=False)
+PRODUCTION_COMPARED = Assignment(Role.PRODUCTION, compare=True)
+CANDIDATE_PAIRED = Assignment(Role.CANDIDATE, compare=True)
+CANDIDATE_ALONE = Assignment(Role.CANDIDATE, compare=False)
 
 
 def bucket(*parts: str) -> float:
@@ -38,14 +41,23 @@ def bucket(*parts: str) -> float:
 
 
 def assign(state: DeploymentState, entity_key: str, request_id: str) -> Assignment:
+    """Buckets lie in [0, 1): a share of 0 or 1 needs no hash (shadow at rate 1 is the usual
+    case, and this runs for every request)."""
     candidate = state.candidate
     if candidate is None:
         return PRODUCTION_ONLY
     if state.mode is Mode.CANARY:
-        if bucket(state.deployment, entity_key, candidate.version) < state.canary_weight:
-            return Assignment(Role.CANDIDATE, compare=state.policy.pairing)
+        weight = state.canary_weight
+        if weight >= 1.0 or (
+            weight > 0.0 and bucket(state.deployment, entity_key, candidate.version) < weight
+        ):
+            return CANDIDATE_PAIRED if state.policy.pairing else CANDIDATE_ALONE
         return PRODUCTION_ONLY
-    if state.mode in (Mode.SHADOW, Mode.MANUAL):
-        sampled = bucket(state.deployment, request_id, candidate.version) < state.shadow_sample_rate
-        return Assignment(Role.PRODUCTION, compare=sampled)
+    if state.mode is Mode.SHADOW or state.mode is Mode.MANUAL:
+        rate = state.shadow_sample_rate
+        if rate >= 1.0 or (
+            rate > 0.0 and bucket(state.deployment, request_id, candidate.version) < rate
+        ):
+            return PRODUCTION_COMPARED
+        return PRODUCTION_ONLY
     return PRODUCTION_ONLY

@@ -258,7 +258,9 @@ def _score_deployment(
         if row.assignment.compare or i in failed:
             assert candidate is not None
             prod_arm = paired if row.assignment.compare else production
-            _compare(result, topics, route, row, i, served_by, prod_arm, candidate)
+            _compare(
+                result, topics, route, row, i, role_names[served_by], prod_arm, candidate, mode
+            )
 
 
 def _compare(
@@ -267,9 +269,10 @@ def _compare(
     route: DeploymentRoute,
     row: _Row,
     i: int,
-    served_by: Role,
+    served_by: str,
     production: _ArmRun,
     candidate: _ArmRun,
+    mode: str,
 ) -> None:
     """Emit the paired record. ``score_delta`` is candidate minus production on the score of
     the last label (the positive class of a binary model)."""
@@ -287,14 +290,14 @@ def _compare(
     comparison = {  # the Comparison contract, built directly: shadow compares every record
         "request_id": row.request.request_id,
         "deployment": state.deployment,
-        "mode": state.mode.value,
+        "mode": mode,
         "epoch": state.epoch,
         "source": {
             "topic": row.record.topic,
             "partition": row.record.partition,
             "offset": row.record.offset,
         },
-        "served_by": served_by.value,
+        "served_by": served_by,
         "production": _arm_result(route.production, prod_out, production),
         "candidate": _arm_result(route.candidate, cand_out, candidate, cand_error),
         "agree": agree,
