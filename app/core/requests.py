@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -28,9 +28,8 @@ from app.core.events import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One consumed record, as the Kafka adapter hands it over."""
+class RawRecord(NamedTuple):
+    """One consumed record, as the Kafka adapter hands it over (a tuple: one per record)."""
 
     topic: str
     partition: int
@@ -44,10 +43,9 @@ class RawRecord:
         return SourceOffset(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedRequest:
+class ParsedRequest(NamedTuple):
     """An ``InferenceRequest`` that passed the contract, as the data plane carries it (a
-    plain slotted object: building a pydantic model per record cost a quarter of scoring)."""
+    tuple: building a pydantic model per record cost a quarter of scoring)."""
 
     request_id: str
     deployment: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import orjson
@@ -60,8 +60,7 @@ class DeploymentRoute:
 RoutingTable = Mapping[str, DeploymentRoute]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):  # a tuple: built for every output record
     topic: str
     key: bytes | None
     value: bytes
