@@ -201,10 +201,14 @@ async def run_demo(settings: Settings, rate: float) -> int:
         st = states.get("fraud")
         if st is not None:
             console.print(
-                f"\nNow: production v{st.production.version}, candidate "
+                f"\nAt the end: production v{st.production.version}, candidate "
                 f"{'v' + st.candidate.version if st.candidate else '-'} ({st.mode}, "
-                f"{st.phase}), epoch {st.epoch}. Try `rollout status`."
+                f"{st.phase}), epoch {st.epoch}."
             )
+        # Leave the deployment as a fresh broker has it (production v1, nothing in flight):
+        # the test suite, on the same local broker, starts from there.
+        await reset(settings)
+        console.print("Reset to production v1 with no candidate. Try `rollout status`.")
         return 0 if all(r.ok for r in results) else 1
     finally:
         services.stop()
