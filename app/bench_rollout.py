@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,10 @@ class NaiveLine:
 
 
 async def naive_peer(
-    settings: Settings, requests: int, sink: str, fresh_group: Callable[..., Any]
+    settings: Settings,
+    requests: int,
+    sink: str,
+    fresh_group: Callable[[Settings], Awaitable[Settings]],
 ) -> NaiveLine:
     """Drain a backlog of ``requests`` through ``app.naive_peer`` in a process of its own;
     the rate is between its first and last output (its start-up is not counted)."""
@@ -86,7 +89,11 @@ async def naive_peer(
     tail = reader(settings)
     await tail.start()
     await assign_at_end(tail, sink)
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "ROLLOUT_MODEL_STORE": str(settings.model_store),
+    }
     peer = subprocess.Popen(
         [sys.executable, "-m", "app.naive_peer", group.group_id, sink],
         env=env,
