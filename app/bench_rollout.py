@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -31,7 +30,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.adapters import kafka_local
 from app.adapters.control_client import send_command
-from app.adapters.kafka_clients import assign_at_end, partitions_of, plain_producer, reader
+from app.adapters.kafka_clients import (
+    assign_at_end,
+    partitions_of,
+    plain_producer,
+    reader,
+    stop_following,
+)
 from app.adapters.process_stats import cpu_seconds
 from app.controller.analyst import ANALYSIS_TOPIC, COMPARISONS_TOPIC
 from app.controller.app import partition_for
@@ -189,12 +194,7 @@ class _Predictions:
         raise TimeoutError(f"no prediction by version {version} at epoch {epoch}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await stop_following(self._task, self._consumer)
 
 
 async def _command(settings: Settings, action: Action, **fields: Any) -> DecisionEvent:

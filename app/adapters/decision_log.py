@@ -8,14 +8,13 @@ holding the last ``depth`` ``DecisionEvent``s per deployment, oldest first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from app.adapters.kafka_clients import partitions_of, reader
+from app.adapters.kafka_clients import partitions_of, reader, stop_following
 from app.core.events import DecisionEvent, decode
 from app.settings import Settings
 
@@ -53,12 +52,7 @@ class DecisionLog:
         self._task = asyncio.create_task(self._follow(), name="decision-log")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await stop_following(self._task, self._consumer)
 
     def add(self, event: DecisionEvent) -> None:
         events = self._by_deployment.setdefault(event.deployment, deque(maxlen=self._depth))

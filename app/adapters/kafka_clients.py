@@ -6,6 +6,8 @@ idempotent. Connection settings (bootstrap servers, SASL/SSL) come from ``Settin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -126,3 +128,15 @@ async def assign_at_end(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
     for tp in partitions:
         await consumer.position(tp)  # seek_to_end is lazy: resolve it now
     return partitions
+
+
+async def stop_following(
+    task: asyncio.Task[None] | None, consumer: AIOKafkaConsumer | None
+) -> None:
+    """Stop a reader's background task, then its consumer (either may be None: not started)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if consumer is not None:
+        await consumer.stop()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from app.adapters.kafka_clients import partitions_of, reader
+from app.adapters.kafka_clients import partitions_of, reader, stop_following
 from app.core.events import DeploymentState, decode
 from app.settings import Settings
 
@@ -52,12 +52,7 @@ class StateView:
         self._task = asyncio.create_task(self._follow(), name="state-view")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await stop_following(self._task, self._consumer)
 
     async def __aenter__(self) -> StateView:
         await self.start()

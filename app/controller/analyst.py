@@ -13,7 +13,6 @@ is counted twice, and no decision is taken twice or lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from app.adapters.kafka_clients import reader
+from app.adapters.kafka_clients import reader, stop_following
 from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
 from app.core.analysis import RolloutAnalysis
@@ -146,12 +145,7 @@ class PartitionAnalyst:
             )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await stop_following(self._task, self._consumer)
 
     async def _restore(self) -> PartitionSnapshot:
         consumer = reader(self._settings, client_id=f"rollout-analyst-restore-p{self.partition}")
