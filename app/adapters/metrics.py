@@ -127,14 +127,21 @@ class BulkHistogram(Collector):
 
 # -- the worker's data plane ------------------------------------------------------------------
 
-REQUESTS = Counter("rollout_requests_total", "Records consumed from inference.requests.")
+REQUESTS = Counter(
+    "rollout_requests_total",
+    "Records consumed from inference.requests, by the deployment they name (empty: none this"
+    " worker serves, or unreadable).",
+    ["deployment"],
+)
 PREDICTIONS = Counter(
     "rollout_predictions_total",
     "Committed predictions, by deployment, model version and role.",
     ["deployment", "version", "role"],
 )
 DEAD_LETTERS = Counter(
-    "rollout_dead_letters_total", "Records dead-lettered, by reason code.", ["code"]
+    "rollout_dead_letters_total",
+    "Records dead-lettered, by deployment (empty before one is known) and reason code.",
+    ["deployment", "code"],
 )
 COMPARISONS = Counter("rollout_comparisons_total", "Paired comparisons published.")
 CANDIDATE_ERRORS = Counter(
@@ -193,20 +200,26 @@ class _BatchCounts(Protocol):
     candidate_errors: int
     shadow_sampled: dict[str, int]
     shadow_shed: dict[str, int]
+    requests: dict[str, int]
     served: dict[tuple[str, str, str], int]
-    rejected: dict[str, int]
+    rejected: dict[tuple[str, str], int]
     model_calls: list[tuple[str, str, str, int, float]]
 
 
 def observe_batch(result: _BatchCounts, timestamps_ms: Sequence[int], committed_ms: int) -> None:
     """One committed batch: its records' Kafka timestamps, and when its outputs committed."""
-    REQUESTS.inc(len(timestamps_ms))
+    named = 0
+    for deployment, n in result.requests.items():
+        REQUESTS.labels(deployment).inc(n)
+        named += n
+    if len(timestamps_ms) > named:
+        REQUESTS.labels("").inc(len(timestamps_ms) - named)
     BATCHES.inc()
     BATCH_SIZE.observe(len(timestamps_ms))
     for (deployment, version, role), n in result.served.items():
         PREDICTIONS.labels(deployment, version, role).inc(n)
-    for code, n in result.rejected.items():
-        DEAD_LETTERS.labels(code).inc(n)
+    for (deployment, code), n in result.rejected.items():
+        DEAD_LETTERS.labels(deployment, code).inc(n)
     if result.comparisons:
         COMPARISONS.inc(result.comparisons)
     if result.candidate_errors:

@@ -87,10 +87,12 @@ class BatchResult:
     # Per deployment: requests shadow mode sampled for comparison, and how many were shed.
     shadow_sampled: dict[str, int] = field(default_factory=dict)
     shadow_shed: dict[str, int] = field(default_factory=dict)
-    # For metrics: predictions by (deployment, version, role), dead letters by code, and each
-    # model call as (deployment, version, role, rows, per-row ms).
+    # For metrics: requests by deployment (those naming a known one), predictions by
+    # (deployment, version, role), dead letters by (deployment or "", code), and each model
+    # call as (deployment, version, role, rows, per-row ms).
+    requests: dict[str, int] = field(default_factory=dict)
     served: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    rejected: dict[str, int] = field(default_factory=dict)
+    rejected: dict[tuple[str, str], int] = field(default_factory=dict)
     model_calls: list[tuple[str, str, str, int, float]] = field(default_factory=list)
 
 
@@ -137,12 +139,14 @@ def score_batch(
             continue
         parsed_by_deployment.setdefault(parsed.deployment, []).append((record, parsed))
     for name, parsed_rows in parsed_by_deployment.items():
+        result.requests[name] = len(parsed_rows)
         route = table[name]
         checked = feature_matrix(
             [req.features for _, req in parsed_rows], route.production.feature_names
         )
         for i, error in checked.errors:
-            _reject(result, topics, parsed_rows[i][0], Rejection(error.code, error.message), now)
+            rejection = Rejection(error.code, error.message)
+            _reject(result, topics, parsed_rows[i][0], rejection, now, name)
         rows: list[_Row] = []
         for i in checked.valid:
             record, request = parsed_rows[i]
@@ -231,7 +235,7 @@ def _score_deployment(
         if output is None:  # production itself failed on this row
             error = production.error or paired.error or "no output"
             rejection = Rejection(DeadLetterCode.MODEL_ERROR, error)
-            _reject(result, topics, row.record, rejection, now_ms())
+            _reject(result, topics, row.record, rejection, now_ms(), state.deployment)
             continue
         latency = (
             paired.latency_ms if arm is production and row.assignment.compare else arm.latency_ms
@@ -357,9 +361,15 @@ def _run_one_by_one(
 
 
 def _reject(
-    result: BatchResult, topics: Topics, record: RawRecord, rejection: Rejection, now: int
+    result: BatchResult,
+    topics: Topics,
+    record: RawRecord,
+    rejection: Rejection,
+    now: int,
+    deployment: str = "",  # "" until the record named a deployment this worker serves
 ) -> None:
     letter = dead_letter(record, rejection, now)
     result.outgoing.append(Outgoing(topics.dlq, record.key, encode(letter)))
     result.dead_letters += 1
-    result.rejected[rejection.code.value] = result.rejected.get(rejection.code.value, 0) + 1
+    key = (deployment, rejection.code.value)
+    result.rejected[key] = result.rejected.get(key, 0) + 1

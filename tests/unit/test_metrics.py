@@ -89,8 +89,9 @@ def test_a_scored_canary_batch_is_counted_by_deployment_version_role_and_code() 
         "v2": sample(
             "rollout_predictions_total", deployment="fraud", version="2", role="candidate"
         ),
-        "dlq": sample("rollout_dead_letters_total", code="invalid_json"),
-        "req": sample("rollout_requests_total"),
+        "dlq": sample("rollout_dead_letters_total", deployment="", code="invalid_json"),
+        "req": sample("rollout_requests_total", deployment="fraud"),
+        "unnamed": sample("rollout_requests_total", deployment=""),
         "lat": sample(
             "rollout_inference_latency_seconds_count",
             deployment="fraud",
@@ -113,8 +114,12 @@ def test_a_scored_canary_batch_is_counted_by_deployment_version_role_and_code() 
         - before["v1"]
         == 400 - served_v2
     )
-    assert sample("rollout_dead_letters_total", code="invalid_json") - before["dlq"] == 1
-    assert sample("rollout_requests_total") - before["req"] == len(batch)
+    assert (
+        sample("rollout_dead_letters_total", deployment="", code="invalid_json") - before["dlq"]
+        == 1
+    )
+    assert sample("rollout_requests_total", deployment="fraud") - before["req"] == len(batch) - 1
+    assert sample("rollout_requests_total", deployment="") - before["unnamed"] == 1
     assert (
         sample(
             "rollout_inference_latency_seconds_count",

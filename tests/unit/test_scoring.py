@@ -179,3 +179,6 @@ def test_bad_records_in_a_batch_become_dead_letters_and_the_rest_are_served(
     letters = outputs(result.outgoing, "inference.dlq", DeadLetter)
     assert [d.error.code for d in letters] == ["invalid_json", "wrong_feature_count"]
     assert result.predictions == 20
+    # For the metrics: the unreadable record names no deployment, the other one does.
+    assert result.rejected == {("", "invalid_json"): 1, ("fraud", "wrong_feature_count"): 1}
+    assert result.requests == {"fraud": 21}
