@@ -8,17 +8,13 @@ holding the last ``depth`` ``DecisionEvent``s per deployment, oldest first.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 
 from aiokafka import AIOKafkaConsumer
-from pydantic import ValidationError
 
-from app.adapters.kafka_clients import partitions_of, reader, stop_following
-from app.core.events import DecisionEvent, decode
+from app.adapters.kafka_clients import follow_events, partitions_of, reader, stop_following
+from app.core.events import DecisionEvent
 from app.settings import Settings
-
-log = logging.getLogger(__name__)
 
 EVENTS_TOPIC = "deployments.events"
 
@@ -60,19 +56,4 @@ class DecisionLog:
 
     async def _follow(self) -> None:
         assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        self.add(decode(DecisionEvent, record.value))
-                    except (ValidationError, ValueError) as exc:
-                        log.warning(
-                            "unreadable decision at %s-%d@%d: %s",
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            exc,
-                        )
+        await follow_events(self._consumer, DecisionEvent, self.add)

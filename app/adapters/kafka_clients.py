@@ -9,13 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.producer import sender as _aiokafka_sender
+from pydantic import BaseModel, ValidationError
 
 from app.adapters.kafka_security import client_options
+from app.core.events import decode
 from app.settings import Settings
+
+E = TypeVar("E", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 # A transaction that begins right after the previous one committed finds its commit markers
 # still being written, and the broker answers its first AddPartitionsToTxn with
@@ -140,3 +146,35 @@ async def stop_following(
             await task
     if consumer is not None:
         await consumer.stop()
+
+
+async def follow_events(
+    consumer: AIOKafkaConsumer,
+    kind: type[E],
+    handle: Callable[[E], object],
+    after_batch: Callable[[], Awaitable[None]] | None = None,
+    unreadable_level: int = logging.WARNING,
+) -> None:
+    """Forever: decode every record ``consumer`` fetches as ``kind`` and ``handle`` it (then
+    ``after_batch``); tombstones are skipped, an unreadable record is logged with where it is
+    and skipped."""
+    while True:
+        batch = await consumer.getmany(timeout_ms=500)
+        for records in batch.values():
+            for record in records:
+                if record.value is None:
+                    continue
+                try:
+                    handle(decode(kind, record.value))
+                except (ValidationError, ValueError) as exc:
+                    log.log(
+                        unreadable_level,
+                        "unreadable %s at %s-%d@%d: %s",
+                        kind.__name__,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        exc,
+                    )
+        if after_batch is not None:
+            await after_batch()

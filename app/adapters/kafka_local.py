@@ -409,6 +409,18 @@ def _port_open(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 (a broker and its KRaft controller) are both free on
+    127.0.0.1: for brokers of their own that tests and `rollout chaos` start."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port < 65535 and not _port_open(port + 1):
+            return port
+    raise RuntimeError("no free port pair")
+
+
 def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
     """Run ``coro`` to completion on a fresh loop in a helper thread, so that it works inside a
     running event loop and leaves the calling thread's current loop untouched."""

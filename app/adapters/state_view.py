@@ -16,13 +16,10 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import ValidationError
 
-from app.adapters.kafka_clients import partitions_of, reader, stop_following
-from app.core.events import DeploymentState, decode
+from app.adapters.kafka_clients import follow_events, partitions_of, reader, stop_following
+from app.core.events import DeploymentState
 from app.settings import Settings
-
-log = logging.getLogger(__name__)
 
 STATE_TOPIC = "deployments.state"
 
@@ -98,21 +95,14 @@ class StateView:
 
     async def _follow(self) -> None:
         assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        self.offer(decode(DeploymentState, record.value))
-                    except ValidationError as exc:
-                        log.error(
-                            "unreadable state at %s-%d@%d: %s",
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            exc,
-                        )
-            async with self._progress:
-                self._progress.notify_all()
+        await follow_events(
+            self._consumer,
+            DeploymentState,
+            self.offer,
+            after_batch=self._notify_progress,
+            unreadable_level=logging.ERROR,
+        )
+
+    async def _notify_progress(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()

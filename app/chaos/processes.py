@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -91,17 +90,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def free_port_pair() -> int:
-    """A port p such that p and p + 1 are both free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port < 65535 and not kafka_local._port_open(port + 1):
-            return port
-    raise RuntimeError("no free port pair")
-
-
 def dedicated_broker(home: Path, settings: Settings) -> BrokerConfig:
     """A broker config of its own in ``home`` on free ports, reusing the already fetched jars
     of ``settings.home`` when there are any (a symlink), so nothing is downloaded again."""
@@ -110,7 +98,7 @@ def dedicated_broker(home: Path, settings: Settings) -> BrokerConfig:
     if (shared / ".fetched").is_file() and not libs.exists():
         libs.parent.mkdir(parents=True, exist_ok=True)
         libs.symlink_to(shared)
-    port = free_port_pair()
+    port = kafka_local.free_port_pair()
     return BrokerConfig(home=home, port=port, controller_port=port + 1)
 
 

@@ -4,7 +4,6 @@ Tests that stop a broker use their own home (tmp_path) and free ports, never the
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -15,17 +14,6 @@ from app.adapters import kafka_local
 from app.adapters.kafka_local import BrokerConfig
 
 pytestmark = pytest.mark.kafka
-
-
-def _free_port_pair() -> int:
-    """A port p such that p and p + 1 are both free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port < 65535 and not kafka_local._port_open(port + 1):
-            return port
-    raise RuntimeError("no free port pair")
 
 
 def _session_config(config: BrokerConfig | None) -> BrokerConfig:
@@ -81,7 +69,7 @@ def test_start_does_not_start_a_second_broker_on_a_busy_port(
 
 
 def test_own_broker_lifecycle(tmp_path: Path) -> None:
-    port = _free_port_pair()
+    port = kafka_local.free_port_pair()
     config = BrokerConfig(home=tmp_path, port=port, controller_port=port + 1)
     assert not kafka_local.status(config).running
     started = kafka_local.start(config)

@@ -20,7 +20,6 @@ from app.settings import Settings
 from app.traffic import make_requests, send
 from tests.integration.control import ControllerProcess, cli
 from tests.integration.outputs import predictions
-from tests.integration.test_kafka_local import _free_port_pair
 from tests.integration.workers import running_workers
 
 pytestmark = pytest.mark.kafka
@@ -36,7 +35,7 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerCo
     if (shared_libs / ".fetched").is_file():  # reuse the jars rather than fetch them again
         (home / "kafka").mkdir()
         (home / "kafka" / "libs").symlink_to(shared_libs)
-    port = _free_port_pair()
+    port = kafka_local.free_port_pair()
     password = SecretStr(f"pw-{secrets.token_hex(12)}")
     config = BrokerConfig(
         home=home, port=port, controller_port=port + 1, scram=ScramUser(USER, password)
