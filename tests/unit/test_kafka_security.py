@@ -7,8 +7,8 @@ import pytest
 from pydantic import SecretStr
 
 from app.adapters import kafka_security
+from app.adapters.kafka_broker_files import BrokerConfig, server_properties_text
 from app.adapters.kafka_clients import connection
-from app.adapters.kafka_local import BrokerConfig, _server_properties
 from app.settings import Settings
 
 PASSWORD = "s3cret-Pa55"
@@ -85,7 +85,7 @@ def test_local_broker_config_follows_the_settings() -> None:
     assert BrokerConfig.from_settings(plain).scram is None
     config = BrokerConfig.from_settings(_sasl())
     assert config.scram is not None and config.port == 9192
-    props = _server_properties(config)
+    props = server_properties_text(config)
     assert "listeners=SASL_PLAINTEXT://127.0.0.1:9192,CONTROLLER://127.0.0.1:9193" in props
     assert "sasl.enabled.mechanisms=SCRAM-SHA-256" in props
     assert "PLAINTEXT://127.0.0.1:9192" not in props.replace("SASL_PLAINTEXT", "")
