@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from app.bench import markdown, run_bench
+from app.bench import run_bench
+from app.bench_report import markdown
 from app.cli import app
 from app.settings import load_settings
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from app.bench import C_PARSE, FAN_OUT, PROD_ONLY, SHADOW, Latency, Line, Report, goals, markdown
-from app.bench_rollout import NaiveLine, PaceReport, SwapReport
+from app.bench_report import (
+    C_PARSE,
+    FAN_OUT,
+    PROD_ONLY,
+    SHADOW,
+    Latency,
+    Line,
+    NaiveLine,
+    PaceReport,
+    Report,
+    SwapReport,
+    goals,
+    markdown,
+)
 
 
 def report(prod: float, shadow: float, p99: float, worst_swap: float, lost: int) -> Report:

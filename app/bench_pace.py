@@ -1,0 +1,151 @@
+"""``rollout bench``'s controller pace: a shadow rollout (sample rate 1) fed a backlog, so
+that the worker writes comparisons at its full shadow rate; the controller's lag behind them,
+from its own analysis snapshots (``deployments.analysis``, each carrying the comparison offset
+it covers), against the comparisons topic.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.adapters.kafka_clients import (
+    partitions_of,
+    plain_producer,
+    reader,
+)
+from app.bench_report import PaceReport
+from app.bench_rollout import HANDS_OFF, ProcessCpu, Progress, command
+from app.controller.analyst import ANALYSIS_TOPIC, COMPARISONS_TOPIC
+from app.controller.app import partition_for
+from app.core.events import (
+    Action,
+    Mode,
+)
+from app.demo import Services
+from app.scenarios import reset
+from app.settings import Settings
+from app.traffic import make_requests, send
+
+
+async def controller_pace(
+    settings: Settings, services: Services, requests: int, progress: Progress
+) -> PaceReport:
+    """A shadow rollout of v2 at sample rate 1 over a backlog of ``requests``."""
+    await command(
+        settings, Action.DEPLOY, version="2", mode=Mode.SHADOW, sample_rate=1.0, policy=HANDS_OFF
+    )
+    consumer = reader(settings)
+    await consumer.start()
+    try:
+        comparisons = await partitions_of(consumer, COMPARISONS_TOPIC)
+        tp = TopicPartition(COMPARISONS_TOPIC, partition_for("fraud", len(comparisons)))
+        analysis = await partitions_of(consumer, ANALYSIS_TOPIC)
+        consumer.assign([tp, *analysis])
+        start_offset = (await consumer.end_offsets([tp]))[tp]
+        await consumer.seek_to_end(*analysis)
+        for a in analysis:
+            await consumer.position(a)
+        cpu = ProcessCpu(settings, services)
+        producer = plain_producer(settings)
+        await producer.start()
+        try:
+            await send(
+                producer, make_requests(requests, seed=11, run_id=f"pace-{uuid.uuid4().hex[:6]}")
+            )
+        finally:
+            await producer.stop()
+        progress(f"  backlog of {requests:,} requests written; following the controller …")
+        key = f"p{tp.partition}".encode()
+        snapshots: list[tuple[int, int]] = []  # (written at ms, comparisons offset covered)
+        consumer.pause(tp)
+        quiet_since, end, last = time.monotonic(), start_offset, None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(*analysis, timeout_ms=250)
+            for records in batch.values():
+                for r in records:
+                    if r.key == key and r.value:
+                        covered = orjson.loads(r.value)["comparisons_offset"]
+                        snapshots.append((r.timestamp, covered))
+            now_end = (await consumer.end_offsets([tp]))[tp]
+            if now_end != end:
+                end, quiet_since, last = now_end, time.monotonic(), None
+            quiet = time.monotonic() - quiet_since
+            if end > start_offset and quiet > 3.0:
+                if last is None:
+                    consumer.resume(tp)
+                    last = await _last_record(consumer, tp, start_offset, end)
+                    consumer.pause(tp)
+                if snapshots and snapshots[-1][1] > last[0]:
+                    break  # the controller covered the last comparison
+                if quiet > 15.0:
+                    break  # it did not: reported as not caught up
+        cpu_s = cpu.read()
+        consumer.resume(tp)
+        if last is None:
+            last = await _last_record(consumer, tp, start_offset, end)
+        return await _pace_report(consumer, tp, start_offset, last, snapshots, cpu_s)
+    finally:
+        await consumer.stop()
+        await reset(settings)
+
+
+async def _last_record(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
+) -> tuple[int, int]:
+    """Offset and timestamp of the last committed record in [start, end) (the offsets after
+    it may be transaction markers)."""
+    consumer.seek(tp, max(start, end - 50))
+    found = (start, 0)
+    while True:
+        batch = await consumer.getmany(tp, timeout_ms=1000)
+        if not batch.get(tp):
+            return found
+        r = batch[tp][-1]
+        found = (r.offset, r.timestamp)
+        if r.offset >= end - 1:
+            return found
+
+
+async def _pace_report(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    start: int,
+    last: tuple[int, int],
+    snapshots: list[tuple[int, int]],
+    cpu_s: dict[str, float],
+) -> PaceReport:
+    """Lag at each snapshot: comparisons written by then that it did not cover, and how old
+    the oldest of them was."""
+
+    async def timestamp_at(offset: int) -> int:
+        consumer.seek(tp, offset)
+        batch = await consumer.getmany(tp, timeout_ms=2000, max_records=1)
+        return batch[tp][0].timestamp if batch.get(tp) else 0
+
+    last_offset, last_ts = last
+    first_ts = await timestamp_at(start)
+    max_records, max_s = 0, 0.0
+    caught_up: float | None = None
+    for written_at, covered in snapshots:
+        found = await consumer.offsets_for_times({tp: written_at})
+        written_by = found[tp].offset if found.get(tp) is not None else last_offset + 1
+        behind = max(0, written_by - max(covered, start))
+        max_records = max(max_records, behind)
+        if behind:
+            max_s = max(max_s, (written_at - await timestamp_at(max(covered, start))) / 1000)
+        if caught_up is None and covered > last_offset:
+            caught_up = (written_at - last_ts) / 1000
+    return PaceReport(
+        comparisons=last_offset + 1 - start,
+        seconds=max((last_ts - first_ts) / 1000, 1e-3),
+        snapshots=len(snapshots),
+        max_lag_records=max_records,
+        max_lag_s=max_s,
+        caught_up_s=caught_up,
+        cpu_s=cpu_s,
+    )

@@ -1,0 +1,267 @@
+"""``rollout bench``'s results: every line's figures, the goals they are held to, and the
+Markdown tables (pure: no I/O).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+C_PARSE = "C_parse (decode + encode)"
+
+
+FAN_OUT = "fan-out-2 (C_parse, 2 outputs)"
+
+
+PROD_ONLY = "worker: production only"
+
+
+CANARY = "worker: canary 10% (paired)"
+
+
+SHADOW = "worker: shadow 100%"
+
+
+@dataclass(frozen=True)
+class Line:
+    name: str
+    records: int
+    seconds: float
+    cpu_s: float  # this process (the worker's loop, the load's producer)
+    broker_cpu_s: float = 0.0
+    rates: tuple[float, ...] = ()  # every round's records/s (this line is their median)
+
+    @property
+    def per_second(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+def median_line(runs: list[Line]) -> Line:
+    ordered = sorted(runs, key=lambda x: x.per_second)
+    middle = ordered[len(ordered) // 2]
+    return replace(middle, rates=tuple(x.per_second for x in runs))
+
+
+@dataclass(frozen=True)
+class Latency:
+    name: str
+    rate: float
+    requests: int
+    answered: int
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class NaiveLine:
+    records: int
+    seconds: float
+    cpu_s: float
+
+    @property
+    def per_second(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class SwapReport:
+    swaps: int
+    rate: float
+    sent: int
+    answered: int
+    lost: int
+    duplicated: int
+    promote_ms: list[float]
+    rollback_ms: list[float]
+    cpu_s: dict[str, float]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PaceReport:
+    comparisons: int
+    seconds: float
+    snapshots: int
+    max_lag_records: int
+    max_lag_s: float
+    caught_up_s: float | None  # from the last comparison written to a snapshot covering it
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def per_second(self) -> float:
+        return self.comparisons / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    lines: list[Line]
+    latencies: list[Latency]
+    wait_ms: int
+    naive: NaiveLine | None = None
+    swaps: SwapReport | None = None
+    pace: PaceReport | None = None
+
+    def rate(self, name: str) -> float:
+        return next((x.per_second for x in self.lines if x.name == name), 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "throughput": [asdict(x) | {"per_second": x.per_second} for x in self.lines],
+            "latency": [asdict(x) for x in self.latencies],
+            "batch_max_wait_ms": self.wait_ms,
+            "naive_peer": asdict(self.naive) | {"per_second": self.naive.per_second}
+            if self.naive
+            else None,
+            "swaps": asdict(self.swaps) if self.swaps else None,
+            "controller_pace": asdict(self.pace) | {"per_second": self.pace.per_second}
+            if self.pace
+            else None,
+            "goals": [asdict(g) for g in goals(self)],
+        }
+
+
+@dataclass(frozen=True)
+class Goal:
+    goal: str
+    measured: str
+    met: bool
+
+
+def goals(r: Report) -> list[Goal]:
+    """The issue's goals, each against what this run measured."""
+    out: list[Goal] = []
+    parse, fan_out, prod = r.rate(C_PARSE), r.rate(FAN_OUT), r.rate(PROD_ONLY)
+    if parse:
+        out.append(
+            Goal("production-only >= 0.8 x C_parse", f"{prod / parse:.2f}", prod >= 0.8 * parse)
+        )
+    if fan_out:
+        shadow = r.rate(SHADOW)
+        out.append(
+            Goal(
+                "shadow 100% >= 0.8 x fan-out-2", f"{shadow / fan_out:.2f}", shadow >= 0.8 * fan_out
+            )
+        )
+    if r.naive and r.naive.per_second:
+        ratio = prod / r.naive.per_second
+        out.append(Goal("production-only >= 10 x the naive peer", f"{ratio:.1f}x", ratio >= 10))
+    ceiling = r.wait_ms + 10
+    for x in r.latencies:
+        out.append(
+            Goal(
+                f"{x.name}: p99 <= {ceiling} ms at half load",
+                f"{x.p99_ms:.0f} ms",
+                x.p99_ms <= ceiling,
+            )
+        )
+    if r.swaps:
+        worst = max(r.swaps.promote_ms + r.swaps.rollback_ms, default=float("nan"))
+        out.append(Goal("swap <= 1 s", f"max {worst:.0f} ms", worst <= 1000))
+        out.append(
+            Goal(
+                "swaps lose and duplicate nothing",
+                f"{r.swaps.lost} lost, {r.swaps.duplicated} duplicated",
+                r.swaps.lost == 0 and r.swaps.duplicated == 0,
+            )
+        )
+    if r.pace:
+        caught = r.pace.caught_up_s
+        out.append(
+            Goal(
+                "controller keeps pace with full-rate shadow comparisons",
+                f"max lag {r.pace.max_lag_s:.1f} s; caught up "
+                + (f"{caught:.1f} s after the last" if caught is not None else "never"),
+                caught is not None and r.pace.max_lag_s <= 5.0,
+            )
+        )
+    return out
+
+
+def markdown(r: Report) -> str:
+    """The tables; worker lines carry their ratio to their ceiling (shadow: fan-out-2)."""
+    by_name = {line.name: line.per_second for line in r.lines}
+    rows = [
+        "| line | records/s (median of rounds; range) | ratio to ceiling | CPU s (this process)"
+        " | CPU s (broker) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for line in r.lines:
+        ratio = ""
+        if line.name.startswith("worker"):
+            ceiling = FAN_OUT if "shadow" in line.name else C_PARSE
+            if by_name.get(ceiling):
+                ratio = f"{line.per_second / by_name[ceiling]:.2f} of {ceiling.split(' ')[0]}"
+        broker = f"{line.broker_cpu_s:.1f}" if line.broker_cpu_s else ""
+        spread = (
+            f" ({min(line.rates):,.0f} to {max(line.rates):,.0f})" if len(line.rates) > 1 else ""
+        )
+        rows.append(
+            f"| {line.name} | {line.per_second:,.0f}{spread} | {ratio} | {line.cpu_s:.1f} | "
+            f"{broker} |"
+        )
+    if r.naive:
+        prod = by_name.get(PROD_ONLY, 0.0)
+        ratio = f"worker is {prod / r.naive.per_second:.1f}x" if r.naive.per_second else ""
+        rows.append(
+            f"| naive peer (faust agent, per record) | {r.naive.per_second:,.0f} | {ratio} | "
+            f"{r.naive.cpu_s:.1f} (its process) | |"
+        )
+    if r.latencies:
+        rows += [
+            "",
+            f"End-to-end latency (produce → committed prediction, read_committed) under "
+            f"open-loop load at half the sustained rate; batch wait {r.wait_ms} ms:",
+            "",
+            "| line | rate/s | answered | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        rows += [
+            f"| {x.name} | {x.rate:,.0f} | {x.answered:,}/{x.requests:,} | "
+            f"{x.p50_ms:.1f} | {x.p99_ms:.1f} |"
+            for x in r.latencies
+        ]
+    if r.swaps:
+        w = r.swaps
+
+        def ms(values: list[float]) -> str:
+            if not values:
+                return "-"
+            return f"median {values[len(values) // 2]:.0f}, max {values[-1]:.0f}"
+
+        rows += [
+            "",
+            f"Model swaps: {w.swaps} promotes and {w.swaps} rollbacks under {w.rate:,.0f} "
+            f"requests/s (controller + 1 worker), {w.seconds:.0f} s:",
+            "",
+            "| command → first prediction by the new version | ms |",
+            "|---|---|",
+            f"| promote | {ms(w.promote_ms)} |",
+            f"| rollback | {ms(w.rollback_ms)} |",
+            "",
+            f"Requests sent {w.sent:,}; answered {w.answered:,}; lost {w.lost}; "
+            f"duplicated {w.duplicated}.",
+        ]
+    if r.pace:
+        p = r.pace
+        caught = f"{p.caught_up_s:.1f} s" if p.caught_up_s is not None else "not within 15 s"
+        rows += [
+            "",
+            f"Controller pace: shadow 100% over a backlog, {p.comparisons:,} comparison offsets "
+            f"in {p.seconds:.1f} s ({p.per_second:,.0f}/s) on the deployment's partition; "
+            f"{p.snapshots} analysis snapshots; max lag {p.max_lag_records:,} records / "
+            f"{p.max_lag_s:.1f} s; covered the last comparison {caught} after it was written "
+            f"(snapshots every 2 s).",
+        ]
+    cpu = [("swaps", r.swaps.cpu_s if r.swaps else {}), ("pace", r.pace.cpu_s if r.pace else {})]
+    if any(c for _, c in cpu):
+        rows += ["", "| CPU seconds | broker | worker | controller |", "|---|---:|---:|---:|"]
+        for phase, c in cpu:
+            cells = " | ".join(
+                f"{c[k]:.1f}" if k in c else "-" for k in ("broker", "worker", "controller")
+            )
+            rows.append(f"| {phase} | {cells} |")
+    found = goals(r)
+    if found:
+        rows += ["", "| goal | measured | met |", "|---|---|---|"]
+        rows += [f"| {g.goal} | {g.measured} | {'yes' if g.met else 'no'} |" for g in found]
+    return "\n".join(rows) + "\n"
