@@ -93,12 +93,13 @@ class ProcessCpu:
 
 class _Predictions:
     """Committed predictions of one run, read as they come: request id → [(epoch, version,
-    when this reader saw it, ms)]."""
+    when this reader saw it, ms)], and when each (epoch, version) was first seen."""
 
     def __init__(self, settings: Settings, run: str) -> None:
         self._settings = settings
         self._needle = run.encode()
         self.seen: dict[str, list[tuple[int, str, float]]] = {}
+        self._first: dict[tuple[int, str], float] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -117,21 +118,16 @@ class _Predictions:
                 for r in records:
                     if self._needle in r.value:
                         p = orjson.loads(r.value)
-                        self.seen.setdefault(p["request_id"], []).append(
-                            (p["epoch"], p["model"]["version"], now)
-                        )
+                        served = (p["epoch"], p["model"]["version"])
+                        self.seen.setdefault(p["request_id"], []).append((*served, now))
+                        self._first.setdefault(served, now)
 
     async def first_by(self, epoch: int, version: str, timeout_s: float = 30.0) -> float:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            times = [
-                t
-                for answers in self.seen.values()
-                for e, v, t in answers
-                if (e, v) == (epoch, version)
-            ]
-            if times:
-                return min(times)
+            first = self._first.get((epoch, version))
+            if first is not None:
+                return first
             await asyncio.sleep(0.02)
         raise TimeoutError(f"no prediction by version {version} at epoch {epoch}")
 

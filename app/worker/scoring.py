@@ -163,6 +163,9 @@ def score_batch(
     return result
 
 
+_ROLE_NAMES = {role: role.value for role in Role}  # an enum's .value is a slow property
+
+
 def _score_deployment(
     result: BatchResult,
     topics: Topics,
@@ -219,7 +222,6 @@ def _score_deployment(
         for scorer in (route.production, route.candidate)
         if scorer is not None
     }
-    role_names = {role: role.value for role in Role}  # an enum's .value is a slow property
     served_at = now_ms()  # one clock read for the batch's predictions
     for i, row in enumerate(rows):
         served_by = row.assignment.served_by
@@ -245,7 +247,7 @@ def _score_deployment(
             "deployment": state.deployment,
             "entity_key": row.entity,
             "model": identity[id(scorer)],
-            "role": role_names[served_by],
+            "role": _ROLE_NAMES[served_by],
             "mode": mode,
             "epoch": state.epoch,
             "output": output,
@@ -256,13 +258,13 @@ def _score_deployment(
             Outgoing(topics.predictions, row.record.key, orjson.dumps(prediction))
         )
         result.predictions += 1
-        served_key = (state.deployment, scorer.ref.version, role_names[served_by])
+        served_key = (state.deployment, scorer.ref.version, _ROLE_NAMES[served_by])
         result.served[served_key] = result.served.get(served_key, 0) + 1
         if row.assignment.compare or i in failed:
             assert candidate is not None
             prod_arm = paired if row.assignment.compare else production
             _compare(
-                result, topics, route, row, i, role_names[served_by], prod_arm, candidate, mode
+                result, topics, route, row, i, _ROLE_NAMES[served_by], prod_arm, candidate, mode
             )
 
 
