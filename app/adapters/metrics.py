@@ -190,6 +190,16 @@ DECISIONS = Counter(
     ["deployment", "action", "accepted", "decided_by"],
 )
 
+ANALYST_SKIPPED = Counter(
+    "rollout_analyst_skipped_records_total",
+    "Evidence records the controller's analyst could not use and skipped (logged each).",
+    ["topic", "reason"],
+)
+
+
+def observe_skipped(topic: str, reason: str) -> None:
+    ANALYST_SKIPPED.labels(topic, reason).inc()
+
 
 class _BatchCounts(Protocol):
     """What ``observe_batch`` reads of ``app.worker.scoring.BatchResult``."""

@@ -22,13 +22,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
+from app.adapters import metrics
 from app.adapters.kafka_clients import reader, stop_following
 from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
-from app.core.analysis import RolloutAnalysis
+from app.core.analysis import OldSnapshot, RolloutAnalysis
 from app.core.events import Comparison, DeploymentState, Feedback, ShedReport, decode, now_ms
-from app.core.promotion import Verdict, decide
+from app.core.promotion import decide
 from app.core.state_machine import controller_step
+from app.core.verdict import Verdict
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,16 +39,6 @@ ANALYSIS_TOPIC = "deployments.analysis"
 COMPARISONS_TOPIC = "inference.comparisons"
 FEEDBACK_TOPIC = "inference.feedback"
 SNAPSHOT_EVERY_S = 2.0
-
-_ACTIONS = {
-    Verdict.ADVANCE: "advance",
-    Verdict.PROMOTE: "promote",
-    Verdict.ROLLBACK: "rollback",
-    Verdict.RETIRE: "retire",
-    Verdict.AWAIT_APPROVAL: "await_approval",
-    Verdict.RECOMMEND_PROMOTE: "recommend",
-    Verdict.RECOMMEND_REJECT: "recommend",
-}
 
 
 @dataclass
@@ -86,13 +78,18 @@ class PartitionSnapshot:
 
     @classmethod
     def decode(cls, value: bytes) -> PartitionSnapshot:
+        """The snapshot; a rollout whose evidence an earlier controller wrote (or that does
+        not load) is left out with a log line, and its evidence starts afresh."""
         data = orjson.loads(value)
-        return cls(
-            data["partition"],
-            data["comparisons_offset"],
-            data["feedback_offset"],
-            {name: _Tracked.from_json(t) for name, t in data["rollouts"].items()},
-        )
+        rollouts: dict[str, _Tracked] = {}
+        for name, t in data["rollouts"].items():
+            try:
+                rollouts[name] = _Tracked.from_json(t)
+            except (OldSnapshot, KeyError, TypeError, ValueError) as exc:
+                log.warning(
+                    "analysis of %s not restored (%s): its evidence starts afresh", name, exc
+                )
+        return cls(data["partition"], data["comparisons_offset"], data["feedback_offset"], rollouts)
 
 
 class PartitionAnalyst:
@@ -161,7 +158,15 @@ class PartitionAnalyst:
                 for record in batch.get(tp, []):
                     if record.value is not None:
                         latest = record.value
-            return PartitionSnapshot.decode(latest) if latest else PartitionSnapshot(self.partition)
+            if latest is None:
+                return PartitionSnapshot(self.partition)
+            try:
+                return PartitionSnapshot.decode(latest)
+            except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError too
+                log.error(
+                    "analyst p%d: unreadable snapshot (%s): starting afresh", self.partition, exc
+                )
+                return PartitionSnapshot(self.partition)
         finally:
             await consumer.stop()
 
@@ -194,77 +199,92 @@ class PartitionAnalyst:
                 rollouts[name] = _Tracked(self._fresh(state), state.canary_weight)
                 self._dirty = True
             elif tracked.weight != state.canary_weight:  # an operator moved the weight
-                tracked.analysis.new_step(state.epoch)
+                tracked.analysis.new_step(state.epoch, state.updated_at)
                 tracked.weight = state.canary_weight
                 self._dirty = True
 
     @staticmethod
     def _fresh(state: DeploymentState) -> RolloutAnalysis:
         assert state.candidate is not None
-        g = state.policy.guardrails
-        return RolloutAnalysis(
-            deployment=state.deployment,
-            candidate=state.candidate.version,
-            start_epoch=state.epoch,
-            alpha=state.policy.alpha,
-            margin=state.policy.non_inferiority_margin,
-            disagreement_ceiling=g.max_disagreement,
-            error_ceiling=max(g.max_candidate_error_rate, 1e-4),
-            horizon_ms=state.policy.feedback_horizon_s * 1000,
+        return RolloutAnalysis.for_policy(
+            state.deployment, state.candidate.version, state.epoch, state.policy, state.updated_at
         )
 
     def _take(self, record: ConsumerRecord) -> None:
+        """Apply one evidence record. Its offset is passed first, so a record that cannot be
+        used is skipped for good (logged and counted), never retried into a crash loop; the
+        analysis applies a record whole or not at all."""
         snap = self.snapshot
         self._dirty = True
-        try:
-            if record.topic == FEEDBACK_TOPIC:
-                snap.feedback_offset = record.offset + 1
-                feedback = decode(Feedback, record.value)
-                tracked = snap.rollouts.get(feedback.deployment)
-                if tracked is not None:
-                    tracked.analysis.add_feedback(feedback)
-                return
+        if record.topic == FEEDBACK_TOPIC:
+            snap.feedback_offset = record.offset + 1
+        else:
             snap.comparisons_offset = record.offset + 1
-            if ("kind", b"shed") in (record.headers or ()):
-                report = decode(ShedReport, record.value)
-                tracked = snap.rollouts.get(report.deployment)
-                if tracked is not None:
-                    tracked.analysis.shed += report.shed
-                    tracked.analysis.shed_sampled += report.sampled
-                return
-            comparison = decode(Comparison, record.value)
-            tracked = snap.rollouts.get(comparison.deployment)
-            if tracked is not None:
-                tracked.analysis.add_comparison(comparison, at=record.timestamp)
+        try:
+            self._apply(record)
         except (ValidationError, ValueError) as exc:
-            log.warning(
-                "analyst p%d: unreadable %s record at %d: %s",
-                self.partition,
-                record.topic,
-                record.offset,
-                exc,
-            )
+            self._skipped(record, "unreadable", exc)
+        except Exception as exc:  # one bad record must not stop the analysis
+            self._skipped(record, "error", exc)
+
+    def _apply(self, record: ConsumerRecord) -> None:
+        snap = self.snapshot
+        if record.topic == FEEDBACK_TOPIC:
+            feedback = decode(Feedback, record.value)
+            tracked = snap.rollouts.get(feedback.deployment)
+            if tracked is not None:
+                tracked.analysis.add_feedback(feedback, at=record.timestamp)
+            return
+        if ("kind", b"shed") in (record.headers or ()):
+            report = decode(ShedReport, record.value)
+            tracked = snap.rollouts.get(report.deployment)
+            if tracked is not None:
+                tracked.analysis.shed += report.shed
+                tracked.analysis.shed_sampled += report.sampled
+            return
+        comparison = decode(Comparison, record.value)
+        tracked = snap.rollouts.get(comparison.deployment)
+        if tracked is not None:
+            tracked.analysis.add_comparison(comparison, at=record.timestamp)
+
+    def _skipped(self, record: ConsumerRecord, reason: str, exc: Exception) -> None:
+        metrics.observe_skipped(record.topic, reason)
+        log.warning(
+            "analyst p%d: skipped %s record at %d (%s): %s",
+            self.partition,
+            record.topic,
+            record.offset,
+            reason,
+            exc,
+            exc_info=reason == "error",
+        )
 
     async def _decide(self) -> None:
         for name, tracked in list(self.snapshot.rollouts.items()):
             state = self._view.states.get(name)
             if state is None:
                 continue
-            decision = decide(state, tracked.analysis, tracked.recommended)
+            try:
+                tracked.analysis.tick(now_ms())
+                decision = decide(state, tracked.analysis, tracked.recommended)
+            except Exception:  # a bug in one rollout's decision must not stop the others
+                metrics.observe_skipped("decision", "error")
+                log.exception("analyst p%d: deciding %s failed", self.partition, name)
+                continue
             if decision.verdict is Verdict.HOLD:
                 continue
             outcome = controller_step(
                 state,
-                _ACTIONS[decision.verdict],
+                decision.verdict,
                 decision.reason,
                 now_ms(),
                 decision.evidence,
                 decision.next_weight,
             )
-            if decision.verdict in (Verdict.RECOMMEND_PROMOTE, Verdict.RECOMMEND_REJECT):
+            if not decision.verdict.changes_state:
                 tracked.recommended = True
             if outcome.state is not None and decision.verdict is Verdict.ADVANCE:
-                tracked.analysis.new_step(outcome.state.epoch)
+                tracked.analysis.new_step(outcome.state.epoch, outcome.state.updated_at)
                 tracked.weight = outcome.state.canary_weight
             if outcome.state is not None and outcome.state.candidate is None:
                 del self.snapshot.rollouts[name]

@@ -23,6 +23,7 @@ from app.core.events import (
     Action,
     Comparison,
     ControlCommand,
+    DecisionAction,
     DecisionEvent,
     DeploymentState,
     Mode,
@@ -114,7 +115,7 @@ class CommandHandler:
                 state,
                 problem or "unreadable command",
                 now,
-                action=loose.get("action", "unknown"),
+                action=DecisionAction.parse(loose.get("action")),
                 command_id=loose.get("command_id"),
                 decided_by=loose.get("issued_by", CONTROLLER),
             )
@@ -201,7 +202,7 @@ class CommandHandler:
             decision = DecisionEvent(
                 deployment=name,
                 epoch=0,
-                action="initialize",
+                action=DecisionAction.INITIALIZE,
                 command_id=None,
                 accepted=True,
                 reason=state.reason,
@@ -219,7 +220,7 @@ def _needs_replay(outcome: Outcome) -> bool:
     state = outcome.state
     return (
         state is not None
-        and outcome.decision.action == Action.DEPLOY.value
+        and outcome.decision.action is DecisionAction.DEPLOY
         and state.mode is Mode.AUTOMATIC
         and state.policy.replay_gate > 0
     )
@@ -270,7 +271,7 @@ def _orphan(deployment: str, loose: dict[str, str], reason: str, now: int) -> Ou
         DecisionEvent(
             deployment=deployment,
             epoch=-1,
-            action=loose.get("action", "unknown"),
+            action=DecisionAction.parse(loose.get("action")),
             command_id=loose.get("command_id"),
             accepted=False,
             reason=reason,

@@ -3,9 +3,19 @@
 Fed with ``Comparison`` events (paired outputs of the same request) and ``Feedback`` (ground
 truth, possibly hours later), it keeps per-arm counts, error rates and latency quantiles, the
 paired disagreement rate, the shift of the candidate's scores against production's on the
-same records (PSI), accuracy of both arms on the same labelled requests, feedback coverage,
-and the anytime-valid tests of ``app.core.sequential``. Only comparisons of this rollout
-(its candidate, from the epoch it started) count. It serialises to JSON for snapshots.
+same records (PSI), accuracy of both arms on the same labelled requests, feedback coverage of
+the audit sample, and the anytime-valid tests of ``app.core.sequential``. Only comparisons of
+this rollout (its candidate, from the epoch it started) count. It serialises to JSON for
+snapshots.
+
+The success criterion's tests (``app.core.metric``) take only the audit sample
+(``app.core.audit``), each request as it is compared, at its worst case until its label
+comes (``StakedTest``): labels late, missing, or arriving first for frauds cannot pass a
+worse candidate. They are kept per canary step (reset by ``new_step``: a promotion rests on
+the last step's own data) and, for "worse", over the whole rollout too; a "worse" rejected
+anywhere is remembered (``worse_seen``). Guardrails have tests both ways: refuted (roll back
+at once) and shown (needed to promote): error rate below its ceiling, latency within its
+ratio.
 
 Pure: no I/O, no clock (times are passed in).
 """
@@ -17,13 +27,24 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.core.events import Comparison, Feedback, Role
-from app.core.sequential import BettingTest, Side, non_inferiority, rate_tests
+from app.core.audit import in_audit
+from app.core.events import ArmResult, Comparison, Feedback, Role
+from app.core.metric import MetricRule, bound
+from app.core.policy import Metric, Policy
+from app.core.sequential import BettingTest, Side, StakedTest, rate_tests, staked_pair, staked_worse
 
 # Latency histogram: log-spaced bucket edges from 1 µs to ~100 s.
 _LAT_EDGES = [10 ** (k / 10) / 1000 for k in range(0, 81)]
 _PSI_BINS = 10
 _PENDING_LIMIT = 100_000  # compared requests awaiting ground truth (they ride in snapshots)
+SNAPSHOT_VERSION = 2
+# The latency guardrail is shown when the candidate is within its ratio (plus the slack) of
+# production on the same request for all but this share of paired requests.
+LATENCY_TAIL = 0.01
+
+
+class OldSnapshot(ValueError):
+    """A snapshot written by an earlier controller, without the evidence this one keeps."""
 
 
 def _bucket(value: float) -> int:
@@ -102,36 +123,92 @@ class RolloutAnalysis:
     margin: float
     disagreement_ceiling: float
     error_ceiling: float
+    metric: Metric = field(default_factory=Metric)
+    audit_rate: float = 1.0
+    latency_ratio_limit: float = 2.0
+    latency_slack_ms: float = 1.0
     step_epoch: int = 0
     step_samples: int = 0
+    step_started_at: int = 0
+    clock: int = 0  # the latest time seen (record timestamps, or the controller's clock)
     production: ArmStats = field(default_factory=ArmStats)
     candidate_arm: ArmStats = field(default_factory=ArmStats)
     paired: int = 0
     disagreements: int = 0
     compared: int = 0
     labelled: int = 0
+    audit_compared: int = 0
+    audit_labelled: int = 0
+    step_audit_compared: int = 0
+    step_audit_labelled: int = 0
+    step_paired: int = 0
+    step_disagreements: int = 0
     shed: int = 0
     shed_sampled: int = 0
+    invalid_scores: int = 0
     horizon_ms: int = 24 * 3600 * 1000
-    # request_id -> (production label | None, candidate label | None, compared at), in the
-    # order compared, awaiting ground truth for at most ``horizon_ms``.
-    pending: OrderedDict[str, tuple[str | None, str | None, int]] = field(
-        default_factory=OrderedDict
+    # request_id -> (production label, candidate label, compared at, step epoch, audit,
+    # bet sizes per test or None once its tests know its value), in the order compared,
+    # awaiting ground truth for at most ``horizon_ms``.
+    pending: OrderedDict[str, tuple[str | None, str | None, int, int, bool, list[float] | None]] = (
+        field(default_factory=OrderedDict)
     )
     expired_pending: int = 0
     dropped_pending: int = 0
-    better: BettingTest = field(init=False)
-    worse: BettingTest = field(init=False)
-    agree_ok: BettingTest = field(init=False)
+    # test name -> [observations known, sum of squares]: the second moment the bets use.
+    moments: dict[str, list[float]] = field(default_factory=dict)
+    worse_seen: list[str] = field(default_factory=list)
+    rule: MetricRule = field(init=False)
+    step_better: dict[str, StakedTest] = field(init=False)
+    step_worse: dict[str, StakedTest] = field(init=False)
+    rollout_worse: dict[str, StakedTest] = field(init=False)
+    agree_margin: BettingTest = field(init=False)
     disagree_over: BettingTest = field(init=False)
     errors_over: BettingTest = field(init=False)
+    errors_under: BettingTest = field(init=False)
+    latency_under: BettingTest = field(init=False)
 
     def __post_init__(self) -> None:
-        self.better, self.worse = non_inferiority(self.margin, self.alpha)
-        self.agree_ok, self.disagree_over = rate_tests(self.disagreement_ceiling, self.alpha)
-        _, self.errors_over = rate_tests(self.error_ceiling, self.alpha)
+        self.rule = MetricRule(self.metric, self.margin)
+        self._fresh_step_tests()
+        self.rollout_worse = {
+            t: staked_worse(self.rule.margin_of(t), self.alpha) for t in self.rule.tests
+        }
+        _, self.disagree_over = rate_tests(self.disagreement_ceiling, self.alpha)
+        self.errors_under, self.errors_over = rate_tests(self.error_ceiling, self.alpha)
+        self.latency_under, _ = rate_tests(LATENCY_TAIL, self.alpha)
         if not self.step_epoch:
             self.step_epoch = self.start_epoch
+
+    @classmethod
+    def for_policy(
+        cls, deployment: str, candidate: str, start_epoch: int, policy: Policy, started_at: int
+    ) -> RolloutAnalysis:
+        g = policy.guardrails
+        return cls(
+            deployment=deployment,
+            candidate=candidate,
+            start_epoch=start_epoch,
+            alpha=policy.alpha,
+            margin=policy.non_inferiority_margin,
+            disagreement_ceiling=g.max_disagreement,
+            error_ceiling=max(g.max_candidate_error_rate, 1e-4),
+            metric=policy.metric,
+            audit_rate=policy.audit_rate,
+            latency_ratio_limit=g.max_latency_ratio,
+            latency_slack_ms=g.min_latency_regression_ms,
+            horizon_ms=policy.feedback_horizon_s * 1000,
+            step_started_at=started_at,
+            clock=started_at,
+        )
+
+    def _fresh_step_tests(self) -> None:
+        self.step_better, self.step_worse = {}, {}
+        for t in self.rule.tests:
+            self.step_better[t], self.step_worse[t] = staked_pair(
+                self.rule.margin_of(t), self.alpha
+            )
+        self.agree_margin, _ = rate_tests(self.margin, self.alpha)
 
     def counts(self, comparison: Comparison) -> bool:
         return (
@@ -142,72 +219,196 @@ class RolloutAnalysis:
 
     def add_comparison(self, c: Comparison, at: int = 0) -> bool:
         """Take ``c`` (compared at ``at``, epoch ms) into the evidence; False (and nothing
-        changes) if it is not this rollout's."""
+        changes) if it is not this rollout's. An arm whose scores are not finite
+        probabilities counts as failed. Everything is computed before anything changes, so
+        a record is applied whole or not at all."""
         if not self.counts(c):
             return False
+        prod, cand = _checked(c.production), _checked(c.candidate)
+        invalid = int(prod is None and c.production.output is not None) + int(
+            cand is None and c.candidate.output is not None
+        )
+        audit = prod is not None and in_audit(self.deployment, c.request_id, self.audit_rate)
+        p_label = prod.label if prod is not None else None
+        c_label = cand.label if cand is not None else None
+        plan = self._plan(p_label, c_label) if audit else None
+        latency = _latency_exceeds(
+            c.production, c.candidate, self.latency_ratio_limit, self.latency_slack_ms
+        )
+        # -- from here on, nothing raises --
+        self.invalid_scores += invalid
+        self.clock = max(self.clock, at)
+        if not self.step_started_at:
+            self.step_started_at = at
         self.compared += 1
         if c.epoch >= self.step_epoch:
             self.step_samples += 1
-        prod, cand = c.production, c.candidate
-        cand_failed = cand.output is None
-        self.production.add(prod.latency_ms, _score(prod.output), prod.output is None)
-        self.candidate_arm.add(cand.latency_ms, _score(cand.output), cand_failed)
-        self.errors_over.update(1.0 if cand_failed else 0.0)
+        self.production.add(c.production.latency_ms, _score(prod), prod is None)
+        self.candidate_arm.add(c.candidate.latency_ms, _score(cand), cand is None)
+        failed = 1.0 if cand is None else 0.0
+        self.errors_over.update(failed)
+        self.errors_under.update(failed)
+        if latency is not None:
+            self.latency_under.update(1.0 if latency else 0.0)
         arm = self.candidate_arm if c.served_by is Role.CANDIDATE else self.production
         arm.served += 1
-        if prod.output is not None and cand.output is not None:
+        if prod is not None and cand is not None:
+            disagree = 0.0 if p_label == c_label else 1.0
             self.paired += 1
-            disagree = 0.0 if c.agree else 1.0
             self.disagreements += int(disagree)
-            self.agree_ok.update(disagree)
             self.disagree_over.update(disagree)
-        self.pending[c.request_id] = (
-            prod.output.label if prod.output else None,
-            cand.output.label if cand.output else None,
-            at,
-        )
+            if c.epoch >= self.step_epoch:
+                self.step_paired += 1
+                self.step_disagreements += int(disagree)
+                self.agree_margin.update(disagree)
+        step = self.step_epoch if c.epoch >= self.step_epoch else c.epoch
+        spreads = self._enter(plan, step) if plan is not None else None
+        if audit:
+            self.audit_compared += 1
+            self.step_audit_compared += int(step == self.step_epoch)
+        self.pending[c.request_id] = (p_label, c_label, at, step, audit, spreads)
         while len(self.pending) > _PENDING_LIMIT:
             self.pending.popitem(last=False)
             self.dropped_pending += 1
         self.expire(at)
         return True
 
+    # -- the criterion's tests ------------------------------------------------------------
+
+    def _spread(self, test: str) -> float:
+        """The second moment the next bets assume: the test's known observations, shrunk
+        towards the disagreement rate (|x| <= 1 on a disagreeing pair, 0 otherwise)."""
+        n, sq = self.moments.get(test, (0.0, 0.0))
+        prior = (self.disagreements + 1) / (self.paired + 2)
+        return (sq + 10 * prior) / (n + 10)
+
+    def _plan(
+        self, prod: str | None, cand: str | None
+    ) -> dict[str, tuple[float, list[float | None]]]:
+        return {t: (self._spread(t), self.rule.possible(t, prod, cand)) for t in self.rule.tests}
+
+    def _enter(
+        self, plan: dict[str, tuple[float, list[float | None]]], step: int
+    ) -> list[float] | None:
+        """Enter one audit observation into every test at its worst case; the bet sizes, if
+        its value is still open, else None."""
+        open_ = False
+        for t, (spread, values) in plan.items():
+            self._feed(t, spread, values, step)
+            if len(set(values)) > 1:
+                open_ = True
+            else:
+                self._moment(t, values[0])
+        return [spread for spread, _ in plan.values()] if open_ else None
+
+    def _feed(self, test: str, spread: float, values: list[float | None], step: int) -> None:
+        """Enter one observation into ``test`` at its worst case over the truths possible."""
+        for t in self._targets(test, step):
+            t.add(bound(values, t.m, t.side is Side.ABOVE), t.stakes(spread))
+
+    def _targets(self, test: str, step: int) -> list[StakedTest]:
+        targets = [self.rollout_worse[test]]
+        if step == self.step_epoch:
+            targets += [self.step_better[test], self.step_worse[test]]
+        return targets
+
+    def _moment(self, test: str, x: float | None) -> None:
+        if x is None:
+            return
+        entry = self.moments.setdefault(test, [0.0, 0.0])
+        entry[0] += 1
+        entry[1] += x * x
+
     def expire(self, now: int) -> None:
-        """Stop waiting for ground truth of requests compared more than a horizon ago."""
+        """Stop waiting for ground truth of requests compared more than a horizon ago (their
+        worst case stays in the tests)."""
         while self.pending:
-            request_id, (_, _, at) = next(iter(self.pending.items()))
-            if at >= now - self.horizon_ms:
+            request_id, entry = next(iter(self.pending.items()))
+            if entry[2] >= now - self.horizon_ms:
                 break
             del self.pending[request_id]
             self.expired_pending += 1
 
-    def add_feedback(self, f: Feedback) -> bool:
+    def tick(self, now: int) -> None:
+        """Time passes (the controller's clock) even when no evidence comes."""
+        self.clock = max(self.clock, now)
+        self.expire(now)
+
+    def add_feedback(self, f: Feedback, at: int = 0) -> bool:
         """Join ground truth to a compared request of this rollout; False if none waits for it."""
-        outputs = self.pending.pop(f.request_id, None)
-        if outputs is None:
+        entry = self.pending.pop(f.request_id, None)
+        if entry is None:
             return False
-        prod_label, cand_label, _ = outputs
+        prod_label, cand_label, _, step, audit, spreads = entry
+        self.clock = max(self.clock, at)
         self.labelled += 1
         if prod_label is not None:
             self.production.labelled += 1
             self.production.correct += int(prod_label == f.label)
-        if cand_label is not None:
-            self.candidate_arm.labelled += 1
-            self.candidate_arm.correct += int(cand_label == f.label)
-        if prod_label is not None:
-            # A failed candidate counts as wrong: errors are not a way to dodge the test.
-            d = int(cand_label == f.label) - int(prod_label == f.label)
-            self.better.update(float(d))
-            self.worse.update(float(d))
+        # A failed candidate counts as wrong: errors are not a way to dodge the test.
+        self.candidate_arm.labelled += int(prod_label is not None)
+        self.candidate_arm.correct += int(cand_label == f.label and prod_label is not None)
+        if audit:
+            self.audit_labelled += 1
+            self.step_audit_labelled += int(step == self.step_epoch)
+        if audit and spreads is not None:
+            for test, spread in zip(self.rule.tests, spreads, strict=True):
+                values = self.rule.possible(test, prod_label, cand_label)
+                x = self.rule.value(test, prod_label, cand_label, f.label)
+                self._revise(test, spread, values, step, x)
+                self._moment(test, x)
         return True
 
-    def new_step(self, epoch: int) -> None:
+    def _revise(
+        self, test: str, spread: float, values: list[float | None], step: int, x: float | None
+    ) -> None:
+        for t in self._targets(test, step):
+            t.revise(bound(values, t.m, t.side is Side.ABOVE), x, t.stakes(spread))
+
+    def new_step(self, epoch: int, at: int = 0) -> None:
+        """A canary step begins (weight changed at ``epoch``): the criterion starts afresh on
+        this step's evidence; a "worse" already shown is remembered."""
+        self.worse_seen.extend(self.worse_now())
         self.step_epoch = epoch
         self.step_samples = 0
+        self.step_audit_compared = self.step_audit_labelled = 0
+        self.step_paired = self.step_disagreements = 0
+        self.step_started_at = max(at, self.clock)
+        self._fresh_step_tests()
+
+    def worse_now(self) -> list[str]:
+        """Tests that show the candidate worse than the margin (this step or the rollout)."""
+        found = [
+            f"{t} (step at epoch {self.step_epoch})"
+            for t, w in self.step_worse.items()
+            if w.rejected
+        ]
+        found += [f"{t} (whole rollout)" for t, w in self.rollout_worse.items() if w.rejected]
+        return found
 
     @property
     def coverage(self) -> float:
-        return self.labelled / self.compared if self.compared else 0.0
+        """Labelled share of the audit sample (the whole rollout)."""
+        return self.audit_labelled / self.audit_compared if self.audit_compared else 0.0
+
+    @property
+    def step_coverage(self) -> float:
+        if not self.step_audit_compared:
+            return 0.0
+        return self.step_audit_labelled / self.step_audit_compared
+
+    @property
+    def step_disagreement(self) -> float:
+        return self.step_disagreements / self.step_paired if self.step_paired else 0.0
+
+    @property
+    def open_labels(self) -> int:
+        """Audit requests of this step whose label could still change the criterion."""
+        return sum(
+            1
+            for _, _, _, step, audit, spreads in self.pending.values()
+            if audit and spreads is not None and step == self.step_epoch
+        )
 
     @property
     def disagreement(self) -> float:
@@ -226,6 +427,7 @@ class RolloutAnalysis:
         return {
             "candidate_error_rate": self.candidate_arm.error_rate,
             "disagreement": self.disagreement,
+            "step_disagreement": self.step_disagreement,
             "score_shift_psi": self.score_shift,
             "latency_p50_ms": {
                 "production": self.production.quantile(0.5),
@@ -241,6 +443,7 @@ class RolloutAnalysis:
                 "candidate": self.candidate_arm.accuracy,
             },
             "feedback_coverage": self.coverage,
+            "step_feedback_coverage": self.step_coverage,
             "shed_fraction": self.shed / self.shed_sampled if self.shed_sampled else 0.0,
         }
 
@@ -253,71 +456,92 @@ class RolloutAnalysis:
             "candidate_served": self.candidate_arm.served,
             "production_served": self.production.served,
             "candidate_errors": self.candidate_arm.errors,
+            "audit": self.audit_compared,
+            "audit_labelled": self.audit_labelled,
+            "step_audit": self.step_audit_compared,
+            "step_audit_labelled": self.step_audit_labelled,
+            "open_labels": self.open_labels,
+            "invalid_scores": self.invalid_scores,
         }
 
     # -- snapshots -----------------------------------------------------------------------
 
+    _SIMPLE = (
+        "deployment",
+        "candidate",
+        "start_epoch",
+        "alpha",
+        "margin",
+        "disagreement_ceiling",
+        "error_ceiling",
+        "audit_rate",
+        "latency_ratio_limit",
+        "latency_slack_ms",
+        "step_epoch",
+        "step_samples",
+        "step_started_at",
+        "clock",
+        "paired",
+        "disagreements",
+        "compared",
+        "labelled",
+        "audit_compared",
+        "audit_labelled",
+        "step_audit_compared",
+        "step_audit_labelled",
+        "step_paired",
+        "step_disagreements",
+        "shed",
+        "shed_sampled",
+        "invalid_scores",
+        "horizon_ms",
+        "expired_pending",
+        "dropped_pending",
+    )
+    _BETTING = ("agree_margin", "disagree_over", "errors_over", "errors_under", "latency_under")
+
     def to_json(self) -> dict[str, Any]:
-        tests = {
-            name: _test_state(getattr(self, name))
-            for name in ("better", "worse", "agree_ok", "disagree_over", "errors_over")
-        }
         return {
-            "deployment": self.deployment,
-            "candidate": self.candidate,
-            "start_epoch": self.start_epoch,
-            "alpha": self.alpha,
-            "margin": self.margin,
-            "disagreement_ceiling": self.disagreement_ceiling,
-            "error_ceiling": self.error_ceiling,
-            "step_epoch": self.step_epoch,
-            "step_samples": self.step_samples,
-            "paired": self.paired,
-            "disagreements": self.disagreements,
-            "compared": self.compared,
-            "labelled": self.labelled,
-            "shed": self.shed,
-            "shed_sampled": self.shed_sampled,
-            "dropped_pending": self.dropped_pending,
-            "horizon_ms": self.horizon_ms,
-            "expired_pending": self.expired_pending,
+            "version": SNAPSHOT_VERSION,
+            **{k: getattr(self, k) for k in self._SIMPLE},
+            "metric": self.metric.model_dump(mode="json"),
+            "moments": self.moments,
+            "worse_seen": self.worse_seen,
             "production": vars(self.production),
             "candidate_arm": vars(self.candidate_arm),
             "pending": [[k, *v] for k, v in self.pending.items()],
-            "tests": tests,
+            "tests": {name: _test_state(getattr(self, name)) for name in self._BETTING},
+            "staked": {
+                group: {t: test.state() for t, test in getattr(self, group).items()}
+                for group in ("step_better", "step_worse", "rollout_worse")
+            },
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RolloutAnalysis:
-        simple = {
-            k: data[k]
-            for k in (
-                "deployment",
-                "candidate",
-                "start_epoch",
-                "alpha",
-                "margin",
-                "disagreement_ceiling",
-                "error_ceiling",
-                "step_epoch",
-                "step_samples",
-                "paired",
-                "disagreements",
-                "compared",
-                "labelled",
-                "shed",
-                "shed_sampled",
-                "dropped_pending",
-            )
-        }
-        analysis = cls(**simple)
+        """Raises ``OldSnapshot`` for a snapshot of an earlier version (start afresh)."""
+        if data.get("version") != SNAPSHOT_VERSION:
+            raise OldSnapshot(f"analysis snapshot version {data.get('version')!r}")
+        analysis = cls(
+            **{k: data[k] for k in cls._SIMPLE}, metric=Metric.model_validate(data["metric"])
+        )
+        analysis.moments = {k: list(v) for k, v in data["moments"].items()}
+        analysis.worse_seen = list(data["worse_seen"])
         analysis.production = ArmStats(**data["production"])
         analysis.candidate_arm = ArmStats(**data["candidate_arm"])
-        analysis.pending = OrderedDict((k, (p, c, at)) for k, p, c, at in data["pending"])
+        analysis.pending = OrderedDict(
+            (k, (p, c, at, step, audit, spreads))
+            for k, p, c, at, step, audit, spreads in data["pending"]
+        )
         for name, state in data["tests"].items():
             test: BettingTest = getattr(analysis, name)
             for attr, value in state.items():
                 setattr(test, attr, value)
+        for group, tests in data["staked"].items():
+            for t, state in tests.items():
+                staked: StakedTest = getattr(analysis, group)[t]
+                for attr, value in state.items():
+                    setattr(staked, attr, value)
         return analysis
 
 
@@ -331,8 +555,32 @@ def _test_state(test: BettingTest) -> dict[str, Any]:
     }
 
 
+def _checked(arm: ArmResult) -> Any:
+    """The arm's output, or None when it failed or its scores are not finite probabilities
+    (such an output is the arm's error, not evidence)."""
+    out = arm.output
+    if out is None:
+        return None
+    if not all(
+        isinstance(s, float | int) and math.isfinite(s) and 0.0 <= s <= 1.0 for s in out.scores
+    ):
+        return None
+    return out
+
+
 def _score(output: Any) -> float | None:
     return float(output.scores[-1]) if output is not None and output.scores else None
+
+
+def _latency_exceeds(
+    prod: ArmResult, cand: ArmResult, ratio: float, slack_ms: float
+) -> bool | None:
+    """Whether the candidate was slower than ``ratio`` x production (plus the slack) on this
+    request; None when either latency is missing or not a finite non-negative number."""
+    p, c = prod.latency_ms, cand.latency_ms
+    if p is None or c is None or not (math.isfinite(p) and math.isfinite(c)) or p < 0 or c < 0:
+        return None
+    return c > ratio * p + slack_ms
 
 
 __all__ = ["ArmStats", "RolloutAnalysis", "Side", "psi"]

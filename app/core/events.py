@@ -63,6 +63,35 @@ class Action(StrEnum):
     SET_MODE = "set_mode"
 
 
+class DecisionAction(StrEnum):
+    """What a ``DecisionEvent`` records: an operator's command (the ``Action`` values), one
+    of the controller's own steps, ``initialize`` (epoch 0), or ``unknown`` (a command too
+    malformed to name a known action). The wire form is the value."""
+
+    DEPLOY = "deploy"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    ABORT = "abort"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SET_WEIGHT = "set_weight"
+    SET_MODE = "set_mode"
+    ADVANCE = "advance"
+    RETIRE = "retire"
+    AWAIT_APPROVAL = "await_approval"
+    RECOMMEND = "recommend"
+    INITIALIZE = "initialize"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: object) -> DecisionAction:
+        """The action named by ``value``; ``unknown`` for anything else."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.UNKNOWN
+
+
 class DeadLetterCode(StrEnum):
     """Why a record was rejected. Stable strings: dashboards and tests match on them."""
 
@@ -246,7 +275,7 @@ class DecisionEvent(_Event):
 
     deployment: str
     epoch: int
-    action: str
+    action: DecisionAction
     command_id: str | None
     accepted: bool
     reason: str
@@ -255,6 +284,11 @@ class DecisionEvent(_Event):
     to: StateSummary | None = None
     evidence: Evidence = Field(default_factory=Evidence)
     at: int = Field(default_factory=now_ms)
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _known_action(cls, value: object) -> DecisionAction:
+        return DecisionAction.parse(value)
 
 
 E = TypeVar("E", bound=BaseModel)

@@ -6,9 +6,10 @@ command may override any field. Pure data, no I/O.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from itertools import pairwise
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Guardrails(BaseModel):
@@ -25,6 +26,54 @@ class Guardrails(BaseModel):
     max_score_shift: float = Field(default=1.0, ge=0.0)  # PSI of fraud scores
 
 
+class MetricKind(StrEnum):
+    ACCURACY = "accuracy"
+    WEIGHTED_ACCURACY = "weighted_accuracy"
+    EXPECTED_COST = "expected_cost"
+    RECALL = "recall"
+
+
+class Metric(BaseModel):
+    """What "not worse than production" is measured in (``app.core.metric``). Every kind is
+    a per-request difference candidate - production scaled into [-1, 1], so the betting test
+    stays valid; the margin is on that scale (per class for ``recall``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: MetricKind = MetricKind.ACCURACY
+    # weighted_accuracy: a request's weight by its true class (1 when absent), divided by the max.
+    class_weights: dict[str, float] = Field(default_factory=dict)
+    # expected_cost: costs[truth][predicted] (0 when absent), divided by the largest cost.
+    costs: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # recall: the classes whose recall must each be non-inferior (one test per class).
+    classes: list[str] = Field(default_factory=list)
+    # recall: a margin per class (the policy's non_inferiority_margin when absent).
+    class_margins: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Metric:
+        if any(w < 0 for w in self.class_weights.values()):
+            raise ValueError("class weights must be >= 0")
+        if any(c < 0 for row in self.costs.values() for c in row.values()):
+            raise ValueError("costs must be >= 0")
+        if any(not 0.0 <= m <= 1.0 for m in self.class_margins.values()):
+            raise ValueError("class margins must be within [0, 1]")
+        if self.kind is MetricKind.RECALL and not self.classes:
+            raise ValueError("recall needs the classes to test")
+        if self.kind is MetricKind.EXPECTED_COST and not any(
+            c > 0 for row in self.costs.values() for c in row.values()
+        ):
+            raise ValueError("expected_cost needs a cost matrix with a positive cost")
+        return self
+
+
+class AtHorizon(StrEnum):
+    """What a rollout does when its evidence has not come within the feedback horizon."""
+
+    KEEP_PRODUCTION = "keep_production"  # roll back / retire the candidate, saying why
+    HOLD = "hold"  # keep waiting for an operator
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -38,6 +87,12 @@ class Policy(BaseModel):
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     shadow_requires_approval: bool = False
     replay_gate: int = Field(default=0, ge=0)  # automatic mode: replay N requests first
+    metric: Metric = Field(default_factory=Metric)
+    # Share of requests in the audit sample (``app.core.audit``): the labels that count.
+    audit_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    at_horizon: AtHorizon = AtHorizon.KEEP_PRODUCTION
+    # Promote without labels when the disagreement is shown below the margin (not recall).
+    promote_on_agreement: bool = True
 
     @field_validator("canary_steps")
     @classmethod

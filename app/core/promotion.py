@@ -1,16 +1,26 @@
 """What the evidence says to do with a rollout: a pure function of state, policy and analysis.
 
-Guardrails are checked first and win (worst wins): a candidate that fails one is rolled back
-(canary) or retired (shadow) at once, not at the end of a window. Then the success
-criterion: with enough ground truth (feedback coverage at least the policy's), the candidate
-must be non-inferior to production within the margin on the same labelled requests; without
-it, its disagreement with production must be below the ceiling. Both are anytime-valid tests
-(``app.core.sequential``), so looking after every batch is sound.
+Worst wins. Guardrails refuted (a sequential test shows the error rate or the disagreement
+above its ceiling; score shift; latency) roll a canary back or retire a shadow candidate at
+once. Then the success criterion, on the audit sample (``app.core.analysis``):
 
-- canary: a step advances once it has its minimum samples and no guardrail failed; reaching
-  the last step promotes only when the criterion passed.
-- shadow: promote (or wait for approval, per policy) when the criterion passes and enough
-  samples are in; retire when it fails.
+- **failed** when a "worse" test rejected, at this step, over the whole rollout, or at any
+  earlier step: the candidate is rolled back (worse is checked before better, and a conflict
+  between tests is a failure);
+- **passed** when every test of the metric shows the candidate non-inferior within the margin
+  on this step's audit sample (with at least the policy's coverage of it labelled), or,
+  without labels, when the disagreement on this step is shown below the margin (valid
+  because the metric can differ by at most the disagreement; never for ``recall``);
+- **pending** otherwise, saying what it waits for.
+
+Promotion needs the criterion passed *and* the guardrails shown (error rate below its
+ceiling, latency within its ratio: an intersection-union test, each at alpha). When the
+evidence has not come within the feedback horizon of the step's start, the policy's
+``at_horizon`` says what happens (default: keep production).
+
+- canary: a step advances once it has its minimum samples and nothing failed; the last step
+  promotes on its own evidence.
+- shadow: promote (or wait for approval, per policy) as the last step would; retire on failure.
 - manual: recommend (once), never act.
 - automatic: nothing to decide here (the deploy already promoted).
 """
@@ -18,25 +28,18 @@ it, its disagreement with production must be below the ceiling. Both are anytime
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from app.core.analysis import RolloutAnalysis
 from app.core.events import DeploymentState, Evidence, Mode, Phase
+from app.core.policy import AtHorizon
+from app.core.verdict import Criterion, Verdict, WaitingFor
 
 MIN_SHIFT_SAMPLES = 500  # PSI is biased upwards, and p99 is noise, on fewer samples
 
-
-class Verdict(StrEnum):
-    HOLD = "hold"
-    ADVANCE = "advance"
-    PROMOTE = "promote"
-    AWAIT_APPROVAL = "await_approval"
-    ROLLBACK = "rollback"
-    RETIRE = "retire"
-    RECOMMEND_PROMOTE = "recommend_promote"
-    RECOMMEND_REJECT = "recommend_reject"
+__all__ = ["Criterion", "Decision", "Verdict", "WaitingFor", "decide"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +48,21 @@ class Decision:
     reason: str
     next_weight: float | None = None
     evidence: Evidence = field(default_factory=Evidence)
+    waiting_for: WaitingFor = WaitingFor.NOTHING
 
 
-class Criterion(StrEnum):
-    PASSED = "passed"
-    FAILED = "failed"
-    PENDING = "pending"
+@dataclass(frozen=True)
+class Judgement:
+    """The success criterion: outcome, which test decided (or waits), why, what it awaits."""
+
+    outcome: Criterion
+    kind: str
+    why: str
+    waiting_for: WaitingFor = WaitingFor.NOTHING
 
 
 def guardrail_failures(state: DeploymentState, a: RolloutAnalysis) -> list[str]:
+    """Guardrails shown crossed (or, for shift and latency, measured crossed)."""
     g = state.policy.guardrails
     failed: list[str] = []
     if a.errors_over.rejected:
@@ -69,87 +78,172 @@ def guardrail_failures(state: DeploymentState, a: RolloutAnalysis) -> list[str]:
     scored = min(a.candidate_arm.scored, a.production.scored)
     if scored >= MIN_SHIFT_SAMPLES and a.score_shift > g.max_score_shift:
         failed.append(f"score shift PSI {a.score_shift:.3f} is above {g.max_score_shift:.3f}")
-    ratio = a.latency_ratio
-    slower_ms = a.candidate_arm.quantile(0.99) - a.production.quantile(0.99)
-    # A slow candidate is slow for the typical request too: the median confirms the tail, so a
-    # scheduler hiccup in one arm's few slowest calls does not roll a canary back.
-    median_ratio = a.candidate_arm.quantile(0.5) / a.production.quantile(0.5)
-    if (
-        scored >= MIN_SHIFT_SAMPLES
-        and not math.isnan(ratio)
-        and ratio > g.max_latency_ratio
-        and slower_ms >= g.min_latency_regression_ms
-        and median_ratio > g.max_latency_ratio
-    ):
+    if scored >= MIN_SHIFT_SAMPLES and _slow(state, a):
         failed.append(
-            f"p99 latency is {ratio:.2f}x production's, {slower_ms:.2f} ms slower "
+            f"p99 latency is {a.latency_ratio:.2f}x production's, "
+            f"{a.candidate_arm.quantile(0.99) - a.production.quantile(0.99):.2f} ms slower "
             f"(limits {g.max_latency_ratio}x and {g.min_latency_regression_ms} ms)"
         )
     return failed
 
 
-def criterion(state: DeploymentState, a: RolloutAnalysis) -> tuple[Criterion, str, str]:
-    """(outcome, which criterion, why)."""
+def _slow(state: DeploymentState, a: RolloutAnalysis) -> bool:
+    # A slow candidate is slow for the typical request too: the median confirms the tail, so a
+    # scheduler hiccup in one arm's few slowest calls does not roll a canary back.
+    g = state.policy.guardrails
+    ratio = a.latency_ratio
+    slower_ms = a.candidate_arm.quantile(0.99) - a.production.quantile(0.99)
+    median_ratio = a.candidate_arm.quantile(0.5) / a.production.quantile(0.5)
+    return (
+        not math.isnan(ratio)
+        and ratio > g.max_latency_ratio
+        and slower_ms >= g.min_latency_regression_ms
+        and median_ratio > g.max_latency_ratio
+    )
+
+
+def guardrails_unshown(state: DeploymentState, a: RolloutAnalysis) -> list[str]:
+    """Guardrails not yet shown within their limits (each a test at alpha): promotion waits."""
+    g = state.policy.guardrails
+    missing: list[str] = []
+    if not a.errors_under.rejected:
+        missing.append(
+            f"error rate {a.candidate_arm.error_rate:.2%} not yet shown below "
+            f"{g.max_candidate_error_rate:.2%} ({a.errors_under.n} requests)"
+        )
+    if not a.latency_under.rejected:
+        missing.append(
+            f"latency not yet shown within {g.max_latency_ratio}x production's "
+            f"(+{g.min_latency_regression_ms} ms) on 99% of {a.latency_under.n} paired requests"
+        )
+    return missing
+
+
+def criterion(state: DeploymentState, a: RolloutAnalysis) -> Judgement:
+    """The success criterion on the current step's evidence (worse first)."""
     p = state.policy
-    if a.coverage >= p.min_feedback_coverage and a.labelled > 0:
-        kind = "non_inferiority"
-        if a.better.rejected:
-            return (
-                Criterion.PASSED,
-                kind,
-                (
-                    f"candidate accuracy {a.candidate_arm.accuracy:.2%} vs production "
-                    f"{a.production.accuracy:.2%} on {a.labelled} labelled requests: "
-                    f"non-inferior within {p.non_inferiority_margin:.1%}"
-                ),
-            )
-        if a.worse.rejected:
-            return (
-                Criterion.FAILED,
-                kind,
-                (
-                    f"candidate accuracy {a.candidate_arm.accuracy:.2%} vs production "
-                    f"{a.production.accuracy:.2%} on {a.labelled} labelled requests: "
-                    f"worse by more than {p.non_inferiority_margin:.1%}"
-                ),
-            )
-        return Criterion.PENDING, kind, "not enough labelled requests yet"
-    kind = "agreement"
-    if a.agree_ok.rejected:
-        return (
+    kind = p.metric.kind.value
+    worse = [*a.worse_seen, *a.worse_now()]
+    if worse:
+        return Judgement(
+            Criterion.FAILED,
+            kind,
+            f"candidate worse than production by more than the margin on {', '.join(worse)}; "
+            f"accuracy {_accuracies(a)}",
+        )
+    tests = a.step_better
+    if all(t.rejected for t in tests.values()) and a.step_coverage >= p.min_feedback_coverage:
+        return Judgement(
             Criterion.PASSED,
             kind,
-            (
-                f"disagreement {a.disagreement:.1%} below {p.guardrails.max_disagreement:.1%} "
-                f"on {a.paired} paired requests (feedback coverage {a.coverage:.0%})"
-            ),
+            f"non-inferior within {p.non_inferiority_margin:.1%} on {_tested(a)} of this "
+            f"step's audit sample (coverage {a.step_coverage:.0%}); accuracy {_accuracies(a)}",
         )
-    if a.disagree_over.rejected:
-        return Criterion.FAILED, kind, f"disagreement {a.disagreement:.1%} is too high"
-    return Criterion.PENDING, kind, "not enough paired requests yet"
+    if p.promote_on_agreement and a.rule.agreement_bounds_it and a.agree_margin.rejected:
+        return Judgement(
+            Criterion.PASSED,
+            "agreement",
+            f"disagreement {a.step_disagreement:.2%} shown below the margin "
+            f"{p.non_inferiority_margin:.1%} on {a.step_paired} paired requests of this step "
+            f"(so the {kind} differs by less than the margin)",
+        )
+    return _pending(state, a, kind)
 
 
-def evidence(state: DeploymentState, a: RolloutAnalysis, outcome: Criterion, kind: str) -> Evidence:
+def _pending(state: DeploymentState, a: RolloutAnalysis, kind: str) -> Judgement:
+    p = state.policy
+    if a.step_coverage < p.min_feedback_coverage:
+        return Judgement(
+            Criterion.PENDING,
+            kind,
+            f"waiting for labels: {a.step_coverage:.0%} of this step's audit sample "
+            f"({a.step_audit_compared} requests) labelled, {p.min_feedback_coverage:.0%} needed",
+            WaitingFor.LABELS,
+        )
+    if a.open_labels:
+        return Judgement(
+            Criterion.PENDING,
+            kind,
+            f"waiting for labels: {a.open_labels} audit requests of this step count as the "
+            f"candidate's losses until labelled; {_tested(a)} so far",
+            WaitingFor.LABELS,
+        )
+    return Judgement(
+        Criterion.PENDING, kind, f"not enough evidence yet ({_tested(a)})", WaitingFor.EVIDENCE
+    )
+
+
+def _tested(a: RolloutAnalysis) -> str:
+    return ", ".join(f"{t}: {test.n} pairs" for t, test in a.step_better.items())
+
+
+def _accuracies(a: RolloutAnalysis) -> str:
+    return (
+        f"candidate {a.candidate_arm.accuracy:.2%} vs production {a.production.accuracy:.2%} "
+        f"on {a.labelled} labelled requests"
+    )
+
+
+def evidence(state: DeploymentState, a: RolloutAnalysis, j: Judgement) -> Evidence:
     g = state.policy.guardrails
+    p = state.policy
     tests: dict[str, Any] = {
-        "criterion": kind,
-        "outcome": outcome.value,
+        "criterion": j.kind,
+        "outcome": j.outcome.value,
+        "waiting_for": j.waiting_for.value,
         "alpha": a.alpha,
-        "non_inferiority": {"promote": a.better.summary(), "reject": a.worse.summary()},
-        "agreement": {"ok": a.agree_ok.summary(), "over_ceiling": a.disagree_over.summary()},
+        "metric": p.metric.model_dump(mode="json"),
+        "non_inferiority": {
+            t: {"promote": a.step_better[t].summary(), "reject": a.step_worse[t].summary()}
+            for t in a.step_better
+        },
+        "inferiority_whole_rollout": {t: w.summary() for t, w in a.rollout_worse.items()},
+        "worse_seen": list(a.worse_seen),
+        "agreement": {
+            "below_margin": a.agree_margin.summary(),
+            "over_ceiling": a.disagree_over.summary(),
+        },
         "candidate_errors": a.errors_over.summary(),
+        "guardrails_shown": {
+            "errors_below_ceiling": a.errors_under.summary(),
+            "latency_within_ratio": a.latency_under.summary(),
+        },
         "thresholds": {
             "max_candidate_error_rate": g.max_candidate_error_rate,
             "max_disagreement": g.max_disagreement,
             "max_score_shift": g.max_score_shift,
             "max_latency_ratio": g.max_latency_ratio,
             "min_latency_regression_ms": g.min_latency_regression_ms,
-            "non_inferiority_margin": state.policy.non_inferiority_margin,
-            "min_feedback_coverage": state.policy.min_feedback_coverage,
-            "min_samples_per_step": state.policy.min_samples_per_step,
+            "non_inferiority_margin": p.non_inferiority_margin,
+            "min_feedback_coverage": p.min_feedback_coverage,
+            "min_samples_per_step": p.min_samples_per_step,
+            "audit_rate": p.audit_rate,
+            "feedback_horizon_s": p.feedback_horizon_s,
         },
     }
     return Evidence(samples=a.samples(), metrics=_finite(a.metrics()), tests=_finite(tests))
+
+
+@dataclass(frozen=True)
+class _Context:
+    state: DeploymentState
+    a: RolloutAnalysis
+    judgement: Judgement
+    failures: list[str]
+    ev: Evidence
+    recommended: bool
+
+    def decision(
+        self,
+        verdict: Verdict,
+        reason: str,
+        weight: float | None = None,
+        waiting: WaitingFor = WaitingFor.NOTHING,
+    ) -> Decision:
+        return Decision(verdict, reason, weight, self.ev, waiting)
+
+    def hold(self, reason: str, waiting: WaitingFor) -> Decision:
+        return self.decision(Verdict.HOLD, reason, waiting=waiting)
 
 
 def decide(state: DeploymentState, a: RolloutAnalysis, recommended: bool = False) -> Decision:
@@ -160,52 +254,94 @@ def decide(state: DeploymentState, a: RolloutAnalysis, recommended: bool = False
         and not (state.mode is Mode.MANUAL and state.phase is Phase.AWAITING_APPROVAL)
     ):
         return Decision(Verdict.HOLD, "nothing in progress")
-    outcome, kind, why = criterion(state, a)
-    ev = evidence(state, a, outcome, kind)
-    failures = guardrail_failures(state, a)
-    if state.mode is Mode.CANARY:
-        if failures:
-            return Decision(Verdict.ROLLBACK, "guardrail failed: " + "; ".join(failures), 0.0, ev)
-        if outcome is Criterion.FAILED:
-            return Decision(Verdict.ROLLBACK, f"{kind} failed: {why}", 0.0, ev)
-        if a.step_samples < state.policy.min_samples_per_step:
-            return Decision(Verdict.HOLD, f"step has {a.step_samples} samples", evidence=ev)
-        later = [w for w in state.policy.canary_steps if w > state.canary_weight + 1e-9]
-        if later:
-            return Decision(
-                Verdict.ADVANCE,
+    j = criterion(state, a)
+    ctx = _Context(state, a, j, guardrail_failures(state, a), evidence(state, a, j), recommended)
+    by_mode = _BY_MODE.get(state.mode)
+    if by_mode is None:
+        return ctx.hold(j.why, j.waiting_for)
+    return by_mode(ctx)
+
+
+def _decide_canary(ctx: _Context) -> Decision:
+    state, a, j = ctx.state, ctx.a, ctx.judgement
+    if ctx.failures:
+        return ctx.decision(Verdict.ROLLBACK, "guardrail failed: " + "; ".join(ctx.failures), 0.0)
+    if j.outcome is Criterion.FAILED:
+        return ctx.decision(Verdict.ROLLBACK, f"{j.kind} failed: {j.why}", 0.0)
+    if a.step_samples < state.policy.min_samples_per_step:
+        return ctx.hold(f"step has {a.step_samples} samples", WaitingFor.SAMPLES)
+    later = [w for w in state.policy.canary_steps if w > state.canary_weight + 1e-9]
+    if later:
+        return ctx.decision(
+            Verdict.ADVANCE,
+            (
+                f"step at {state.canary_weight:.0%} healthy over {a.step_samples} samples; "
+                f"advancing to {later[0]:.0%}"
+            ),
+            later[0],
+        )
+    return _final(ctx, Verdict.PROMOTE, Verdict.ROLLBACK, "last step passed")
+
+
+def _final(ctx: _Context, promote: Verdict, reject: Verdict, passed: str) -> Decision:
+    """The last step (or a shadow): promote on this step's evidence with the guardrails
+    shown; at the horizon without it, do what the policy says."""
+    state, a, j = ctx.state, ctx.a, ctx.judgement
+    unshown = guardrails_unshown(state, a)
+    if j.outcome is Criterion.PASSED and not unshown:
+        return ctx.decision(promote, f"{passed}; {j.kind}: {j.why}")
+    waiting = j.waiting_for if j.outcome is not Criterion.PASSED else WaitingFor.GUARDRAILS
+    why = j.why if j.outcome is not Criterion.PASSED else "; ".join(unshown)
+    horizon = state.policy.feedback_horizon_s * 1000
+    if a.clock - a.step_started_at >= horizon:
+        if state.policy.at_horizon is AtHorizon.KEEP_PRODUCTION:
+            return ctx.decision(
+                reject,
                 (
-                    f"step at {state.canary_weight:.0%} healthy over {a.step_samples} samples; "
-                    f"advancing to {later[0]:.0%}"
+                    f"the evidence never came: after the feedback horizon "
+                    f"({state.policy.feedback_horizon_s} s) {why}; keeping production"
                 ),
-                later[0],
-                ev,
+                0.0 if reject is Verdict.ROLLBACK else None,
+                waiting,
             )
-        if outcome is Criterion.PASSED:
-            return Decision(Verdict.PROMOTE, f"last step passed; {kind}: {why}", evidence=ev)
-        return Decision(Verdict.HOLD, f"at the last step; {kind}: {why}", evidence=ev)
-    if state.mode is Mode.SHADOW:
-        if failures:
-            return Decision(Verdict.RETIRE, "guardrail failed: " + "; ".join(failures), evidence=ev)
-        if outcome is Criterion.FAILED:
-            return Decision(Verdict.RETIRE, f"{kind} failed: {why}", evidence=ev)
-        if outcome is Criterion.PASSED and a.compared >= state.policy.min_samples_per_step:
-            verdict = (
-                Verdict.AWAIT_APPROVAL if state.policy.shadow_requires_approval else Verdict.PROMOTE
-            )
-            return Decision(verdict, f"shadow analysis passed; {kind}: {why}", evidence=ev)
-        return Decision(Verdict.HOLD, f"{kind}: {why}", evidence=ev)
-    if state.mode is Mode.MANUAL and not recommended:
-        if failures or outcome is Criterion.FAILED:
-            reason = "; ".join(failures) if failures else f"{kind} failed: {why}"
-            return Decision(
-                Verdict.RECOMMEND_REJECT, f"recommend not promoting: {reason}", evidence=ev
-            )
-        if outcome is Criterion.PASSED and a.compared >= state.policy.min_samples_per_step:
-            return Decision(
-                Verdict.RECOMMEND_PROMOTE, f"recommend promoting; {kind}: {why}", evidence=ev
-            )
-    return Decision(Verdict.HOLD, f"{kind}: {why}", evidence=ev)
+        return ctx.hold(f"past the feedback horizon, holding for an operator: {why}", waiting)
+    return ctx.hold(f"{j.kind}: {why}", waiting)
+
+
+def _decide_shadow(ctx: _Context) -> Decision:
+    state, a, j = ctx.state, ctx.a, ctx.judgement
+    if ctx.failures:
+        return ctx.decision(Verdict.RETIRE, "guardrail failed: " + "; ".join(ctx.failures))
+    if j.outcome is Criterion.FAILED:
+        return ctx.decision(Verdict.RETIRE, f"{j.kind} failed: {j.why}")
+    if a.compared < state.policy.min_samples_per_step:
+        return ctx.hold(f"{a.compared} samples compared", WaitingFor.SAMPLES)
+    promote = Verdict.AWAIT_APPROVAL if state.policy.shadow_requires_approval else Verdict.PROMOTE
+    return _final(ctx, promote, Verdict.RETIRE, "shadow analysis passed")
+
+
+def _decide_manual(ctx: _Context) -> Decision:
+    state, a, j = ctx.state, ctx.a, ctx.judgement
+    if ctx.recommended:
+        return ctx.hold(f"{j.kind}: {j.why}", j.waiting_for)
+    if ctx.failures or j.outcome is Criterion.FAILED:
+        reason = "; ".join(ctx.failures) if ctx.failures else f"{j.kind} failed: {j.why}"
+        return ctx.decision(Verdict.RECOMMEND_REJECT, f"recommend not promoting: {reason}")
+    unshown = guardrails_unshown(state, a)
+    if (
+        j.outcome is Criterion.PASSED
+        and not unshown
+        and a.compared >= state.policy.min_samples_per_step
+    ):
+        return ctx.decision(Verdict.RECOMMEND_PROMOTE, f"recommend promoting; {j.kind}: {j.why}")
+    return ctx.hold(f"{j.kind}: {j.why}", j.waiting_for)
+
+
+_BY_MODE: dict[Mode, Callable[[_Context], Decision]] = {
+    Mode.CANARY: _decide_canary,
+    Mode.SHADOW: _decide_shadow,
+    Mode.MANUAL: _decide_manual,
+}
 
 
 def _finite(value: Any) -> Any:
@@ -232,7 +368,7 @@ def replay_gate(state: DeploymentState, a: RolloutAnalysis) -> tuple[bool, str, 
             f"error rate {a.candidate_arm.error_rate:.2%} above {g.max_candidate_error_rate:.2%}"
         )
     outcome = Criterion.FAILED if problems else Criterion.PASSED
-    ev = evidence(state, a, outcome, "replay")
+    ev = evidence(state, a, Judgement(outcome, "replay", ""))
     if not a.paired:
         return False, "replay gate: no recent requests to replay", ev
     if problems:

@@ -20,16 +20,36 @@ from typing import Any
 from app.core.analysis import RolloutAnalysis
 from app.core.events import DecisionEvent, DeploymentState, Mode
 from app.core.promotion import criterion, guardrail_failures
-from app.core.sequential import BettingTest
+from app.core.sequential import BettingTest, StakedTest
 
 # Test name in the API -> (attribute of RolloutAnalysis, what rejecting its null means).
 TESTS: dict[str, tuple[str, str]] = {
-    "non_inferiority": ("better", "promote: candidate not worse than the margin"),
-    "inferiority": ("worse", "roll back: candidate worse than the margin"),
-    "agreement": ("agree_ok", "disagreement below the ceiling"),
+    "agreement": ("agree_margin", "promote without labels: disagreement below the margin"),
     "disagreement": ("disagree_over", "guardrail: disagreement above the ceiling"),
     "candidate_errors": ("errors_over", "guardrail: candidate error rate above the ceiling"),
+    "errors_shown": ("errors_under", "guardrail shown: error rate below the ceiling"),
+    "latency_shown": ("latency_under", "guardrail shown: latency within the ratio"),
 }
+
+
+def _criterion_tests(a: RolloutAnalysis) -> dict[str, tuple[BettingTest | StakedTest, str]]:
+    """The criterion's tests: ``non_inferiority`` / ``inferiority`` are this step's (for a
+    metric with several tests, the one furthest from deciding), then each by name."""
+    tests: dict[str, tuple[BettingTest | StakedTest, str]] = {
+        "non_inferiority": (
+            min(a.step_better.values(), key=lambda t: t.max_log_wealth),
+            "promote: candidate not worse than the margin (this step)",
+        ),
+        "inferiority": (
+            max(a.rollout_worse.values(), key=lambda t: t.max_log_wealth),
+            "roll back: candidate worse than the margin (whole rollout)",
+        ),
+    }
+    if len(a.step_better) > 1:
+        for name in a.step_better:
+            tests[f"non_inferiority:{name}"] = (a.step_better[name], f"promote on {name}")
+            tests[f"inferiority:{name}"] = (a.rollout_worse[name], f"roll back on {name}")
+    return tests
 
 
 def finite_dict(value: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +67,7 @@ def finite(value: Any) -> Any:
     return value
 
 
-def sequential_test_view(test: BettingTest, meaning: str) -> dict[str, Any]:
+def sequential_test_view(test: BettingTest | StakedTest, meaning: str) -> dict[str, Any]:
     """A test's evidence against its threshold; ``progress`` is log-wealth over threshold
     (1.0 = rejected), floored at 0."""
     summary = test.summary()
@@ -61,7 +81,10 @@ def sequential_test_view(test: BettingTest, meaning: str) -> dict[str, Any]:
 
 
 def analysis_view(state: DeploymentState, a: RolloutAnalysis) -> dict[str, Any]:
-    outcome, kind, why = criterion(state, a)
+    j = criterion(state, a)
+    tests = {
+        name: (getattr(a, attr), meaning) for name, (attr, meaning) in TESTS.items()
+    } | _criterion_tests(a)
     return finite_dict(
         {
             "candidate": a.candidate,
@@ -69,11 +92,15 @@ def analysis_view(state: DeploymentState, a: RolloutAnalysis) -> dict[str, Any]:
             "step_epoch": a.step_epoch,
             "samples": a.samples(),
             "metrics": a.metrics(),
-            "criterion": {"kind": kind, "outcome": outcome.value, "why": why},
+            "criterion": {
+                "kind": j.kind,
+                "outcome": j.outcome.value,
+                "why": j.why,
+                "waiting_for": j.waiting_for.value,
+            },
             "guardrails_failed": guardrail_failures(state, a),
             "tests": {
-                name: sequential_test_view(getattr(a, attr), meaning)
-                for name, (attr, meaning) in TESTS.items()
+                name: sequential_test_view(test, meaning) for name, (test, meaning) in tests.items()
             },
         }
     )

@@ -16,7 +16,7 @@ one-sided form is the test of Shafer & Vovk's game-theoretic probability. Pure: 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -132,3 +132,125 @@ def rate_tests(ceiling: float, alpha: float) -> tuple[BettingTest, BettingTest]:
     under = BettingTest(m=m, side=Side.BELOW, alpha=alpha)
     over = BettingTest(m=m, side=Side.ABOVE, alpha=alpha)
     return under, over
+
+
+@dataclass
+class StakedTest:
+    """One-sided, anytime-valid test for observations in [-1, 1] whose values may still be
+    revised: each observation's bets are fixed when it enters (from what was known then, so
+    they are predictable), and the wealth is a product of per-observation factors, an
+    order-free sum of logs. An observation whose label is missing enters at its worst case
+    (``app.core.metric.bound``) and is revised when the label comes: the wealth is then never
+    above that of the test fed the true values in the order compared, which is a nonnegative
+    supermartingale under H0, so Ville's inequality still bounds the chance of ever
+    rejecting by ``alpha``, whatever the order or the bias of label arrival.
+
+    The bets are sized for alternatives ``alts`` (distances from ``m`` on the tested side)
+    as ``lambda = delta / (s + delta**2)`` with ``s`` an estimate of the observations'
+    second moment (the Kelly bet for a mean ``m + delta``), one product per alternative, and
+    the wealth is their average (a mixture: a test martingale too)."""
+
+    m: float
+    side: Side
+    alpha: float
+    alts: tuple[float, ...]
+    n: int = 0
+    total: float = 0.0
+    log_sums: list[float] = field(default_factory=list)
+    max_log_wealth: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not -1.0 < self.m < 1.0:
+            raise ValueError(f"m={self.m} must lie strictly inside [-1, 1]")
+        if not self.log_sums:
+            self.log_sums = [0.0] * len(self.alts)
+
+    @property
+    def threshold(self) -> float:
+        return math.log(1.0 / self.alpha)
+
+    @property
+    def log_wealth(self) -> float:
+        top = max(self.log_sums)
+        return top + math.log(sum(math.exp(s - top) for s in self.log_sums) / len(self.log_sums))
+
+    @property
+    def rejected(self) -> bool:
+        return self.max_log_wealth >= self.threshold
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else float("nan")
+
+    def stakes(self, second_moment: float) -> list[float]:
+        """The bets for an observation entering now, given the estimated second moment."""
+        s = max(second_moment, 1e-4)
+        if self.side is Side.ABOVE:
+            cap = _MAX_STAKE / (1.0 + self.m)  # keeps 1 + lambda (x - m) >= 1/2 for x >= -1
+            return [min(d / (s + d * d), cap) for d in self.alts]
+        cap = _MAX_STAKE / (1.0 - self.m)
+        return [-min(d / (s + d * d), cap) for d in self.alts]
+
+    def _apply(self, x: float | None, stakes: list[float], sign: int) -> None:
+        if x is None:
+            return
+        if not -1.0 <= x <= 1.0:
+            raise ValueError(f"observation {x} outside [-1, 1]")
+        for i, lam in enumerate(stakes):
+            self.log_sums[i] += sign * math.log1p(lam * (x - self.m))
+        self.n += sign
+        self.total += sign * x
+
+    def add(self, x: float | None, stakes: list[float]) -> None:
+        """Take an observation (None: not part of this test) with its bets."""
+        self._apply(x, stakes, 1)
+        self._touch()
+
+    def revise(self, old: float | None, new: float | None, stakes: list[float]) -> None:
+        """An observation taken as ``old`` (its worst case) is now known to be ``new``."""
+        if old == new:
+            return
+        self._apply(old, stakes, -1)
+        self._apply(new, stakes, 1)
+        self._touch()
+
+    def _touch(self) -> None:
+        self.max_log_wealth = max(self.max_log_wealth, self.log_wealth)
+
+    def summary(self) -> dict[str, float | int | bool | str]:
+        return {
+            "null": f"mean {'<=' if self.side is Side.ABOVE else '>='} {self.m:g}",
+            "n": self.n,
+            "mean": self.mean if self.n else 0.0,
+            "log_evidence": self.log_wealth,
+            "max_log_evidence": self.max_log_wealth,
+            "threshold": self.threshold,
+            "rejected": self.rejected,
+        }
+
+    def state(self) -> dict[str, object]:
+        return {
+            "n": self.n,
+            "total": self.total,
+            "log_sums": list(self.log_sums),
+            "max_log_wealth": self.max_log_wealth,
+        }
+
+
+# Alternatives the tests bet on: promote bets on an equal candidate (a difference of 0, i.e.
+# one margin above the null); roll back on candidates a little to much worse than the margin.
+ROLLBACK_ALTS = (0.02, 0.05, 0.15)
+MIN_PROMOTE_ALT = 0.005
+
+
+def staked_pair(margin: float, alpha: float) -> tuple[StakedTest, StakedTest]:
+    """``better`` rejects "the candidate is worse by more than ``margin``" (promote);
+    ``worse`` rejects "the candidate is at most ``margin`` worse" (roll back)."""
+    m = _inside(-margin, -1.0, 1.0)
+    better = StakedTest(m=m, side=Side.ABOVE, alpha=alpha, alts=(max(-m, MIN_PROMOTE_ALT),))
+    return better, staked_worse(margin, alpha)
+
+
+def staked_worse(margin: float, alpha: float) -> StakedTest:
+    m = _inside(-margin, -1.0, 1.0)
+    return StakedTest(m=m, side=Side.BELOW, alpha=alpha, alts=ROLLBACK_ALTS)

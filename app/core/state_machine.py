@@ -20,6 +20,7 @@ Semantics (DESIGN.md, "Modes" and "Commands"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 from app.core.events import (
     Action,
     ControlCommand,
+    DecisionAction,
     DecisionEvent,
     DeploymentState,
     Evidence,
@@ -37,6 +39,7 @@ from app.core.events import (
 )
 from app.core.manifest import DeploymentSpec
 from app.core.policy import Policy
+from app.core.verdict import Verdict
 
 CONTROLLER = "controller"
 HISTORY_LIMIT = 20  # earlier productions kept in the state (the rollback path)
@@ -101,7 +104,9 @@ def apply(
         new = DeploymentState.model_validate(new.model_dump())
     except Rejected as exc:
         return reject_command(state, command, str(exc), now)
-    return Outcome(new, decision(state, new, command.action, reason, now, command))
+    return Outcome(
+        new, decision(state, new, DecisionAction(command.action.value), reason, now, command)
+    )
 
 
 def reject(
@@ -109,7 +114,7 @@ def reject(
     reason: str,
     now: int,
     *,
-    action: str,
+    action: DecisionAction,
     command_id: str | None,
     decided_by: str = CONTROLLER,
 ) -> Outcome:
@@ -130,7 +135,7 @@ def unchanged(
     reason: str,
     now: int,
     *,
-    action: str,
+    action: DecisionAction,
     command_id: str | None,
     decided_by: str,
     accepted: bool,
@@ -163,7 +168,7 @@ def reject_command(
         state,
         reason,
         now,
-        action=command.action.value,
+        action=DecisionAction(command.action.value),
         command_id=command.command_id,
         decided_by=command.issued_by,
     )
@@ -172,7 +177,7 @@ def reject_command(
 def decision(
     old: DeploymentState,
     new: DeploymentState,
-    action: str,
+    action: DecisionAction,
     reason: str,
     now: int,
     command: ControlCommand | None = None,
@@ -368,9 +373,38 @@ _TRANSITIONS = {
 }
 
 
+def _advance(state: DeploymentState, next_weight: float | None) -> dict[str, object]:
+    if next_weight is None:
+        raise ValueError("advance needs a next weight")
+    return {"canary_weight": next_weight}
+
+
+def _promoted(state: DeploymentState, _: float | None) -> dict[str, object]:
+    return _promotion(state)[0]
+
+
+def _retired(state: DeploymentState, _: float | None) -> dict[str, object]:
+    return {"phase": Phase.STABLE, "candidate": None, "canary_weight": 0.0}
+
+
+def _awaiting(state: DeploymentState, _: float | None) -> dict[str, object]:
+    return {"phase": Phase.AWAITING_APPROVAL}
+
+
+# The one table from a verdict to the change it makes (verdicts that change no state are not
+# here: they are published as they are).
+_VERDICT_STEPS: dict[Verdict, Callable[[DeploymentState, float | None], dict[str, object]]] = {
+    Verdict.ADVANCE: _advance,
+    Verdict.PROMOTE: _promoted,
+    Verdict.ROLLBACK: _retired,
+    Verdict.RETIRE: _retired,
+    Verdict.AWAIT_APPROVAL: _awaiting,
+}
+
+
 def controller_step(
     state: DeploymentState,
-    action: str,
+    verdict: Verdict,
     reason: str,
     now: int,
     evidence: Evidence,
@@ -378,8 +412,9 @@ def controller_step(
 ) -> Outcome:
     """A decision the controller takes on evidence (``app.core.promotion``): ``advance`` (to
     ``next_weight``), ``promote``, ``rollback`` / ``retire`` (the candidate leaves; production
-    never changed), ``await_approval``; or ``recommend``, which changes no state."""
-    if action == "recommend":
+    never changed), ``await_approval``; or a recommendation, which changes no state."""
+    action = verdict.action  # raises for HOLD: a hold is not a decision
+    if not verdict.changes_state:
         return unchanged(
             state,
             reason,
@@ -390,20 +425,9 @@ def controller_step(
             accepted=True,
             evidence=evidence,
         )
-    candidate = state.candidate
-    if candidate is None:
+    if state.candidate is None:
         raise ValueError(f"{action} needs a candidate")
-    changes: dict[str, object]
-    if action == "advance":
-        changes = {"canary_weight": next_weight}
-    elif action == "promote":
-        changes, _ = _promotion(state)
-    elif action in ("rollback", "retire"):
-        changes = {"phase": Phase.STABLE, "candidate": None, "canary_weight": 0.0}
-    elif action == "await_approval":
-        changes = {"phase": Phase.AWAITING_APPROVAL}
-    else:
-        raise ValueError(f"unknown controller action {action!r}")
+    changes = _VERDICT_STEPS[verdict](state, next_weight)
     new = DeploymentState.model_validate(
         state.model_copy(
             update={**changes, "epoch": state.epoch + 1, "updated_at": now, "reason": reason}

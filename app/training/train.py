@@ -49,7 +49,7 @@ from app.core.manifest import (
     Signature,
     TrainingInfo,
 )
-from app.core.policy import Policy
+from app.core.policy import Metric, MetricKind, Policy
 from app.training import stream
 
 DEPLOYMENT = "fraud"
@@ -114,9 +114,22 @@ def signature() -> Signature:
     )
 
 
+def fraud_policy() -> Policy:
+    """The fraud deployment's policy: the defaults, with per-class recall as the criterion
+    (fraud recall may drop at most 5 points, legit recall 2), so that a candidate that never
+    flags fraud cannot be promoted however accurate it looks (see docs/decisions.md)."""
+    return Policy(
+        metric=Metric(
+            kind=MetricKind.RECALL,
+            classes=list(stream.LABELS),
+            class_margins={"fraud": 0.05, "legit": 0.02},
+        )
+    )
+
+
 def deployment_spec() -> DeploymentSpec:
     return DeploymentSpec(
-        name=DEPLOYMENT, signature=signature(), initial_production="1", policy=Policy()
+        name=DEPLOYMENT, signature=signature(), initial_production="1", policy=fraud_policy()
     )
 
 

@@ -142,10 +142,28 @@ CASES: list[tuple[str, DeploymentState, dict[str, Any], Verdict]] = [
         Verdict.ADVANCE,
     ),
     (
-        "canary: last step, criterion passed",
+        "canary: last step, no labels, disagreement shown below the margin",
         state(Mode.CANARY, weight=1.0),
-        {"n": 3000},
+        {"n": 3000, "disagree": 0.002},
         Verdict.PROMOTE,
+    ),
+    (
+        "canary: last step, no labels, disagreement under the ceiling but not the margin",
+        state(Mode.CANARY, weight=1.0),
+        {"n": 3000, "disagree": 0.1},
+        Verdict.HOLD,
+    ),
+    (
+        "canary: last step, labels for 30% (below the coverage) of a worse candidate: waits",
+        state(Mode.CANARY, weight=1.0),
+        {"n": 3000, "cand_acc": 0.75, "coverage": 0.3, "disagree": 0.0},
+        Verdict.HOLD,
+    ),
+    (
+        "canary: last step, error rate 2% against a 1% ceiling is never shown below it",
+        state(Mode.CANARY, weight=1.0),
+        {"n": 3000, "disagree": 0.002, "cand_errors": 0.011, "seed": 3},
+        Verdict.HOLD,
     ),
     (
         "canary: worse on ground truth",
@@ -160,11 +178,16 @@ CASES: list[tuple[str, DeploymentState, dict[str, Any], Verdict]] = [
         Verdict.PROMOTE,
     ),
     ("canary: paused holds", state(Mode.CANARY, phase=Phase.PAUSED), {"n": 3000}, Verdict.HOLD),
-    ("shadow: agreement passes", state(Mode.SHADOW, weight=0.0), {"n": 3000}, Verdict.PROMOTE),
+    (
+        "shadow: agreement passes",
+        state(Mode.SHADOW, weight=0.0),
+        {"n": 3000, "disagree": 0.002},
+        Verdict.PROMOTE,
+    ),
     (
         "shadow: approval required",
         state(Mode.SHADOW, weight=0.0, shadow_requires_approval=True),
-        {"n": 3000},
+        {"n": 3000, "disagree": 0.002},
         Verdict.AWAIT_APPROVAL,
     ),
     (
@@ -176,7 +199,7 @@ CASES: list[tuple[str, DeploymentState, dict[str, Any], Verdict]] = [
     (
         "manual: recommends",
         state(Mode.MANUAL, weight=0.0, phase=Phase.AWAITING_APPROVAL),
-        {"n": 3000},
+        {"n": 3000, "disagree": 0.002},
         Verdict.RECOMMEND_PROMOTE,
     ),
     (
@@ -242,7 +265,8 @@ def test_snapshot_round_trip_keeps_every_count_and_test() -> None:
     feed(a, 500, coverage=0.5, disagree=0.1)
     b = RolloutAnalysis.from_json(a.to_json())
     assert b.to_json() == a.to_json()
-    assert b.better.log_wealth == a.better.log_wealth and b.pending == a.pending
+    better, b_better = a.step_better["all"], b.step_better["all"]
+    assert b_better.log_wealth == better.log_wealth and b.pending == a.pending
     assert decide(st, b).verdict is decide(st, a).verdict
 
 
@@ -310,3 +334,29 @@ def test_policy_bounds_at_their_edges_still_decide(
     a = analysis(st)
     feed(a, 400, disagree=0.1)
     assert decide(st, a).verdict is verdict
+
+
+def test_at_the_horizon_without_evidence_production_is_kept() -> None:
+    """Labels never come for a candidate that disagrees too much to pass on agreement: it
+    holds, saying it waits for labels, then at the feedback horizon it is rolled back."""
+    st = state(Mode.CANARY, weight=1.0, feedback_horizon_s=3600)
+    a = analysis(st)
+    a.horizon_ms = 3600 * 1000
+    feed(a, 3000, disagree=0.1)
+    held = decide(st, a)
+    assert held.verdict is Verdict.HOLD and held.waiting_for.value == "labels", held.reason
+    a.tick(a.step_started_at + 3600 * 1000)
+    decision = decide(st, a)
+    assert decision.verdict is Verdict.ROLLBACK, decision.reason
+    assert "evidence never came" in decision.reason
+
+
+def test_a_worse_test_rejected_at_an_earlier_step_blocks_promotion() -> None:
+    st = state(Mode.CANARY, weight=0.5)
+    a = analysis(st)
+    feed(a, 3000, cand_acc=0.6, coverage=1.0, disagree=0.0)
+    assert a.worse_now()
+    a.new_step(11)
+    feed(a, 3000, epoch=11, seed=9, disagree=0.002)  # an unremarkable last step
+    last = st.model_copy(update={"canary_weight": 1.0})
+    assert decide(last, a).verdict is Verdict.ROLLBACK

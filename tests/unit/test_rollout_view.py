@@ -92,7 +92,7 @@ def test_without_a_candidate_the_share_now_is_zero() -> None:
 
 def test_deployment_view_shows_comparison_tests_and_decisions_as_json() -> None:
     st = state()
-    a = RolloutAnalysis("fraud", "2", 2, 0.05, 0.02, 0.2, 0.01)
+    a = RolloutAnalysis("fraud", "2", 2, 0.05, 0.2, 0.2, 0.01)  # a margin of 20 points
     for i in range(200):
         a.add_comparison(comparison(i, agree=i % 10 != 0), at=i)  # 10% disagreement
     decisions = [decision("deploy", 2, 0.1, at=1_000), decision("advance", 3, 0.25, at=2_000)]
@@ -104,7 +104,7 @@ def test_deployment_view_shows_comparison_tests_and_decisions_as_json() -> None:
     assert analysis["metrics"]["accuracy"] == {"production": None, "candidate": None}
     agreement = analysis["tests"]["agreement"]
     assert agreement["threshold"] > 0 and agreement["n"] == 200
-    # 10% against a 20% ceiling over 200 pairs: the "below the ceiling" test has rejected.
+    # 10% against a 20-point margin over 200 pairs: the "below the margin" test has rejected.
     assert agreement["rejected"] and agreement["progress"] >= 1.0
     assert not analysis["tests"]["disagreement"]["rejected"]
     assert analysis["criterion"]["kind"] == "agreement"
