@@ -1,7 +1,9 @@
-"""``rollout simulate``: the promotion test's false-promotion rate and power, by Monte Carlo."""
+"""``rollout simulate``: the controller's decision path replayed in every situation of
+``app.simulation.situations``, and the promotion test's samples before and after."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
@@ -9,45 +11,44 @@ from rich.console import Console
 from rich.table import Table
 
 from app.cli import app
-from app.core.simulation import simulate as run_simulation
+from app.core.simulation import simulate as previous_test
+from app.simulation.report import COLUMNS, markdown, row
+from app.simulation.runner import pure_test_samples, run
+from app.simulation.situations import SITUATIONS
 
 
 @app.command()
 def simulate(
-    margin: Annotated[float, typer.Option(help="Non-inferiority margin (accuracy points).")] = 0.02,
-    alpha: Annotated[float, typer.Option(help="Level of the sequential test.")] = 0.05,
-    replications: Annotated[int, typer.Option(help="Replications per candidate.")] = 500,
-    max_samples: Annotated[int, typer.Option(help="Labelled pairs before giving up.")] = 6000,
+    replications: Annotated[
+        int, typer.Option(help="Replications per situation (0: each situation's own).")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the first replication.")] = 11,
+    markdown_out: Annotated[
+        bool, typer.Option("--markdown", help="Print the table as Markdown.")
+    ] = False,
 ) -> None:
-    """Replicate paired canaries of worse, equal and better candidates, checked after every
-    batch of 50, and report how often each is promoted or rolled back."""
-    table = Table(
-        "candidate vs production",
-        "promoted",
-        "rolled back",
-        "undecided",
-        "median samples to decide",
-        title=f"margin {margin:.0%}, alpha {alpha}, {replications} replications",
+    """Replay canaries (5 steps of 500 compared requests, margin 2 points, alpha 0.05)
+    through RolloutAnalysis, promotion.decide and controller_step in each situation, and
+    report how often the candidate was promoted, rolled back or held."""
+    console = Console()
+    started = time.monotonic()
+    results = []
+    for situation in SITUATIONS:
+        results.append(run(situation, replications or None, seed=seed))
+        console.print(f"  {situation.name}: done", style="dim")
+    if markdown_out:
+        console.print(markdown(results), soft_wrap=True)
+    else:
+        table = Table(*COLUMNS, title="rollout simulate (alpha 0.05, margin 2 points)")
+        for r in results:
+            table.add_row(*row(r))
+        console.print(table)
+    n = replications or 200
+    before = previous_test(0.0, margin=0.02, alpha=0.05, replications=n, seed=seed)
+    rate, after = pure_test_samples(0.0, 0.02, 0.05, n, seed=seed)
+    console.print(
+        f"labelled pairs to promote an equal candidate at a 2-point margin (median, {n} runs): "
+        f"previous test {before.median_samples:,.0f} (promoted {before.promote_rate:.0%}), "
+        f"this one {after:,.0f} (promoted {rate:.0%})"
     )
-    for delta in (-2 * margin, -1.5 * margin, -margin, 0.0, margin, 2 * margin):
-        r = run_simulation(
-            delta,
-            margin=margin,
-            alpha=alpha,
-            replications=replications,
-            max_samples=max_samples,
-            seed=11,
-        )
-        truth = (
-            "worse than the margin"
-            if delta < -margin
-            else ("at the margin" if delta == -margin else "within the margin")
-        )
-        table.add_row(
-            f"{delta:+.1%} ({truth})",
-            f"{r.promote_rate:.1%}",
-            f"{r.rollback_rate:.1%}",
-            f"{r.undecided / r.replications:.1%}",
-            f"{r.median_samples:.0f}",
-        )
-    Console().print(table)
+    console.print(f"{time.monotonic() - started:.0f} s")

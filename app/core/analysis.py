@@ -9,13 +9,14 @@ this rollout (its candidate, from the epoch it started) count. It serialises to 
 snapshots.
 
 The success criterion's tests (``app.core.metric``) take only the audit sample
-(``app.core.audit``), each request as it is compared, at its worst case until its label
-comes (``StakedTest``): labels late, missing, or arriving first for frauds cannot pass a
-worse candidate. They are kept per canary step (reset by ``new_step``: a promotion rests on
-the last step's own data) and, for "worse", over the whole rollout too; a "worse" rejected
-anywhere is remembered (``worse_seen``). Guardrails have tests both ways: refuted (roll back
-at once) and shown (needed to promote): error rate below its ceiling, latency within its
-ratio.
+(``app.core.audit``). The promote test takes each request as it is compared, at its worst case
+until its label comes (``StakedTest``), so labels late, missing, or arriving first for frauds
+cannot pass a worse candidate; it is kept per canary step (reset by ``new_step``: a
+promotion rests on the last step's own data). The roll-back ("worse") test runs over the
+whole rollout on labelled observations, its level split between the metric's tests; once
+rejected it stays rejected (``worse_seen`` keeps it across steps). Guardrails have tests both
+ways: refuted (roll back at once) and shown (needed to promote): error rate below its
+ceiling, latency within its ratio.
 
 Pure: no I/O, no clock (times are passed in).
 """
@@ -143,6 +144,7 @@ class RolloutAnalysis:
     step_audit_labelled: int = 0
     step_paired: int = 0
     step_disagreements: int = 0
+    step_open: int = 0  # audit requests of this step whose label could change the criterion
     shed: int = 0
     shed_sampled: int = 0
     invalid_scores: int = 0
@@ -160,7 +162,6 @@ class RolloutAnalysis:
     worse_seen: list[str] = field(default_factory=list)
     rule: MetricRule = field(init=False)
     step_better: dict[str, StakedTest] = field(init=False)
-    step_worse: dict[str, StakedTest] = field(init=False)
     rollout_worse: dict[str, StakedTest] = field(init=False)
     agree_margin: BettingTest = field(init=False)
     disagree_over: BettingTest = field(init=False)
@@ -171,8 +172,12 @@ class RolloutAnalysis:
     def __post_init__(self) -> None:
         self.rule = MetricRule(self.metric, self.margin)
         self._fresh_step_tests()
+        # One "worse" test per metric test over the whole rollout, the level split between
+        # them (Bonferroni): a candidate no worse than the margin is rolled back on labels
+        # at most alpha of the time.
+        tests = self.rule.tests
         self.rollout_worse = {
-            t: staked_worse(self.rule.margin_of(t), self.alpha) for t in self.rule.tests
+            t: staked_worse(self.rule.margin_of(t), self.alpha / len(tests)) for t in tests
         }
         _, self.disagree_over = rate_tests(self.disagreement_ceiling, self.alpha)
         self.errors_under, self.errors_over = rate_tests(self.error_ceiling, self.alpha)
@@ -203,11 +208,9 @@ class RolloutAnalysis:
         )
 
     def _fresh_step_tests(self) -> None:
-        self.step_better, self.step_worse = {}, {}
-        for t in self.rule.tests:
-            self.step_better[t], self.step_worse[t] = staked_pair(
-                self.rule.margin_of(t), self.alpha
-            )
+        self.step_better = {
+            t: staked_pair(self.rule.margin_of(t), self.alpha)[0] for t in self.rule.tests
+        }
         self.agree_margin, _ = rate_tests(self.margin, self.alpha)
 
     def counts(self, comparison: Comparison) -> bool:
@@ -266,6 +269,7 @@ class RolloutAnalysis:
         if audit:
             self.audit_compared += 1
             self.step_audit_compared += int(step == self.step_epoch)
+            self.step_open += int(spreads is not None and step == self.step_epoch)
         self.pending[c.request_id] = (p_label, c_label, at, step, audit, spreads)
         while len(self.pending) > _PENDING_LIMIT:
             self.pending.popitem(last=False)
@@ -302,14 +306,20 @@ class RolloutAnalysis:
         return [spread for spread, _ in plan.values()] if open_ else None
 
     def _feed(self, test: str, spread: float, values: list[float | None], step: int) -> None:
-        """Enter one observation into ``test`` at its worst case over the truths possible."""
+        """Enter one observation into ``test``: its value when it is already known; else the
+        promote test takes its worst case over the truths possible (revised when the label
+        comes) and the roll-back tests wait for the label."""
+        known = len(set(values)) == 1
         for t in self._targets(test, step):
-            t.add(bound(values, t.m, t.side is Side.ABOVE), t.stakes(spread))
+            if t.side is Side.ABOVE:
+                t.add(bound(values, t.m, True), t.stakes(spread))
+            elif known:
+                t.add(values[0], t.stakes(spread))
 
     def _targets(self, test: str, step: int) -> list[StakedTest]:
         targets = [self.rollout_worse[test]]
         if step == self.step_epoch:
-            targets += [self.step_better[test], self.step_worse[test]]
+            targets.append(self.step_better[test])
         return targets
 
     def _moment(self, test: str, x: float | None) -> None:
@@ -328,6 +338,14 @@ class RolloutAnalysis:
                 break
             del self.pending[request_id]
             self.expired_pending += 1
+            self._closed(entry)
+
+    def _closed(
+        self, entry: tuple[str | None, str | None, int, int, bool, list[float] | None]
+    ) -> None:
+        _, _, _, step, audit, spreads = entry
+        if audit and spreads is not None and step == self.step_epoch:
+            self.step_open -= 1
 
     def tick(self, now: int) -> None:
         """Time passes (the controller's clock) even when no evidence comes."""
@@ -340,6 +358,7 @@ class RolloutAnalysis:
         if entry is None:
             return False
         prod_label, cand_label, _, step, audit, spreads = entry
+        self._closed(entry)
         self.clock = max(self.clock, at)
         self.labelled += 1
         if prod_label is not None:
@@ -363,7 +382,8 @@ class RolloutAnalysis:
         self, test: str, spread: float, values: list[float | None], step: int, x: float | None
     ) -> None:
         for t in self._targets(test, step):
-            t.revise(bound(values, t.m, t.side is Side.ABOVE), x, t.stakes(spread))
+            old = bound(values, t.m, True) if t.side is Side.ABOVE else None
+            t.revise(old, x, t.stakes(spread))
 
     def new_step(self, epoch: int, at: int = 0) -> None:
         """A canary step begins (weight changed at ``epoch``): the criterion starts afresh on
@@ -372,19 +392,13 @@ class RolloutAnalysis:
         self.step_epoch = epoch
         self.step_samples = 0
         self.step_audit_compared = self.step_audit_labelled = 0
-        self.step_paired = self.step_disagreements = 0
+        self.step_paired = self.step_disagreements = self.step_open = 0
         self.step_started_at = max(at, self.clock)
         self._fresh_step_tests()
 
     def worse_now(self) -> list[str]:
-        """Tests that show the candidate worse than the margin (this step or the rollout)."""
-        found = [
-            f"{t} (step at epoch {self.step_epoch})"
-            for t, w in self.step_worse.items()
-            if w.rejected
-        ]
-        found += [f"{t} (whole rollout)" for t, w in self.rollout_worse.items() if w.rejected]
-        return found
+        """Tests that show the candidate worse than the margin over the whole rollout."""
+        return [f"{t} (whole rollout)" for t, w in self.rollout_worse.items() if w.rejected]
 
     @property
     def coverage(self) -> float:
@@ -404,11 +418,7 @@ class RolloutAnalysis:
     @property
     def open_labels(self) -> int:
         """Audit requests of this step whose label could still change the criterion."""
-        return sum(
-            1
-            for _, _, _, step, audit, spreads in self.pending.values()
-            if audit and spreads is not None and step == self.step_epoch
-        )
+        return self.step_open
 
     @property
     def disagreement(self) -> float:
@@ -491,6 +501,7 @@ class RolloutAnalysis:
         "step_audit_labelled",
         "step_paired",
         "step_disagreements",
+        "step_open",
         "shed",
         "shed_sampled",
         "invalid_scores",
@@ -513,7 +524,7 @@ class RolloutAnalysis:
             "tests": {name: _test_state(getattr(self, name)) for name in self._BETTING},
             "staked": {
                 group: {t: test.state() for t, test in getattr(self, group).items()}
-                for group in ("step_better", "step_worse", "rollout_worse")
+                for group in ("step_better", "rollout_worse")
             },
         }
 

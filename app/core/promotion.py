@@ -194,7 +194,7 @@ def evidence(state: DeploymentState, a: RolloutAnalysis, j: Judgement) -> Eviden
         "alpha": a.alpha,
         "metric": p.metric.model_dump(mode="json"),
         "non_inferiority": {
-            t: {"promote": a.step_better[t].summary(), "reject": a.step_worse[t].summary()}
+            t: {"promote": a.step_better[t].summary(), "reject": a.rollout_worse[t].summary()}
             for t in a.step_better
         },
         "inferiority_whole_rollout": {t: w.summary() for t, w in a.rollout_worse.items()},

@@ -154,9 +154,15 @@ CASES: list[tuple[str, DeploymentState, dict[str, Any], Verdict]] = [
         Verdict.HOLD,
     ),
     (
-        "canary: last step, labels for 30% (below the coverage) of a worse candidate: waits",
+        "canary: last step, labels for 30% (below the coverage) show a worse candidate",
         state(Mode.CANARY, weight=1.0),
         {"n": 3000, "cand_acc": 0.75, "coverage": 0.3, "disagree": 0.0},
+        Verdict.ROLLBACK,
+    ),
+    (
+        "canary: last step, labels for 30% of an equal candidate: waits for labels",
+        state(Mode.CANARY, weight=1.0),
+        {"n": 3000, "coverage": 0.3, "disagree": 0.05},
         Verdict.HOLD,
     ),
     (

@@ -1,0 +1,61 @@
+"""The decision path replayed (``app.simulation``) at reduced replications, fixed seeds:
+no situation promotes a candidate worse than the margin more than alpha of the time, and
+equal or better candidates still promote."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from app.simulation.report import wilson
+from app.simulation.runner import pure_test_samples, run
+from app.simulation.situations import SITUATIONS
+
+ALPHA = 0.05
+REPS = 12
+
+
+@pytest.mark.parametrize(
+    "situation", [s for s in SITUATIONS if s.truth == "worse"], ids=lambda s: s.name
+)
+def test_a_worse_candidate_is_promoted_at_most_alpha_of_the_time(situation: object) -> None:
+    s = dataclasses.replace(situation, max_compared=min(situation.max_compared, 6_000))  # type: ignore[type-var]
+    result = run(s, replications=REPS, seed=3)
+    promoted = result.count("promote")
+    if "at the margin" in s.name:
+        # At the margin itself the test's level is alpha exactly: allow Monte Carlo error.
+        assert wilson(promoted, REPS)[0] <= ALPHA, result
+    else:
+        assert promoted / REPS <= ALPHA, result
+
+
+@pytest.mark.parametrize(
+    "situation",
+    [s for s in SITUATIONS if s.truth != "worse" and s.labels != "none"],
+    ids=lambda s: s.name,
+)
+def test_an_equal_or_better_candidate_with_labels_is_promoted(situation: object) -> None:
+    result = run(situation, replications=REPS, seed=4)  # type: ignore[arg-type]
+    assert result.rate("promote") >= 0.75, result
+
+
+def test_without_labels_an_equal_candidate_is_never_promoted_on_agreement_above_the_margin() -> (
+    None
+):
+    s = next(s for s in SITUATIONS if s.labels == "none")
+    result = run(s, replications=6, seed=5)
+    assert result.count("promote") == 0
+    assert result.rate("rollback") == 1.0  # at the horizon: production is kept
+
+
+def test_the_staked_test_needs_fewer_pairs_than_the_previous_one() -> None:
+    from app.core.simulation import simulate
+
+    before = simulate(0.0, margin=0.02, alpha=ALPHA, replications=60, seed=8)
+    rate, after = pure_test_samples(0.0, 0.02, ALPHA, 60, seed=8)
+    assert rate >= 0.9 and not math.isnan(after)
+    assert after <= 0.8 * before.median_samples, (after, before.median_samples)
+    worse_rate, _ = pure_test_samples(-0.02, 0.02, ALPHA, 200, seed=9)
+    assert worse_rate <= ALPHA + 0.03
