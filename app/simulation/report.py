@@ -1,5 +1,6 @@
 """The table ``rollout simulate`` prints: per situation, how often the candidate was promoted,
-rolled back, or still held, with 95% (Wilson) intervals, and the median requests compared and
+rolled back on evidence, rolled back at the horizon (the evidence never came), or still held
+at the end, with 95% (Wilson) intervals, and the median requests compared and
 audit labels joined when it decided."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ COLUMNS = (
     "truth",
     "promoted (95% CI)",
     "rolled back",
+    "kept at horizon",
     "held",
     "median compared",
     "median labels",
@@ -39,6 +41,7 @@ def row(r: Result) -> list[str]:
         r.situation.truth,
         f"{k / n:.1%} ({lo:.1%}-{hi:.1%})",
         f"{r.rate('rollback'):.1%}",
+        f"{r.rate('horizon'):.1%}",
         f"{r.rate('hold'):.1%}",
         "-" if math.isnan(median_compared) else f"{median_compared:,.0f}",
         "-" if math.isnan(median_labels) else f"{median_labels:,.0f}",

@@ -45,7 +45,7 @@ SHARED = 0.7  # share of requests equally easy or hard for both models
 
 @dataclass(frozen=True)
 class Replication:
-    outcome: str  # "promote", "rollback" or "hold"
+    outcome: str  # "promote", "rollback" (on evidence), "horizon" (production kept), "hold"
     compared: int
     labelled: int  # audit labels joined when it decided
 
@@ -124,6 +124,8 @@ def replicate(s: Situation, seed: int) -> Replication:
             state = outcome.state
             a.new_step(state.epoch, _MS * (i + 1))
             continue
+        if "evidence never came" in decision.reason:
+            return Replication("horizon", i, a.audit_labelled)
         return Replication(decision.verdict.label, i, a.audit_labelled)
     return Replication("hold", i, a.audit_labelled)
 

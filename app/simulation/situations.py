@@ -63,15 +63,15 @@ class Situation:
     label_share: float = 1.0
     delay: int = 0  # labels arrive this many compared requests later
     look_every: int = 50
-    max_compared: int = 6_000
-    replications: int = 100
+    max_compared: int = 7_000
+    replications: int = 80
 
     def policy_model(self) -> Policy:
         base = {
             "canary_steps": [0.05, 0.10, 0.25, 0.50, 1.0],
             "min_samples_per_step": 500,
             "non_inferiority_margin": 0.02,
-            "feedback_horizon_s": 4_500,  # one compared request per simulated second
+            "feedback_horizon_s": 4_000,  # one compared request per simulated second
         }
         return Policy.model_validate(base | self.policy)
 
