@@ -122,7 +122,7 @@ def guardrails_unshown(state: DeploymentState, a: RolloutAnalysis) -> list[str]:
 def criterion(state: DeploymentState, a: RolloutAnalysis) -> Judgement:
     """The success criterion on the current step's evidence (worse first)."""
     p = state.policy
-    kind = p.metric.kind.value
+    kind = "non_inferiority"  # of the policy's metric (evidence.tests["metric"])
     worse = [*a.worse_seen, *a.worse_now()]
     if worse:
         return Judgement(
@@ -136,7 +136,7 @@ def criterion(state: DeploymentState, a: RolloutAnalysis) -> Judgement:
         return Judgement(
             Criterion.PASSED,
             kind,
-            f"non-inferior within {p.non_inferiority_margin:.1%} on {_tested(a)} of this "
+            f"{p.metric.kind.value} non-inferior within the margin on {_tested(a)} of this "
             f"step's audit sample (coverage {a.step_coverage:.0%}); accuracy {_accuracies(a)}",
         )
     if p.promote_on_agreement and a.rule.agreement_bounds_it and a.agree_margin.rejected:
@@ -145,7 +145,7 @@ def criterion(state: DeploymentState, a: RolloutAnalysis) -> Judgement:
             "agreement",
             f"disagreement {a.step_disagreement:.2%} shown below the margin "
             f"{p.non_inferiority_margin:.1%} on {a.step_paired} paired requests of this step "
-            f"(so the {kind} differs by less than the margin)",
+            f"(so the {p.metric.kind.value} differs by less than the margin)",
         )
     return _pending(state, a, kind)
 
