@@ -262,7 +262,11 @@ async def test_worker_and_controller_serve_metrics(
     deadline = time.monotonic() + 30
     text = ""
     while time.monotonic() < deadline:
-        text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
+        try:
+            text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
+        except OSError:  # the worker's server is not up yet: wait for it, do not race it
+            await asyncio.sleep(0.5)
+            continue
         if 'rollout_predictions_total{deployment="fraud",role="production",version="1"}' in text:
             break
         await asyncio.sleep(0.5)
