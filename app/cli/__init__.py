@@ -18,6 +18,7 @@ def main() -> None:
         chaos,
         control,
         kafka,
+        schemas,
         serve,
         simulate,
         topics,
