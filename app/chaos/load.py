@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from app.adapters.kafka_clients import partitions_of, reader
 from app.core.events import encode, now_ms
+from app.harness.traffic import make_requests
 from app.settings import Settings
-from app.traffic import make_requests
 from app.training.stream import FEATURE_NAMES
 
 REQUESTS = "inference.requests"

@@ -17,6 +17,7 @@ def main() -> None:
         bench,
         chaos,
         control,
+        demo,
         kafka,
         serve,
         simulate,

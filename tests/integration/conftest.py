@@ -9,7 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.integration.control import ControllerProcess
+from app.harness.processes import CONTROLLER_READY, RolloutProcess
+from tests.builders import controller_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,13 +35,13 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def controller(
     kafka_bootstrap: str, model_store: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ControllerProcess]:
+) -> Iterator[RolloutProcess]:
     logs = tmp_path_factory.mktemp("controller")
-    proc = ControllerProcess(
+    proc = controller_process(
         kafka_bootstrap, logs, ROLLOUT_MODEL_STORE=str(model_store), ROLLOUT_HOME=str(logs)
     ).start()
     try:
-        proc.wait_ready()
+        proc.wait_for(CONTROLLER_READY)
         yield proc
     finally:
         proc.terminate()

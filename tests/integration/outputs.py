@@ -13,8 +13,8 @@ from aiokafka import ConsumerRecord
 from app.adapters.kafka_clients import assign_at_end, reader
 from app.adapters.topic_reader import read_topic
 from app.core.events import Comparison, Prediction, decode, now_ms
+from app.harness.traffic import SentRequest
 from app.settings import Settings
-from app.traffic import SentRequest
 from app.training.stream import FEATURE_NAMES
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -14,10 +14,10 @@ from aiokafka import AIOKafkaProducer
 from app.adapters.kafka_clients import plain_producer
 from app.controller.app import partition_for
 from app.core.events import Mode
-from app.scenarios import Scenario, ScenarioResult, reset, run_scenario
+from app.harness.processes import CONTROLLER_READY, RolloutProcess
+from app.harness.rollout_scenarios import Scenario, ScenarioResult, reset, run_scenario
 from app.settings import Settings
-from tests.integration.control import ControllerProcess
-from tests.integration.workers import WorkerProcess, running_workers
+from tests.builders import controller_process, running_workers
 
 pytestmark = pytest.mark.kafka
 
@@ -30,9 +30,9 @@ def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
 @pytest.fixture
 def controllers(
     kafka_bootstrap: str, model_store: Path, tmp_path: Path
-) -> Iterator[list[ControllerProcess]]:
+) -> Iterator[list[RolloutProcess]]:
     procs = [
-        ControllerProcess(
+        controller_process(
             kafka_bootstrap,
             tmp_path,
             name,
@@ -45,7 +45,7 @@ def controllers(
         p.start()
     try:
         for p in procs:
-            p.wait_ready()
+            p.wait_for(CONTROLLER_READY)
         yield procs
     finally:
         for p in procs:
@@ -55,7 +55,7 @@ def controllers(
 @pytest.fixture
 def workers(
     kafka_bootstrap: str, model_store: Path, tmp_path: Path
-) -> Iterator[list[WorkerProcess]]:
+) -> Iterator[list[RolloutProcess]]:
     with running_workers(
         kafka_bootstrap, ["fo-1", "fo-2"], tmp_path, ROLLOUT_MODEL_STORE=str(model_store)
     ) as procs:
@@ -70,15 +70,15 @@ async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
     await p.stop()
 
 
-def acting_for(proc: ControllerProcess) -> set[int]:
+def acting_for(proc: RolloutProcess) -> set[int]:
     """The control partitions a controller said it acts for, last time it said so."""
     said = re.findall(r"acting for control partitions \[([0-9, ]*)\]", proc.log())
     return {int(p) for p in said[-1].split(",") if p.strip()} if said else set()
 
 
 def wait_for_owner(
-    controllers: list[ControllerProcess], partition: int, timeout_s: float
-) -> ControllerProcess:
+    controllers: list[RolloutProcess], partition: int, timeout_s: float
+) -> RolloutProcess:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         owners = [c for c in controllers if c.alive() and partition in acting_for(c)]
@@ -89,8 +89,8 @@ def wait_for_owner(
 
 
 async def test_killing_the_active_controller_mid_canary_hands_over_the_rollout(
-    controllers: list[ControllerProcess],
-    workers: list[WorkerProcess],
+    controllers: list[RolloutProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
 ) -> None:

@@ -19,9 +19,11 @@ from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_to_end
 from app.core.events import Action, DecisionEvent, Mode, Prediction, Role, ShedReport, decode
 from app.core.routing import bucket
+from app.harness.processes import RolloutProcess
+from app.harness.traffic import SentRequest, make_requests, send
 from app.settings import Settings
-from app.traffic import SentRequest, make_requests, send
-from tests.integration.control import ControllerProcess, cli, command, reset_fraud, state, status
+from tests.builders import running_workers
+from tests.integration.control import cli, command, reset_fraud, state, status
 from tests.integration.outputs import (
     SESSION_START_MS,
     Tail,
@@ -30,7 +32,6 @@ from tests.integration.outputs import (
     feature_rows,
     predictions,
 )
-from tests.integration.workers import WorkerProcess, running_workers
 
 pytestmark = pytest.mark.kafka
 
@@ -57,7 +58,7 @@ async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
 
 
 @pytest.fixture
-async def clean(controller: ControllerProcess, settings_: Settings) -> AsyncIterator[None]:
+async def clean(controller: RolloutProcess, settings_: Settings) -> AsyncIterator[None]:
     """Each test starts, and leaves the deployment, with production v1 and no candidate."""
     await reset_fraud(settings_)
     yield
@@ -67,7 +68,7 @@ async def clean(controller: ControllerProcess, settings_: Settings) -> AsyncIter
 @pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
 def workers(
     request: pytest.FixtureRequest, kafka_bootstrap: str, model_store: Path, tmp_path: Path
-) -> Iterator[list[WorkerProcess]]:
+) -> Iterator[list[RolloutProcess]]:
     ids = [f"modes-{i}" for i in range(request.param)]
     with running_workers(
         kafka_bootstrap, ids, tmp_path, ROLLOUT_MODEL_STORE=str(model_store)
@@ -126,7 +127,7 @@ def assert_matches_onnxruntime(sent: list[SentRequest], served: dict[str, Predic
 
 async def test_canary_share_is_sticky_monotonic_and_correct(
     clean: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
     kafka_bootstrap: str,
@@ -182,7 +183,7 @@ async def test_canary_share_is_sticky_monotonic_and_correct(
 
 async def test_shadow_scores_the_candidate_only_into_comparisons(
     clean: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
 ) -> None:
@@ -236,7 +237,7 @@ async def test_shadow_scores_the_candidate_only_into_comparisons(
 
 async def test_manual_waits_for_promote_and_automatic_promotes_at_once(
     clean: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
     kafka_bootstrap: str,
@@ -267,7 +268,7 @@ async def test_manual_waits_for_promote_and_automatic_promotes_at_once(
 
 async def test_rollback_and_abort_restore_the_previous_production(
     clean: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
     kafka_bootstrap: str,

@@ -17,10 +17,10 @@ from app.adapters.control_client import current_states
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_topic
 from app.core.events import DeadLetter, Prediction, decode, encode
+from app.harness.traffic import make_requests, send, send_raw
 from app.settings import Settings
-from app.traffic import make_requests, send, send_raw
+from tests.builders import running_workers
 from tests.integration.outputs import SESSION_START_MS, direct, feature_rows, predictions
-from tests.integration.workers import running_workers
 
 pytestmark = pytest.mark.kafka
 

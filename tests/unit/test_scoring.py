@@ -24,7 +24,7 @@ from app.core.events import (
     encode,
 )
 from app.core.requests import RawRecord
-from app.traffic import make_requests
+from app.harness.traffic import make_requests
 from app.worker.scoring import DeploymentRoute, score_batch
 
 STORE = ModelStore(Path("models"))

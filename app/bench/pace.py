@@ -17,18 +17,18 @@ from app.adapters.kafka_clients import (
     plain_producer,
     reader,
 )
-from app.bench_report import PaceReport
-from app.bench_rollout import HANDS_OFF, ProcessCpu, Progress, command
+from app.bench.report import PaceReport
+from app.bench.swaps import HANDS_OFF, ProcessCpu, Progress, command
 from app.controller.analyst import ANALYSIS_TOPIC, COMPARISONS_TOPIC
 from app.controller.app import partition_for
 from app.core.events import (
     Action,
     Mode,
 )
-from app.demo import Services
-from app.scenarios import reset
+from app.harness.processes import Services
+from app.harness.rollout_scenarios import reset
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
 
 
 async def controller_pace(

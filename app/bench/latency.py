@@ -1,13 +1,11 @@
 """End-to-end latency of the worker under open-loop load: the worker in a process of its own
-(``python -m app.bench_latency MODE GROUP``, a fixed routing table), requests handed to a
+(``python -m app.bench.latency MODE GROUP``, a fixed routing table), requests handed to a
 producer without linger at a steady rate, their predictions read back with ``read_committed``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -20,14 +18,15 @@ from app.adapters.kafka_clients import (
     reader,
 )
 from app.adapters.model_store import ModelStore
-from app.bench_report import Latency
-from app.bench_setup import fixed_table, fresh_group
+from app.bench.report import Latency
+from app.bench.setup import fixed_table, fresh_group
 from app.core.events import (
     Mode,
     encode,
 )
+from app.harness.processes import RolloutProcess
+from app.harness.traffic import make_requests
 from app.settings import Settings
-from app.traffic import make_requests
 from app.worker.loop import Worker
 from app.worker.service import install_stop_signals
 
@@ -37,20 +36,17 @@ async def latency(
 ) -> Latency:
     """End-to-end latency under open-loop load at ``rate``: from handing a request to the
     producer to reading its committed prediction (``read_committed``). The worker runs in a
-    process of its own (``python -m app.bench MODE``), so the load does not share its loop."""
+    process of its own (``python -m app.bench.latency MODE GROUP``), so the load does not
+    share its loop."""
     group = await fresh_group(settings)
     env = {
-        **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "ROLLOUT_GROUP_ID": group.group_id,
         "ROLLOUT_MODEL_STORE": str(settings.model_store),
     }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "app.bench_latency", mode.value, group.group_id],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = RolloutProcess(
+        [mode.value, group.group_id], None, env, module="app.bench.latency"
+    ).start()
     tail = reader(settings)
     await tail.start()
     # No linger: the clock starts when a request is handed to the producer, and what is
@@ -103,7 +99,6 @@ async def latency(
     finally:
         done.set()
         worker.terminate()
-        worker.wait(timeout=30)
         await producer.stop()
         await tail.stop()
     delays = sorted(seen[rid] - sent[rid] for rid in sent if rid in seen)

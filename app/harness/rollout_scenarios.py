@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaProducer
 from app.adapters.control_client import current_states, send_command
 from app.adapters.kafka_clients import assign_at_end, reader
 from app.core.events import Action, ControlCommand, DecisionEvent, Mode, decode
+from app.harness.traffic import SentRequest, make_requests, send, send_feedback
 from app.settings import Settings
-from app.traffic import SentRequest, make_requests, send, send_feedback
 
 FINAL = {"promote", "rollback", "retire", "await_approval", "recommend"}
 

@@ -12,9 +12,9 @@ transaction per batch), in this process, on the configured broker:
 
 Rates are records per second between the first and the last committed batch. Absolute
 figures drift from run to run on shared machines; the ratios to the ceilings are the result.
-Then, in the same run: latency at half each mode's rate (``app.bench_latency``), the naive
-peer (``app.naive_peer``), model swaps (``app.bench_rollout``) and the controller's pace
-(``app.bench_pace``); the tables and goals are ``app.bench_report``.
+Then, in the same run: latency at half each mode's rate (``app.bench.latency``), the naive
+peer (``app.bench.naive_peer``), model swaps (``app.bench.swaps``) and the controller's pace
+(``app.bench.pace``); the tables and goals are ``app.bench.report``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from app import naive_peer
 from app.adapters.model_store import ModelStore
 from app.adapters.process_stats import cpu_seconds
-from app.bench_latency import latency
-from app.bench_pace import controller_pace
-from app.bench_report import (
+from app.bench import naive_peer
+from app.bench.latency import latency
+from app.bench.pace import controller_pace
+from app.bench.report import (
     C_PARSE,
     CANARY,
     FAN_OUT,
@@ -46,8 +46,7 @@ from app.bench_report import (
     markdown,
     median_line,
 )
-from app.bench_rollout import bench_services, ready, swaps_under_load
-from app.bench_setup import (
+from app.bench.setup import (
     SINK,
     Offsets,
     broker_pid,
@@ -57,6 +56,7 @@ from app.bench_setup import (
     fresh_group,
     write_backlog,
 )
+from app.bench.swaps import bench_services, ready, swaps_under_load
 from app.core.events import (
     Mode,
 )
@@ -188,7 +188,7 @@ async def run_bench(
     naive = await naive_peer.measure(settings, naive_requests, SINK, fresh_group)
     progress(f"naive peer: {naive.per_second:,.0f}/s")
     services = bench_services(settings)
-    services.start(quiet=True)
+    services.start()
     try:
         progress("starting a controller and a worker …")
         await ready(settings, services)

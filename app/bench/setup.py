@@ -25,8 +25,8 @@ from app.core.events import (
     now_ms,
 )
 from app.core.policy import Policy
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
 from app.worker.scoring import DeploymentRoute, RoutingTable
 
 SINK = "bench.sink"

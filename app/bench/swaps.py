@@ -25,18 +25,18 @@ from app.adapters.kafka_clients import (
     stop_following,
 )
 from app.adapters.process_stats import cpu_seconds
-from app.bench_report import SwapReport
-from app.bench_setup import broker_pid
+from app.bench.report import SwapReport
+from app.bench.setup import broker_pid
 from app.core.events import (
     Action,
     ControlCommand,
     DecisionEvent,
     Mode,
 )
-from app.demo import Services
-from app.scenarios import reset
+from app.harness.processes import Services
+from app.harness.rollout_scenarios import reset
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
 
 PREDICTIONS_TOPIC = "inference.predictions"
 
