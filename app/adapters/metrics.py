@@ -192,7 +192,7 @@ DECISIONS = Counter(
 
 
 class _BatchCounts(Protocol):
-    """What ``observe_batch`` reads of ``app.worker.scoring.BatchResult``."""
+    """What ``observe_batch`` reads of ``app.core.scoring.BatchResult``."""
 
     predictions: int
     comparisons: int

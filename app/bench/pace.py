@@ -17,10 +17,10 @@ from app.adapters.kafka_clients import (
     plain_producer,
     reader,
 )
+from app.adapters.partitioning import partition_for
 from app.bench.report import PaceReport
 from app.bench.swaps import HANDS_OFF, ProcessCpu, Progress, command
 from app.controller.analyst import ANALYSIS_TOPIC, COMPARISONS_TOPIC
-from app.controller.app import partition_for
 from app.core.events import (
     Action,
     Mode,

@@ -61,9 +61,9 @@ from app.core.events import (
     Mode,
 )
 from app.core.requests import RawRecord
+from app.core.scoring import Outgoing, RoutingTable
 from app.settings import Settings
 from app.worker.loop import Worker
-from app.worker.scoring import Outgoing, RoutingTable
 
 
 def _passthrough(batch: list[RawRecord]) -> list[Outgoing]:

@@ -25,9 +25,9 @@ from app.core.events import (
     now_ms,
 )
 from app.core.policy import Policy
+from app.core.scoring import DeploymentRoute, RoutingTable
 from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.worker.scoring import DeploymentRoute, RoutingTable
 
 SINK = "bench.sink"
 

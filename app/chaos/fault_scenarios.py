@@ -32,11 +32,11 @@ from app.adapters import kafka_local
 from app.adapters.control_client import send_command
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.kafka_security import client_options
+from app.adapters.partitioning import partition_for
 from app.adapters.topics import apply_topics, load_topics_file
 from app.chaos.load import Load, Outputs, read_outputs
 from app.chaos.own_broker import dedicated_broker, remove_broker_home
 from app.chaos.tally import Tally, recovery_ms, tally
-from app.controller.app import partition_for
 from app.core.events import Action, ControlCommand, DecisionEvent, Mode, now_ms
 from app.harness import processes
 from app.harness.processes import RolloutProcess

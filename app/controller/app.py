@@ -17,9 +17,9 @@ from typing import Any
 import faust
 from mode import Service
 
-from app.adapters.batch_send import keyed_partition
 from app.adapters.kafka_security import faust_credentials
 from app.adapters.model_store import ModelStore
+from app.adapters.partitioning import partition_for
 from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
 from app.controller.commands import CONTROL_TOPIC, CommandHandler
@@ -88,11 +88,6 @@ class ControlPlane(Service):
             await analyst.stop()
         async with self.publisher.lock(partition):
             await self.publisher.release(partition)
-
-
-def partition_for(deployment: str, partitions: int) -> int:
-    """Where Kafka's default partitioner puts records keyed by ``deployment``."""
-    return keyed_partition(deployment.encode("utf-8"), partitions)
 
 
 def build_app(settings: Settings) -> faust.App:

@@ -1,7 +1,7 @@
 """The worker's consume → score → publish loop, exactly once, on plain aiokafka.
 
 Take up to ``batch_max_records`` records (what the fetcher holds, waiting at most
-``batch_max_wait_ms``), score them (``app.worker.scoring``), then publish every output and
+``batch_max_wait_ms``), score them (``app.core.scoring``), then publish every output and
 the batch's input offsets in one Kafka transaction. Two batches overlap by one stage: the
 next batch is taken and scored while the previous one's transaction commits (the loop would
 otherwise sit idle through its round trips). A batch is never split over two transactions
@@ -36,8 +36,7 @@ from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.core.events import ShedReport, encode, now_ms
 from app.core.requests import RawRecord
-from app.settings import Settings
-from app.worker.scoring import (
+from app.core.scoring import (
     DEFAULT_TOPICS,
     BatchResult,
     Outgoing,
@@ -45,6 +44,7 @@ from app.worker.scoring import (
     Topics,
     score_batch,
 )
+from app.settings import Settings
 
 # Marks a ShedReport among the Comparisons of inference.comparisons.
 SHED_HEADERS = [("kind", b"shed")]

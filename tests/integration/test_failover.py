@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.kafka_clients import plain_producer
-from app.controller.app import partition_for
+from app.adapters.partitioning import partition_for
 from app.core.events import Mode
 from app.harness.processes import CONTROLLER_READY, RolloutProcess
 from app.harness.rollout_scenarios import Scenario, ScenarioResult, reset, run_scenario

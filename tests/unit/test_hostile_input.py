@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from app.adapters.model_store import ModelStore
 from app.core.events import DeadLetter, DeploymentState, Mode, Phase, Prediction, decode
 from app.core.requests import RawRecord
-from app.worker.scoring import DeploymentRoute, score_batch
+from app.core.scoring import DeploymentRoute, score_batch
 from tests.hostile import MAX_BYTES, Case, batches
 
 STORE = ModelStore(Path(__file__).resolve().parents[2] / "models")

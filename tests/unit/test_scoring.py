@@ -24,8 +24,8 @@ from app.core.events import (
     encode,
 )
 from app.core.requests import RawRecord
+from app.core.scoring import DeploymentRoute, score_batch
 from app.harness.traffic import make_requests
-from app.worker.scoring import DeploymentRoute, score_batch
 
 STORE = ModelStore(Path("models"))
 

@@ -1,7 +1,9 @@
-"""The worker's data plane: one micro-batch of raw records in, the records to publish out.
+"""The data plane: one micro-batch of raw records in, the records to publish out.
 
-No Kafka here: the loop (``app.worker.loop``) consumes, calls ``score_batch``, and publishes
-what it returns in one transaction. Each model runs once per batch over the rows routed to
+No Kafka here (the models are ``Scorer``s: an onnxruntime session is the adapters'): the
+worker's loop (``app.worker.loop``) consumes, calls ``score_batch``, and publishes what it
+returns in one transaction; the controller's replay gate (``app.controller.replay_gate``)
+scores the last requests with it. Each model runs once per batch over the rows routed to
 it. Every valid request yields exactly one ``Prediction``; every invalid one a ``DeadLetter``;
 every compared request one ``Comparison``. A candidate's failure never costs a prediction:
 rows it should have served are served by production instead, and the comparison says why.
