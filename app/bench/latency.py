@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.adapters.kafka_clients import (
     assign_at_end,
+    configure_aiokafka,
     reader,
 )
 from app.adapters.model_store import ModelStore
@@ -24,6 +25,7 @@ from app.core.events import (
     Mode,
     encode,
 )
+from app.core.scoring import table_scorer
 from app.harness.processes import RolloutProcess
 from app.harness.traffic import make_requests
 from app.settings import Settings
@@ -114,11 +116,18 @@ def _quantile(ordered: list[float], q: float) -> float:
 async def _serve_fixed(mode: Mode, worker_id: str) -> None:
     """The worker's loop with a fixed routing table, until SIGTERM (``rollout bench``'s
     latency lines run it as a process of its own)."""
+    configure_aiokafka()
     settings = Settings()
     table = fixed_table(ModelStore(settings.model_store), mode)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await Worker(settings, worker_id, lambda: table).run(stop)
+    score = table_scorer(
+        lambda: table,
+        worker_id=worker_id,
+        max_request_bytes=settings.max_request_bytes,
+        shed_lag=settings.shadow_shed_lag,
+    )
+    await Worker(settings, worker_id, score).run(stop)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,12 @@ import faust
 import numpy as np
 import orjson
 
-from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
+from app.adapters.kafka_clients import (
+    assign_at_end,
+    configure_aiokafka,
+    plain_producer,
+    reader,
+)
 from app.adapters.model_store import ModelStore
 from app.adapters.process_stats import cpu_seconds
 from app.bench.report import NaiveLine
@@ -110,6 +115,7 @@ async def measure(
 
 
 def main(app_id: str, sink: str) -> None:
+    configure_aiokafka()  # as in every Rollout process (the peer shares the clients' module)
     app = build_naive_app(Settings(), app_id, sink)
     faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 

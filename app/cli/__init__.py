@@ -13,6 +13,7 @@ app = typer.Typer(
 
 
 def main() -> None:
+    from app.adapters.kafka_clients import configure_aiokafka
     from app.cli import (  # noqa: F401
         bench,
         chaos,
@@ -26,4 +27,5 @@ def main() -> None:
         train,
     )
 
+    configure_aiokafka()
     app()

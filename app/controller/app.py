@@ -17,6 +17,7 @@ from typing import Any
 import faust
 from mode import Service
 
+from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.kafka_security import faust_credentials
 from app.adapters.model_store import ModelStore
 from app.adapters.partitioning import partition_for
@@ -130,6 +131,7 @@ def build_app(settings: Settings) -> faust.App:
 
 
 def run_controller(settings: Settings, loglevel: str = "info") -> None:
+    configure_aiokafka()
     app = build_app(settings)
     # Logging is set up by the entry point (JSON lines off a terminal): faust keeps it.
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)

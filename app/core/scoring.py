@@ -12,7 +12,7 @@ rows it should have served are served by production instead, and the comparison 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -25,6 +25,7 @@ from app.core.events import (
     Mode,
     ModelRef,
     Role,
+    ShedReport,
     encode,
     now_ms,
 )
@@ -96,6 +97,67 @@ class BatchResult:
     served: dict[tuple[str, str, str], int] = field(default_factory=dict)
     rejected: dict[tuple[str, str], int] = field(default_factory=dict)
     model_calls: list[tuple[str, str, str, int, float]] = field(default_factory=list)
+    # ShedReports (published with SHED_HEADERS among the comparisons) for the deployments
+    # whose shadow scoring was shed.
+    shed_reports: list[Outgoing] = field(default_factory=list)
+
+
+# Marks a ShedReport among the Comparisons of inference.comparisons.
+SHED_HEADERS = [("kind", b"shed")]
+
+# What a worker's loop calls on each batch: the raw records and the worker's lag (records
+# behind the log end) in, what to publish out. ``table_scorer`` builds the production one.
+BatchScorer = Callable[[Sequence[RawRecord], int], BatchResult]
+
+
+def table_scorer(
+    table: Callable[[], RoutingTable],
+    *,
+    worker_id: str,
+    max_request_bytes: int,
+    shed_lag: int,
+    topics: Topics = DEFAULT_TOPICS,
+) -> BatchScorer:
+    """Scoring by the routing table ``table()`` returns at each batch; shadow scoring is shed
+    while the worker is more than ``shed_lag`` records behind, and each shed is reported."""
+
+    def score(records: Sequence[RawRecord], lag: int) -> BatchResult:
+        current = table()
+        result = score_batch(
+            records,
+            current,
+            max_request_bytes=max_request_bytes,
+            topics=topics,
+            shed_shadow=lag > shed_lag,
+        )
+        result.shed_reports = shed_reports(result, current, worker_id, lag, topics)
+        return result
+
+    return score
+
+
+def shed_reports(
+    result: BatchResult, table: RoutingTable, worker_id: str, lag: int, topics: Topics
+) -> list[Outgoing]:
+    """One ``ShedReport`` per deployment whose shadow scoring ``result`` shed."""
+    return [
+        Outgoing(
+            topics.comparisons,
+            name.encode(),
+            encode(
+                ShedReport(
+                    deployment=name,
+                    epoch=table[name].state.epoch,
+                    worker_id=worker_id,
+                    sampled=result.shadow_sampled[name],
+                    shed=shed,
+                    lag=lag,
+                    at=now_ms(),
+                )
+            ),
+        )
+        for name, shed in result.shadow_shed.items()
+    ]
 
 
 @dataclass(slots=True)
