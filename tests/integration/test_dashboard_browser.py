@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -263,7 +264,11 @@ async def test_worker_and_controller_serve_metrics(
     deadline = time.monotonic() + 30
     text = ""
     while time.monotonic() < deadline:
-        text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
+        try:
+            text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
+        except urllib.error.URLError:  # the worker serves /metrics once its models are loaded
+            await asyncio.sleep(0.5)
+            continue
         if 'rollout_predictions_total{deployment="fraud",role="production",version="1"}' in text:
             break
         await asyncio.sleep(0.5)
