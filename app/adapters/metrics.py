@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from app.core.events import DecisionEvent, DeploymentState, Mode, Phase
+from app.core.topics import Topic
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # No ``_created`` series: they would double the exposition for nothing.
@@ -129,7 +130,7 @@ class BulkHistogram(Collector):
 
 REQUESTS = Counter(
     "rollout_requests_total",
-    "Records consumed from inference.requests, by the deployment they name (empty: none this"
+    f"Records consumed from {Topic.REQUESTS}, by the deployment they name (empty: none this"
     " worker serves, or unreadable).",
     ["deployment"],
 )

@@ -26,6 +26,7 @@ from app.core.events import (
     encode,
 )
 from app.core.scoring import table_scorer
+from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
 from app.harness.traffic import make_requests
 from app.settings import Settings
@@ -77,12 +78,12 @@ async def latency(
                         seen.setdefault(orjson.loads(record.value)["request_id"], now)
 
     try:
-        await assign_at_end(tail, "inference.predictions")
+        await assign_at_end(tail, Topic.PREDICTIONS)
         collector = asyncio.create_task(collect())
         probe = make_requests(1, seed=9, run_id=f"{run}-probe")[0]
         deadline = time.monotonic() + 60
         while f"{run}-probe-0" not in seen and time.monotonic() < deadline:  # worker ready?
-            await producer.send_and_wait("inference.requests", encode(probe.request), key=probe.key)
+            await producer.send_and_wait(Topic.REQUESTS, encode(probe.request), key=probe.key)
             await asyncio.sleep(1.0)
         started, i = time.monotonic(), 0
         while i < len(requests):  # open loop: each tick sends what is due by now
@@ -90,7 +91,7 @@ async def latency(
             now = time.time() * 1000
             for request_id, key, value in requests[i:due]:
                 sent[request_id] = now
-                await producer.send("inference.requests", value, key=key)
+                await producer.send(Topic.REQUESTS, value, key=key)
             i = max(i, due)
             await asyncio.sleep(0.001)
         deadline = time.monotonic() + 30

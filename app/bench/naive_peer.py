@@ -29,11 +29,10 @@ from app.adapters.kafka_clients import (
 from app.adapters.model_store import ModelStore
 from app.adapters.process_stats import cpu_seconds
 from app.bench.report import NaiveLine
+from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
 from app.harness.traffic import make_requests, send
 from app.settings import Settings
-
-REQUESTS_TOPIC = "inference.requests"
 
 
 def build_naive_app(settings: Settings, app_id: str, sink: str) -> faust.App:
@@ -51,7 +50,7 @@ def build_naive_app(settings: Settings, app_id: str, sink: str) -> faust.App:
         datadir=str(settings.home / "naive-peer" / app_id),
         web_enabled=False,
     )
-    requests = app.topic(REQUESTS_TOPIC, key_type=bytes, value_type=bytes)
+    requests = app.topic(Topic.REQUESTS, key_type=bytes, value_type=bytes)
     outputs = app.topic(sink, key_type=bytes, value_type=bytes)
 
     @app.agent(requests)

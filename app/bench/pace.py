@@ -20,11 +20,11 @@ from app.adapters.kafka_clients import (
 from app.adapters.partitioning import partition_for
 from app.bench.report import PaceReport
 from app.bench.swaps import HANDS_OFF, ProcessCpu, Progress, command
-from app.controller.analyst import ANALYSIS_TOPIC, COMPARISONS_TOPIC
 from app.core.events import (
     Action,
     Mode,
 )
+from app.core.topics import Topic
 from app.harness.processes import Services
 from app.harness.rollout_scenarios import reset
 from app.harness.traffic import make_requests, send
@@ -41,9 +41,9 @@ async def controller_pace(
     consumer = reader(settings)
     await consumer.start()
     try:
-        comparisons = await partitions_of(consumer, COMPARISONS_TOPIC)
-        tp = TopicPartition(COMPARISONS_TOPIC, partition_for("fraud", len(comparisons)))
-        analysis = await partitions_of(consumer, ANALYSIS_TOPIC)
+        comparisons = await partitions_of(consumer, Topic.COMPARISONS)
+        tp = TopicPartition(Topic.COMPARISONS, partition_for("fraud", len(comparisons)))
+        analysis = await partitions_of(consumer, Topic.ANALYSIS)
         consumer.assign([tp, *analysis])
         start_offset = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_end(*analysis)

@@ -33,13 +33,11 @@ from app.core.events import (
     DecisionEvent,
     Mode,
 )
+from app.core.topics import Topic
 from app.harness.processes import Services
 from app.harness.rollout_scenarios import reset
 from app.harness.traffic import make_requests, send
 from app.settings import Settings
-
-PREDICTIONS_TOPIC = "inference.predictions"
-
 
 # Keeps the controller from deciding anything during the swaps and the pace run: the commands
 # (and the flood of comparisons) are the subject, not the analysis.
@@ -106,7 +104,7 @@ class _Predictions:
     async def start(self) -> None:
         self._consumer = reader(self._settings)
         await self._consumer.start()
-        await assign_at_end(self._consumer, PREDICTIONS_TOPIC)
+        await assign_at_end(self._consumer, Topic.PREDICTIONS)
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:

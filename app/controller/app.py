@@ -23,9 +23,10 @@ from app.adapters.model_store import ModelStore
 from app.adapters.partitioning import partition_for
 from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
-from app.controller.commands import CONTROL_TOPIC, CommandHandler
+from app.controller.commands import CommandHandler
 from app.controller.dashboard import WebServer, start_web
 from app.controller.publisher import DecisionPublisher
+from app.core.topics import Topic
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,12 @@ def build_app(settings: Settings) -> faust.App:
     )
     plane = ControlPlane(settings)
     app.add_dependency(plane)
-    control = app.topic(CONTROL_TOPIC, key_type=bytes, value_type=bytes, allow_empty=True)
+    control = app.topic(Topic.CONTROL, key_type=bytes, value_type=bytes, allow_empty=True)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
-        await plane.assigned({tp.partition for tp in assigned if tp.topic == CONTROL_TOPIC})
+        await plane.assigned({tp.partition for tp in assigned if tp.topic == Topic.CONTROL})
 
     @app.agent(control)
     async def commands(stream: faust.StreamT[bytes]) -> None:

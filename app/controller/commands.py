@@ -34,11 +34,10 @@ from app.core.state_machine import (
     reject,
     reject_command,
 )
+from app.core.topics import Topic
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-CONTROL_TOPIC = "deployments.control"
 
 
 class CommandHandler:
@@ -77,7 +76,7 @@ class CommandHandler:
                 before = self.current(outcome.decision.deployment)  # not yet replaced
                 assert before is not None
                 outcome = await replay(self._settings, self._store, before, outcome)
-            consumed = {TopicPartition(CONTROL_TOPIC, partition): offset + 1}
+            consumed = {TopicPartition(Topic.CONTROL, partition): offset + 1}
             await self._publisher.publish(partition, outcome.decision, outcome.state, consumed)
             if outcome.state is not None:
                 self._view.offer(outcome.state)

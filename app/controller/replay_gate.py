@@ -14,9 +14,8 @@ from app.core.promotion import replay_gate
 from app.core.requests import RawRecord
 from app.core.scoring import DEFAULT_TOPICS, DeploymentRoute, score_batch
 from app.core.state_machine import Outcome, reject
+from app.core.topics import Topic
 from app.settings import Settings
-
-REQUESTS_TOPIC = "inference.requests"
 
 
 def needs_replay(outcome: Outcome) -> bool:
@@ -37,7 +36,7 @@ async def replay(
     version beside the current production before it is let through."""
     new = outcome.state
     assert new is not None
-    records = await read_tail(settings, REQUESTS_TOPIC, new.policy.replay_gate)
+    records = await read_tail(settings, Topic.REQUESTS, new.policy.replay_gate)
     production = store.load(before.production)
     candidate = store.load(new.production)
     shadow = before.model_copy(

@@ -39,6 +39,7 @@ from app.core.requests import (
     parse_request,
 )
 from app.core.routing import PRODUCTION_ONLY, Assignment, assign
+from app.core.topics import Topic
 
 
 class Scorer(Protocol):
@@ -71,10 +72,10 @@ class Outgoing(NamedTuple):  # a tuple: built for every output record
 
 @dataclass(frozen=True)
 class Topics:
-    requests: str = "inference.requests"
-    predictions: str = "inference.predictions"
-    comparisons: str = "inference.comparisons"
-    dlq: str = "inference.dlq"
+    requests: str = Topic.REQUESTS
+    predictions: str = Topic.PREDICTIONS
+    comparisons: str = Topic.COMPARISONS
+    dlq: str = Topic.DLQ
 
 
 DEFAULT_TOPICS = Topics()

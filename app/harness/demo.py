@@ -24,6 +24,7 @@ from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
 from app.adapters.kafka_security import client_options
 from app.adapters.topics import apply_topics, load_topics_file
 from app.core.events import Prediction, decode
+from app.core.topics import Topic
 from app.harness.processes import Services
 from app.harness.rollout_scenarios import DEMO, ScenarioResult, reset, run_scenario
 from app.harness.traffic import make_requests, send
@@ -59,7 +60,7 @@ async def show_serving(settings: Settings, seconds: float, rate: float) -> int:
     requests = make_requests(int(seconds * rate), seed=int(time.time()) % 1000, run_id=run_id)
     seen: Counter[str] = Counter()
     try:
-        await assign_at_end(consumer, "inference.predictions")
+        await assign_at_end(consumer, Topic.PREDICTIONS)
         sender = asyncio.create_task(send(producer, requests, rate=rate))
         started = time.monotonic()
         last: Prediction | None = None

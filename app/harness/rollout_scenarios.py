@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from app.adapters.control_client import current_states, send_command
 from app.adapters.kafka_clients import assign_at_end, reader
 from app.core.events import Action, ControlCommand, DecisionEvent, Mode, decode
+from app.core.topics import Topic
 from app.harness.traffic import SentRequest, make_requests, send, send_feedback
 from app.settings import Settings
 
@@ -69,7 +70,7 @@ async def run_scenario(
     started = time.monotonic()
     result = ScenarioResult(scenario, None, [], 0, 0, 0.0)
     try:
-        await assign_at_end(events, "deployments.events")
+        await assign_at_end(events, Topic.EVENTS)
         deployed = await send_command(
             settings,
             ControlCommand(

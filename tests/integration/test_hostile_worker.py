@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_topic
 from app.core.events import DeadLetter, Prediction, decode
+from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
 from app.harness.traffic import send_raw
 from app.settings import Settings
@@ -53,12 +54,12 @@ async def _roundtrip(
     needle = run.encode()
     letters_raw, preds_raw = await asyncio.gather(
         read_topic(
-            settings_, "inference.dlq",
+            settings_, Topic.DLQ,
             lambda rs: sum(1 for r in rs if r.key and r.key.startswith(needle)) >= invalid,
             timeout_s=60, settle_s=1.0, since_ms=SESSION_START_MS,
         ),
         read_topic(
-            settings_, "inference.predictions",
+            settings_, Topic.PREDICTIONS,
             lambda rs: sum(1 for r in rs if r.key and r.key.startswith(needle)) >= valid,
             timeout_s=60, settle_s=1.0, since_ms=SESSION_START_MS,
         ),

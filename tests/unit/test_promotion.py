@@ -22,6 +22,7 @@ from app.core.events import (
 )
 from app.core.policy import Policy
 from app.core.promotion import Verdict, decide
+from app.core.topics import Topic
 
 V1 = ModelRef(name="fraud", version="1", uri="fraud/1/model.onnx", sha256="1" * 64)
 V2 = ModelRef(name="fraud", version="2", uri="fraud/2/model.onnx", sha256="2" * 64)
@@ -92,7 +93,7 @@ def feed(
             deployment="fraud",
             mode=Mode.CANARY,
             epoch=epoch,
-            source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+            source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
             served_by=Role.CANDIDATE,
             production=ArmResult(
                 version="1", sha256="1" * 64, output=out(prod_label, 0.3), latency_ms=0.02

@@ -20,6 +20,7 @@ from app.core.events import (
     StateSummary,
 )
 from app.core.rollout_view import deployment_view, weight_timeline
+from app.core.topics import Topic
 
 V1 = ModelRef(name="fraud", version="1", uri="fraud/1/model.onnx", sha256="a" * 64)
 V2 = ModelRef(name="fraud", version="2", uri="fraud/2/model.onnx", sha256="b" * 64)
@@ -62,7 +63,7 @@ def comparison(i: int, agree: bool) -> Comparison:
         deployment="fraud",
         mode=Mode.CANARY,
         epoch=2,
-        source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+        source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
         served_by=Role.CANDIDATE,
         production=ArmResult(version="1", sha256="a" * 64, output=out_p, latency_ms=0.02),
         candidate=ArmResult(version="2", sha256="b" * 64, output=out_c, latency_ms=0.03),
