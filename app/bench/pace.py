@@ -19,14 +19,14 @@ from app.adapters.kafka_clients import (
 )
 from app.adapters.partitioning import partition_for
 from app.bench.report import PaceReport
-from app.bench.swaps import HANDS_OFF, ProcessCpu, Progress, command
+from app.bench.swaps import ProcessCpu, Progress, command
 from app.core.events import (
     Action,
     Mode,
 )
 from app.core.topics import Topic
 from app.harness.processes import Services
-from app.harness.rollout_scenarios import reset
+from app.harness.rollout_scenarios import HANDS_OFF, reset
 from app.harness.traffic import make_requests, send
 from app.settings import Settings
 

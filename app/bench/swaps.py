@@ -35,22 +35,9 @@ from app.core.events import (
 )
 from app.core.topics import Topic
 from app.harness.processes import Services
-from app.harness.rollout_scenarios import reset
+from app.harness.rollout_scenarios import HANDS_OFF, reset
 from app.harness.traffic import make_requests, send
 from app.settings import Settings
-
-# Keeps the controller from deciding anything during the swaps and the pace run: the commands
-# (and the flood of comparisons) are the subject, not the analysis.
-HANDS_OFF: dict[str, Any] = {
-    "min_samples_per_step": 1_000_000_000,
-    "guardrails": {
-        "max_candidate_error_rate": 1.0,
-        "max_latency_ratio": 1e9,
-        "max_disagreement": 1.0,
-        "max_score_shift": 1e9,
-    },
-}
-
 
 Progress = Callable[[str], None]
 

@@ -148,6 +148,19 @@ async def reset(settings: Settings) -> None:
         )
 
 
+# A rollout steered by hand only: a step never has enough samples and no guardrail can fail,
+# so the controller's evidence side never advances, promotes, retires or rolls back on its own.
+# Commands (and, in the bench, the flood of comparisons) are then the only thing that happens.
+HANDS_OFF: dict[str, Any] = {
+    "min_samples_per_step": 1_000_000_000,
+    "guardrails": {
+        "max_candidate_error_rate": 1.0,
+        "max_latency_ratio": 1e9,
+        "max_disagreement": 1.0,
+        "max_score_shift": 1e9,
+    },
+}
+
 # The demo's walk-through: one healthy candidate promoted by canary, a degraded one caught
 # early by canary and by shadow, and a manual rollout that only gets a recommendation.
 FAST = {"min_samples_per_step": 300}

@@ -25,7 +25,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from playwright.async_api import Locator
 
-from app.adapters.kafka_clients import plain_producer
 from app.core.events import Action, Mode, Phase
 from app.harness.processes import CONTROLLER_READY, RolloutProcess
 from app.harness.traffic import make_requests, send
@@ -107,19 +106,6 @@ def worker(
         ROLLOUT_METRICS_PORT=str(ports["metrics"]),
     ) as procs:
         yield procs[0]
-
-
-@pytest.fixture(scope="module")
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
-
-
-@pytest.fixture(scope="module")
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @contextlib.asynccontextmanager

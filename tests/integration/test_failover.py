@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.adapters.kafka_clients import plain_producer
 from app.adapters.partitioning import partition_for
 from app.core.events import Mode
 from app.harness.processes import CONTROLLER_READY, RolloutProcess
@@ -20,11 +19,6 @@ from app.settings import Settings
 from tests.builders import controller_process, running_workers
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
 
 
 @pytest.fixture
@@ -60,14 +54,6 @@ def workers(
         kafka_bootstrap, ["fo-1", "fo-2"], tmp_path, ROLLOUT_MODEL_STORE=str(model_store)
     ) as procs:
         yield procs
-
-
-@pytest.fixture
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def acting_for(proc: RolloutProcess) -> set[int]:

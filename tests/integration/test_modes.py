@@ -15,12 +15,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_to_end
 from app.core.events import Action, DecisionEvent, Mode, Prediction, Role, ShedReport, decode
 from app.core.routing import bucket
 from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
+from app.harness.rollout_scenarios import HANDS_OFF
 from app.harness.traffic import SentRequest, make_requests, send
 from app.settings import Settings
 from tests.builders import running_workers
@@ -36,26 +36,8 @@ from tests.integration.outputs import (
 
 pytestmark = pytest.mark.kafka
 
-# These tests steer rollouts by hand: a step that never has enough samples keeps the
-# controller's evidence side from advancing, promoting or retiring on its own meanwhile
-# (v2 passes every guardrail against v1, so nothing is rolled back either).
-HANDS_ON = {"min_samples_per_step": 1_000_000_000}
-HANDS_ON_JSON = '{"min_samples_per_step": 1000000000}'
-
-
-@pytest.fixture
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
-
-
-@pytest.fixture
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
+# These tests steer rollouts by hand (v2 passes every guardrail against v1 anyway).
+HANDS_OFF_JSON = orjson.dumps(HANDS_OFF).decode()
 
 
 @pytest.fixture
@@ -145,7 +127,7 @@ async def test_canary_share_is_sticky_monotonic_and_correct(
         "--weight",
         "0.1",
         "--policy",
-        HANDS_ON_JSON,
+        HANDS_OFF_JSON,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "accepted" in result.stdout
@@ -190,7 +172,7 @@ async def test_shadow_scores_the_candidate_only_into_comparisons(
 ) -> None:
     run = f"shadow-{uuid.uuid4().hex[:6]}"
     decision = await command(
-        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW
+        settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.SHADOW
     )
     assert decision.accepted, decision.reason
     n = 1000
@@ -221,7 +203,7 @@ async def test_shadow_scores_the_candidate_only_into_comparisons(
     # A sample rate below 1: exactly the requests the deterministic sample picks.
     decision = await command(settings_, Action.ABORT)
     decision = await command(
-        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW, sample_rate=0.3
+        settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.SHADOW, sample_rate=0.3
     )
     assert decision.accepted
     served = await serve_at(settings_, producer, run, "part", n, decision.epoch)
@@ -246,7 +228,7 @@ async def test_manual_waits_for_promote_and_automatic_promotes_at_once(
     run = f"manual-{uuid.uuid4().hex[:6]}"
     n = 500
     result = cli(
-        kafka_bootstrap, "deploy", "fraud", "2", "--mode", "manual", "--policy", HANDS_ON_JSON
+        kafka_bootstrap, "deploy", "fraud", "2", "--mode", "manual", "--policy", HANDS_OFF_JSON
     )
     assert result.returncode == 0, result.stdout + result.stderr
     st = status(kafka_bootstrap)["fraud"]
@@ -276,7 +258,7 @@ async def test_rollback_and_abort_restore_the_previous_production(
 ) -> None:
     run = f"back-{uuid.uuid4().hex[:6]}"
     d = await command(
-        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.CANARY, weight=1.0
+        settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.CANARY, weight=1.0
     )
     assert d.accepted
     canary = await serve_at(settings_, producer, run, "canary", 300, d.epoch)
@@ -412,7 +394,7 @@ async def test_twenty_swaps_under_load_lose_nothing_and_never_go_back_in_epoch(
         load = asyncio.create_task(continuous_load())
         for _ in range(20):
             d = await command(
-                settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.MANUAL
+                settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.MANUAL
             )
             assert d.accepted, d.reason
             promoted_at = time.time() * 1000
@@ -471,7 +453,7 @@ async def test_a_worker_behind_sheds_shadow_scoring_first_and_reports_it(
     tmp_path: Path,
 ) -> None:
     run = f"shed-{uuid.uuid4().hex[:6]}"
-    d = await command(settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW)
+    d = await command(settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.SHADOW)
     assert d.accepted
     sent = make_requests(4000, seed=41, run_id=run)
     tail = await Tail(settings_, Topic.COMPARISONS).start()

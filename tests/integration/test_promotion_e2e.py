@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.adapters.kafka_clients import plain_producer
 from app.core.events import Action, Mode
 from app.harness.processes import RolloutProcess
 from app.harness.rollout_scenarios import DEMO, Scenario, reset, run_scenario
@@ -22,11 +21,6 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture(scope="module")
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
-
-
-@pytest.fixture(scope="module")
 def workers(
     kafka_bootstrap: str, model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[RolloutProcess]]:
@@ -35,14 +29,6 @@ def workers(
         kafka_bootstrap, ["e2e-1", "e2e-2"], logs, ROLLOUT_MODEL_STORE=str(model_store)
     ) as procs:
         yield procs
-
-
-@pytest.fixture(scope="module")
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @pytest.fixture(scope="module")
