@@ -395,18 +395,11 @@ async def model_file(env: ChaosEnv) -> ChaosResult:
         await asyncio.sleep(2.0)
         return faults
 
-    def epochs_never_go_back(outputs: Outputs) -> list[str]:
-        """Once every worker has taken the deployment (workers start after it), no prediction
-        may come from an earlier epoch: a restarted worker must not fall back."""
-        if not floor:
-            return ["version 2 was never deployed"]
-        at, epoch = floor[0]
-        behind = [e for served, e in outputs.epochs if served > at + 3000 and e < epoch]
-        return [f"{len(behind)} predictions served under an epoch before {epoch}"] if behind else []
-
     floor: list[tuple[int, int]] = []
     try:
-        out = await _under_load(env, settings, "model-file", inject, notes, epochs_never_go_back)
+        out = await _under_load(
+            env, settings, "model-file", inject, notes, lambda o: _epochs_never_go_back(o, floor)
+        )
         out.problems += problems
         return out
     finally:
@@ -418,6 +411,17 @@ async def model_file(env: ChaosEnv) -> ChaosResult:
             await reset(settings)
         finally:
             ctl.terminate()
+
+
+def _epochs_never_go_back(outputs: Outputs, floor: list[tuple[int, int]]) -> list[str]:
+    """Once every worker has taken the deployment (workers start after it: ``floor`` holds
+    when it was deployed, and its epoch), no prediction may come from an earlier epoch: a
+    restarted worker must not fall back."""
+    if not floor:
+        return ["version 2 was never deployed"]
+    at, epoch = floor[0]
+    behind = [e for served, e in outputs.epochs if served > at + 3000 and e < epoch]
+    return [f"{len(behind)} predictions served under an epoch before {epoch}"] if behind else []
 
 
 async def _command(settings: Settings, action: Action, **fields: object) -> DecisionEvent | None:
