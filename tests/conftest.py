@@ -21,10 +21,13 @@ from pathlib import Path
 import pytest
 
 from app.adapters import kafka_local
+from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.topics import apply_topics, load_topics_file
 from app.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+configure_aiokafka()  # as every Rollout entry point does
 
 
 def _repo_settings() -> Settings:

@@ -10,23 +10,16 @@ round-robin), appended to one ``BatchBuilder`` per partition, and handed over wi
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
+
+from app.adapters.partitioning import keyed_partition
 
 Headers = Sequence[tuple[str, bytes]]
 Record = tuple[str, bytes | None, bytes, Headers]  # topic, key, value, headers
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def keyed_partition(key: bytes, count: int) -> int:
-    """Where Kafka's default partitioner (Java's and aiokafka's) puts ``key``. aiokafka's
-    murmur2 is pure Python (8 % of a worker's CPU); keys are entities, which repeat: cached."""
-    return int(murmur2(key) & 0x7FFFFFFF) % count
 
 
 class BatchSender:

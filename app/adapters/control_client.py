@@ -9,10 +9,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
 from app.adapters.state_view import StateView
 from app.core.events import ControlCommand, DecisionEvent, DeploymentState, decode, encode
+from app.core.topics import Topic
 from app.settings import Settings
-
-CONTROL_TOPIC = "deployments.control"
-EVENTS_TOPIC = "deployments.events"
 
 
 async def send_command(
@@ -23,12 +21,12 @@ async def send_command(
     consumer = reader(settings, client_id="rollout-cli")
     await consumer.start()
     try:
-        partitions = await assign_at_end(consumer, EVENTS_TOPIC)  # before the command goes
+        partitions = await assign_at_end(consumer, Topic.EVENTS)  # before the command goes
         producer = plain_producer(settings)
         await producer.start()
         try:
             await producer.send_and_wait(
-                CONTROL_TOPIC, encode(command), key=command.deployment.encode("utf-8")
+                Topic.CONTROL, encode(command), key=command.deployment.encode("utf-8")
             )
         finally:
             await producer.stop()

@@ -14,13 +14,12 @@ from aiokafka import AIOKafkaConsumer
 
 from app.adapters.kafka_clients import follow_events, partitions_of, reader, stop_following
 from app.core.events import DecisionEvent
+from app.core.topics import Topic
 from app.settings import Settings
-
-EVENTS_TOPIC = "deployments.events"
 
 
 class DecisionLog:
-    def __init__(self, settings: Settings, depth: int = 200, topic: str = EVENTS_TOPIC) -> None:
+    def __init__(self, settings: Settings, depth: int = 200, topic: str = Topic.EVENTS) -> None:
         self._settings = settings
         self._depth = depth
         self._topic = topic

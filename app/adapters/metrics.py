@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from app.core.events import DecisionEvent, DeploymentState, Mode, Phase
+from app.core.topics import Topic
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # No ``_created`` series: they would double the exposition for nothing.
@@ -129,7 +130,7 @@ class BulkHistogram(Collector):
 
 REQUESTS = Counter(
     "rollout_requests_total",
-    "Records consumed from inference.requests, by the deployment they name (empty: none this"
+    f"Records consumed from {Topic.REQUESTS}, by the deployment they name (empty: none this"
     " worker serves, or unreadable).",
     ["deployment"],
 )
@@ -202,7 +203,7 @@ def observe_skipped(topic: str, reason: str) -> None:
 
 
 class _BatchCounts(Protocol):
-    """What ``observe_batch`` reads of ``app.worker.scoring.BatchResult``."""
+    """What ``observe_batch`` reads of ``app.core.scoring.BatchResult``."""
 
     predictions: int
     comparisons: int
@@ -226,6 +227,15 @@ def observe_batch(result: _BatchCounts, timestamps_ms: Sequence[int], committed_
         REQUESTS.labels("").inc(len(timestamps_ms) - named)
     BATCHES.inc()
     BATCH_SIZE.observe(len(timestamps_ms))
+    _observe_outputs(result)
+    if len(timestamps_ms):
+        ts = np.asarray(timestamps_ms, dtype=np.float64)
+        END_TO_END_LATENCY.observe_many(np.maximum(committed_ms - ts, 0.0) / 1000.0)
+    _observe_shadow(result)
+
+
+def _observe_outputs(result: _BatchCounts) -> None:
+    """Predictions, dead letters, comparisons, candidate errors and model calls of a batch."""
     for (deployment, version, role), n in result.served.items():
         PREDICTIONS.labels(deployment, version, role).inc(n)
     for (deployment, code), n in result.rejected.items():
@@ -236,9 +246,9 @@ def observe_batch(result: _BatchCounts, timestamps_ms: Sequence[int], committed_
         CANDIDATE_ERRORS.inc(result.candidate_errors)
     for deployment, version, role, rows, per_row_ms in result.model_calls:
         INFERENCE_LATENCY.observe_n(per_row_ms / 1000.0, rows, deployment, version, role)
-    if len(timestamps_ms):
-        ts = np.asarray(timestamps_ms, dtype=np.float64)
-        END_TO_END_LATENCY.observe_many(np.maximum(committed_ms - ts, 0.0) / 1000.0)
+
+
+def _observe_shadow(result: _BatchCounts) -> None:
     for deployment, sampled in result.shadow_sampled.items():
         shed = result.shadow_shed.get(deployment, 0)
         SHADOW_SAMPLED.labels(deployment).inc(sampled)

@@ -19,13 +19,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.adapters.kafka_clients import follow_events, partitions_of, reader, stop_following
 from app.core.events import DeploymentState
+from app.core.topics import Topic
 from app.settings import Settings
-
-STATE_TOPIC = "deployments.state"
 
 
 class StateView:
-    def __init__(self, settings: Settings, topic: str = STATE_TOPIC) -> None:
+    def __init__(self, settings: Settings, topic: str = Topic.STATE) -> None:
         self._settings = settings
         self._topic = topic
         self._consumer: AIOKafkaConsumer | None = None

@@ -21,13 +21,11 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from app.adapters.kafka_clients import partitions_of, reader
 from app.core.events import encode, now_ms
+from app.core.topics import Topic
+from app.harness.traffic import make_requests
 from app.settings import Settings
-from app.traffic import make_requests
 from app.training.stream import FEATURE_NAMES
 
-REQUESTS = "inference.requests"
-PREDICTIONS = "inference.predictions"
-DLQ = "inference.dlq"
 BAD_EVERY = 25  # one malformed record in 25
 
 
@@ -71,12 +69,14 @@ class Load:
                 if n % BAD_EVERY == BAD_EVERY - 1:
                     key = f"{self.run_id}-bad-{n}"
                     value = _malformed(n, self.run_id)
-                    fut = await self.producer.send(REQUESTS, value=value, key=key.encode())
+                    fut = await self.producer.send(Topic.REQUESTS, value=value, key=key.encode())
                     pending.append((key, False, now_ms(), fut))
                 else:
                     at = now_ms()
                     stamped = sent.request.model_copy(update={"sent_at": at})
-                    fut = await self.producer.send(REQUESTS, value=encode(stamped), key=sent.key)
+                    fut = await self.producer.send(
+                        Topic.REQUESTS, value=encode(stamped), key=sent.key
+                    )
                     pending.append((sent.request.request_id, True, at, fut))
                 n += 1
             pending = self._harvest(pending)
@@ -139,7 +139,7 @@ async def read_outputs(
     await consumer.start()
     try:
         partitions: list[TopicPartition] = []
-        for topic in (PREDICTIONS, DLQ):
+        for topic in (Topic.PREDICTIONS, Topic.DLQ):
             partitions += await partitions_of(consumer, topic)
         consumer.assign(partitions)
         found = await consumer.offsets_for_times({tp: load.started_ms - 1000 for tp in partitions})
@@ -153,12 +153,12 @@ async def read_outputs(
             batch = await consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for r in records:
-                    if tp.topic == PREDICTIONS and r.value and needle in r.value:
+                    if tp.topic == Topic.PREDICTIONS and r.value and needle in r.value:
                         p = orjson.loads(r.value)
                         out.predicted.append(p["request_id"])
                         out.served_at.setdefault(p["request_id"], p["served_at"])
                         out.epochs.append((p["served_at"], p["epoch"]))
-                    elif tp.topic == DLQ and r.key and r.key.startswith(needle):
+                    elif tp.topic == Topic.DLQ and r.key and r.key.startswith(needle):
                         key = r.key.decode()
                         out.dead_letters.append(key)
                         out.codes[key] = orjson.loads(r.value)["error"]["code"]

@@ -13,11 +13,14 @@ app = typer.Typer(
 
 
 def main() -> None:
+    from app.adapters.kafka_clients import configure_aiokafka
     from app.cli import (  # noqa: F401
         bench,
         chaos,
         control,
+        demo,
         kafka,
+        schemas,
         serve,
         simulate,
         topics,
@@ -25,4 +28,5 @@ def main() -> None:
         train,
     )
 
+    configure_aiokafka()
     app()

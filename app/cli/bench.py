@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from app.bench import run_bench
-from app.bench_report import markdown
+from app.bench.report import markdown
+from app.bench.run import run_bench
 from app.cli import app
 from app.settings import load_settings
 

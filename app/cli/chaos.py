@@ -1,4 +1,4 @@
-"""``rollout chaos``: the fault scenarios of :mod:`app.chaos.scenarios` under load, and a
+"""``rollout chaos``: the fault scenarios of :mod:`app.chaos.fault_scenarios` under load, and a
 table of what each lost, duplicated and dead-lettered. Exit 1 when a promise was broken."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.chaos.scenarios import SCENARIOS, ChaosEnv, ChaosResult
+from app.chaos.fault_scenarios import SCENARIOS, ChaosEnv, ChaosResult
 from app.cli import app
 from app.settings import load_settings
 

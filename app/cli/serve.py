@@ -11,7 +11,6 @@ import typer
 from app.adapters.logs import setup_logging
 from app.cli import app
 from app.controller.app import run_controller
-from app.demo import run_demo
 from app.settings import load_settings
 from app.worker.service import default_worker_id, run_worker
 
@@ -41,15 +40,3 @@ def controller(
     """Own the deployments' state: apply commands, publish states and decisions."""
     setup_logging(loglevel)
     run_controller(load_settings(), loglevel=loglevel)
-
-
-@app.command()
-def demo(
-    rate: Annotated[float, typer.Option(help="Requests per second of generated traffic.")] = 600.0,
-) -> None:
-    """Run everything locally (broker, topics, controller, two workers) and walk through
-    rollouts: v2 promoted by canary, v3 rolled back, v3 rejected in shadow, a manual
-    recommendation."""
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # retried produce errors are noise here
-    raise typer.Exit(asyncio.run(run_demo(load_settings(), rate)))

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.cli import app
-from app.core.simulation import simulate as previous_test
+from app.simulation.bare_test import simulate as previous_test
 from app.simulation.report import COLUMNS, markdown, row
 from app.simulation.runner import pure_test_samples, run
 from app.simulation.situations import SITUATIONS

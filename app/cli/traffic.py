@@ -10,8 +10,8 @@ import typer
 
 from app.adapters.kafka_clients import plain_producer
 from app.cli import app
+from app.harness.traffic import make_requests, send
 from app.settings import Settings, load_settings
-from app.traffic import make_requests, send
 
 
 async def _send(settings: Settings, rate: float, seconds: float, chunk_s: float = 5.0) -> int:

@@ -30,14 +30,15 @@ from app.core.analysis import OldSnapshot, RolloutAnalysis
 from app.core.events import Comparison, DeploymentState, Feedback, ShedReport, decode, now_ms
 from app.core.promotion import decide
 from app.core.state_machine import controller_step
+from app.core.topics import Topic
 from app.core.verdict import Verdict
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_TOPIC = "deployments.analysis"
-COMPARISONS_TOPIC = "inference.comparisons"
-FEEDBACK_TOPIC = "inference.feedback"
+ANALYSIS_TOPIC = Topic.ANALYSIS
+COMPARISONS_TOPIC = Topic.COMPARISONS
+FEEDBACK_TOPIC = Topic.FEEDBACK
 SNAPSHOT_EVERY_S = 2.0
 
 

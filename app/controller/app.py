@@ -17,14 +17,16 @@ from typing import Any
 import faust
 from mode import Service
 
-from app.adapters.batch_send import keyed_partition
+from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.kafka_security import faust_credentials
 from app.adapters.model_store import ModelStore
+from app.adapters.partitioning import partition_for
 from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
-from app.controller.commands import CONTROL_TOPIC, CommandHandler
+from app.controller.commands import CommandHandler
 from app.controller.dashboard import WebServer, start_web
 from app.controller.publisher import DecisionPublisher
+from app.core.topics import Topic
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,11 +92,6 @@ class ControlPlane(Service):
             await self.publisher.release(partition)
 
 
-def partition_for(deployment: str, partitions: int) -> int:
-    """Where Kafka's default partitioner puts records keyed by ``deployment``."""
-    return keyed_partition(deployment.encode("utf-8"), partitions)
-
-
 def build_app(settings: Settings) -> faust.App:
     (settings.home / "controller").mkdir(parents=True, exist_ok=True)  # faust makes one level
     app = faust.App(
@@ -114,12 +111,12 @@ def build_app(settings: Settings) -> faust.App:
     )
     plane = ControlPlane(settings)
     app.add_dependency(plane)
-    control = app.topic(CONTROL_TOPIC, key_type=bytes, value_type=bytes, allow_empty=True)
+    control = app.topic(Topic.CONTROL, key_type=bytes, value_type=bytes, allow_empty=True)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
-        await plane.assigned({tp.partition for tp in assigned if tp.topic == CONTROL_TOPIC})
+        await plane.assigned({tp.partition for tp in assigned if tp.topic == Topic.CONTROL})
 
     @app.agent(control)
     async def commands(stream: faust.StreamT[bytes]) -> None:
@@ -135,6 +132,7 @@ def build_app(settings: Settings) -> faust.App:
 
 
 def run_controller(settings: Settings, loglevel: str = "info") -> None:
+    configure_aiokafka()
     app = build_app(settings)
     # Logging is set up by the entry point (JSON lines off a terminal): faust keeps it.
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)

@@ -16,24 +16,17 @@ from pydantic import ValidationError
 
 from app.adapters.model_store import ModelRejected, ModelStore
 from app.adapters.state_view import StateView
-from app.adapters.topic_reader import read_tail
 from app.controller.publisher import DecisionPublisher
-from app.core.analysis import RolloutAnalysis
+from app.controller.replay_gate import needs_replay, replay
 from app.core.events import (
     Action,
-    Comparison,
     ControlCommand,
     DecisionAction,
     DecisionEvent,
     DeploymentState,
-    Mode,
     ModelRef,
-    Phase,
-    decode,
     now_ms,
 )
-from app.core.promotion import replay_gate
-from app.core.requests import RawRecord
 from app.core.state_machine import (
     CONTROLLER,
     Outcome,
@@ -42,13 +35,10 @@ from app.core.state_machine import (
     reject,
     reject_command,
 )
+from app.core.topics import Topic
 from app.settings import Settings
-from app.worker.scoring import DEFAULT_TOPICS, DeploymentRoute, score_batch
 
 log = logging.getLogger(__name__)
-
-CONTROL_TOPIC = "deployments.control"
-REQUESTS_TOPIC = "inference.requests"
 
 
 class CommandHandler:
@@ -83,11 +73,11 @@ class CommandHandler:
         await self._view.catch_up()
         async with self._publisher.lock(partition):
             outcome = self.decide(key, value)
-            if _needs_replay(outcome):
+            if needs_replay(outcome):
                 before = self.current(outcome.decision.deployment)  # not yet replaced
                 assert before is not None
-                outcome = await self._replay_gate(before, outcome)
-            consumed = {TopicPartition(CONTROL_TOPIC, partition): offset + 1}
+                outcome = await replay(self._settings, self._store, before, outcome)
+            consumed = {TopicPartition(Topic.CONTROL, partition): offset + 1}
             await self._publisher.publish(partition, outcome.decision, outcome.state, consumed)
             if outcome.state is not None:
                 self._view.offer(outcome.state)
@@ -129,61 +119,6 @@ class CommandHandler:
                 )
         return apply(state, command, now, candidate, self._store.spec(command.deployment).policy)
 
-    async def _replay_gate(self, before: DeploymentState, outcome: Outcome) -> Outcome:
-        """Automatic mode with ``replay_gate = N``: the last N requests are scored by the new
-        version beside the current production before it is let through."""
-        new = outcome.state
-        assert new is not None
-        records = await read_tail(self._settings, REQUESTS_TOPIC, new.policy.replay_gate)
-        production = self._store.load(before.production)
-        candidate = self._store.load(new.production)
-        shadow = before.model_copy(
-            update={
-                "mode": Mode.SHADOW,
-                "phase": Phase.PROGRESSING,
-                "candidate": new.production,
-                "shadow_sample_rate": 1.0,
-                "policy": new.policy,
-            }
-        )
-        raw = [RawRecord(r.topic, r.partition, r.offset, r.key, r.value) for r in records]
-        scored = score_batch(
-            raw,
-            {before.deployment: DeploymentRoute(shadow, production, candidate)},
-            max_request_bytes=self._settings.max_request_bytes,
-        )
-        g = new.policy.guardrails
-        analysis = RolloutAnalysis(
-            deployment=before.deployment,
-            candidate=new.production.version,
-            start_epoch=shadow.epoch,
-            alpha=new.policy.alpha,
-            margin=new.policy.non_inferiority_margin,
-            disagreement_ceiling=g.max_disagreement,
-            error_ceiling=max(g.max_candidate_error_rate, 1e-4),
-        )
-        for out in scored.outgoing:
-            if out.topic == DEFAULT_TOPICS.comparisons:
-                analysis.add_comparison(decode(Comparison, out.value))
-        passed, reason, evidence = replay_gate(new, analysis)
-        decision = outcome.decision
-        if not passed:
-            rejected = reject(
-                before,
-                reason,
-                now_ms(),
-                action=decision.action,
-                command_id=decision.command_id,
-                decided_by=decision.decided_by,
-            )
-            return Outcome(None, rejected.decision.model_copy(update={"evidence": evidence}))
-        return Outcome(
-            new,
-            decision.model_copy(
-                update={"reason": f"{decision.reason}; {reason}", "evidence": evidence}
-            ),
-        )
-
     def _validated(self, deployment: str, version: str) -> ModelRef:
         """The version's reference, once its artifact, signature and a smoke run check out."""
         ref = self._store.ref(deployment, version)
@@ -214,16 +149,6 @@ class CommandHandler:
             async with self._publisher.lock(partition):
                 await self._publisher.publish(partition, decision, state)
                 self._view.offer(state)
-
-
-def _needs_replay(outcome: Outcome) -> bool:
-    state = outcome.state
-    return (
-        state is not None
-        and outcome.decision.action is DecisionAction.DEPLOY
-        and state.mode is Mode.AUTOMATIC
-        and state.policy.replay_gate > 0
-    )
 
 
 def _parse(value: bytes | None) -> tuple[ControlCommand | None, str | None]:

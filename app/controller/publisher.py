@@ -19,12 +19,10 @@ from aiokafka.errors import ProducerFenced
 from app.adapters import metrics
 from app.adapters.kafka_clients import transactional_producer
 from app.core.events import DecisionEvent, DeploymentState, encode
+from app.core.topics import Topic
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-STATE_TOPIC = "deployments.state"
-EVENTS_TOPIC = "deployments.events"
 
 
 class DecisionPublisher:
@@ -72,10 +70,10 @@ class DecisionPublisher:
         async with producer.transaction():
             if state is not None:
                 key = state.deployment.encode("utf-8")
-                await producer.send(STATE_TOPIC, encode(state), key=key, partition=partition)
+                await producer.send(Topic.STATE, encode(state), key=key, partition=partition)
             if decision is not None:
                 key = decision.deployment.encode("utf-8")
-                await producer.send(EVENTS_TOPIC, encode(decision), key=key, partition=partition)
+                await producer.send(Topic.EVENTS, encode(decision), key=key, partition=partition)
             for topic, key, value in extra:
                 await producer.send(topic, value, key=key, partition=partition)
             if consumed:

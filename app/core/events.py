@@ -1,6 +1,6 @@
 """Event contracts: every record Rollout reads or writes on Kafka.
 
-Field names follow ``DESIGN.md`` and are part of the wire contract. Each event is
+Field names follow ``docs/contracts.md`` and are part of the wire contract. Each event is
 a frozen pydantic v2 model; ``encode`` and ``decode`` are the one symmetric pair of
 codecs (orjson, UTF-8) used by every adapter. ``decode`` raises
 ``pydantic.ValidationError`` (a ``ValueError``) for anything that is not a valid

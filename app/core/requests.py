@@ -84,17 +84,9 @@ def parse_request(
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        if str(exc).startswith("depth limit exceeded"):  # never handed to a recursive parser
-            return Rejection(DeadLetterCode.INVALID_JSON, f"payload nests too deeply: {exc}")
-        # Only a failed parse pays for the slower checks that tell the failures apart.
-        lenient = _lenient_json(value)
-        if isinstance(lenient, Rejection):
-            return (
-                lenient
-                if lenient.message
-                else Rejection(lenient.code, f"payload is not JSON: {exc}")
-            )
-        body = lenient
+        body = _after_failed_parse(value, exc)
+        if isinstance(body, Rejection):
+            return body
     if not isinstance(body, dict):
         return Rejection(
             DeadLetterCode.INVALID_REQUEST,
@@ -116,6 +108,17 @@ def parse_request(
             DeadLetterCode.UNKNOWN_DEPLOYMENT, f"no deployment named {request.deployment!r}"
         )
     return request
+
+
+def _after_failed_parse(value: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """What a payload orjson refused is: the body a lenient parse still finds, or the
+    rejection that names why. Only a failed parse pays for these slower checks."""
+    if str(exc).startswith("depth limit exceeded"):  # never handed to a recursive parser
+        return Rejection(DeadLetterCode.INVALID_JSON, f"payload nests too deeply: {exc}")
+    lenient = _lenient_json(value)
+    if isinstance(lenient, Rejection) and not lenient.message:
+        return Rejection(lenient.code, f"payload is not JSON: {exc}")
+    return lenient
 
 
 _FIELDS = frozenset(InferenceRequest.model_fields)

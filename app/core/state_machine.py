@@ -4,7 +4,7 @@ Pure: no I/O. ``apply`` takes the current state and a command (plus, for ``deplo
 candidate's reference, already validated by the caller against the model store) and returns
 an ``Outcome``: the new state with epoch + 1, or a rejection that leaves the state as it was.
 
-Semantics (DESIGN.md, "Modes" and "Commands"):
+Semantics (docs/contracts.md, the control commands):
 
 - ``deploy V --mode M``: only when no candidate is in flight and V is not production.
   automatic: V becomes production at once. manual: V is loaded and waits for ``promote``

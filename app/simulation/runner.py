@@ -29,12 +29,13 @@ from app.core.events import (
 from app.core.promotion import decide
 from app.core.sequential import staked_pair
 from app.core.state_machine import controller_step
+from app.core.topics import Topic
 from app.core.verdict import Verdict
 from app.simulation.situations import PREVALENCE, PRODUCTION, Model, Situation
 
 V1 = ModelRef(name="sim", version="1", uri="sim/1/model.onnx", sha256="1" * 64)
 V2 = ModelRef(name="sim", version="2", uri="sim/2/model.onnx", sha256="2" * 64)
-_SOURCE = SourceOffset(topic="inference.requests", partition=0, offset=0)
+_SOURCE = SourceOffset(topic=Topic.REQUESTS, partition=0, offset=0)
 _MS = 1000  # one compared request per simulated second
 _OUT = {
     "fraud": ModelOutput.model_construct(label="fraud", scores=[0.2, 0.8]),
@@ -190,9 +191,9 @@ def run(s: Situation, replications: int | None = None, seed: int = 11) -> Result
 def pure_test_samples(
     delta: float, margin: float, alpha: float, replications: int, seed: int = 7
 ) -> tuple[float, float]:
-    """The bare promotion test on labelled pairs, as ``app.core.simulation`` measures the
+    """The bare promotion test on labelled pairs, as ``app.simulation.bare_test`` measures the
     previous one: (promote rate, median pairs to promote), for the staked test."""
-    from app.core.simulation import paired_outcomes
+    from app.simulation.bare_test import paired_outcomes
 
     rng = np.random.default_rng(seed)
     promoted, samples = 0, []

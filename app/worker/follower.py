@@ -19,8 +19,8 @@ import logging
 from app.adapters.model_store import LoadedModel, ModelRejected, ModelStore
 from app.adapters.state_view import StateView
 from app.core.events import DeploymentState, ModelRef, now_ms
+from app.core.scoring import DeploymentRoute, RoutingTable
 from app.core.state_machine import initial_state
-from app.worker.scoring import DeploymentRoute, RoutingTable
 
 log = logging.getLogger(__name__)
 

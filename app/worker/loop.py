@@ -1,7 +1,7 @@
 """The worker's consume → score → publish loop, exactly once, on plain aiokafka.
 
 Take up to ``batch_max_records`` records (what the fetcher holds, waiting at most
-``batch_max_wait_ms``), score them (``app.worker.scoring``), then publish every output and
+``batch_max_wait_ms``), score them (``app.core.scoring``), then publish every output and
 the batch's input offsets in one Kafka transaction. Two batches overlap by one stage: the
 next batch is taken and scored while the previous one's transaction commits (the loop would
 otherwise sit idle through its round trips). A batch is never split over two transactions
@@ -34,20 +34,10 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from app.adapters import metrics
 from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
-from app.core.events import ShedReport, encode, now_ms
+from app.core.events import now_ms
 from app.core.requests import RawRecord
+from app.core.scoring import DEFAULT_TOPICS, SHED_HEADERS, BatchResult, BatchScorer, Topics
 from app.settings import Settings
-from app.worker.scoring import (
-    DEFAULT_TOPICS,
-    BatchResult,
-    Outgoing,
-    RoutingTable,
-    Topics,
-    score_batch,
-)
-
-# Marks a ShedReport among the Comparisons of inference.comparisons.
-SHED_HEADERS = [("kind", b"shed")]
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +80,17 @@ class Worker:
         self,
         settings: Settings,
         worker_id: str,
-        table: Callable[[], RoutingTable],
+        score: BatchScorer,
         topics: Topics = DEFAULT_TOPICS,
         on_assigned: Callable[[], Awaitable[None]] | None = None,
-        transform: Callable[[list[RawRecord]], list[Outgoing]] | None = None,
     ) -> None:
-        """``transform``, for benchmarks only, replaces scoring: the records it returns are
-        published as the batch's outputs, through the same client, batching and transaction."""
+        """``score`` turns each batch (and the worker's lag) into what to publish
+        (``app.core.scoring.table_scorer`` in production); ``topics.requests`` is consumed."""
         self.settings = settings
         self.worker_id = worker_id
         self.topics = topics
-        self._table = table
+        self._score = score
         self.on_assigned = on_assigned
-        self._transform = transform
         self.lock = asyncio.Lock()
         self.generation = 0
         self.stats = WorkerStats()
@@ -229,13 +217,13 @@ class Worker:
 
     async def _prepare(
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]
-    ) -> tuple[BatchResult, list[Outgoing]]:
+    ) -> BatchResult:
         raw = [
             RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records
         ]
-        if self._transform is not None:  # a benchmark's stand-in for scoring
-            return BatchResult(outgoing=self._transform(raw)), []
-        return await self._score(consumer, raw)
+        lag = await self._lag(consumer)
+        metrics.observe_lag(lag)
+        return self._score(raw, lag)
 
     async def _commit(
         self,
@@ -243,7 +231,7 @@ class Worker:
         sender: BatchSender,
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
-        scored: tuple[BatchResult, list[Outgoing]],
+        scored: BatchResult,
         generation: int,
     ) -> bool:
         """Publish one scored batch and its input offsets in one transaction. False when the
@@ -252,7 +240,7 @@ class Worker:
             if generation != self.generation:
                 await self._rewind_dropped(consumer, records)
                 return False
-            return await self._publish(producer, sender, consumer, records, *scored)
+            return await self._publish(producer, sender, consumer, records, scored)
 
     async def _publish(
         self,
@@ -261,7 +249,6 @@ class Worker:
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
         result: BatchResult,
-        reports: list[Outgoing],
     ) -> bool:
         first: dict[TopicPartition, int] = {}
         offsets: dict[TopicPartition, int] = {}
@@ -273,7 +260,7 @@ class Worker:
             async with producer.transaction():
                 await sender.send(
                     [(o.topic, o.key, o.value, ()) for o in result.outgoing]
-                    + [(o.topic, o.key, o.value, SHED_HEADERS) for o in reports]
+                    + [(o.topic, o.key, o.value, SHED_HEADERS) for o in result.shed_reports]
                 )
                 await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
         except ProducerFenced:
@@ -301,39 +288,6 @@ class Worker:
         s.shadow_shed += sum(result.shadow_shed.values())
         metrics.observe_batch(result, [r.timestamp for r in records], now_ms())
         return True
-
-    async def _score(
-        self, consumer: AIOKafkaConsumer, raw: list[RawRecord]
-    ) -> tuple[BatchResult, list[Outgoing]]:
-        table = self._table()
-        lag = await self._lag(consumer)
-        metrics.observe_lag(lag)
-        result = score_batch(
-            raw,
-            table,
-            max_request_bytes=self.settings.max_request_bytes,
-            topics=self.topics,
-            shed_shadow=lag > self.settings.shadow_shed_lag,
-        )
-        reports = [
-            Outgoing(
-                self.topics.comparisons,
-                name.encode(),
-                encode(
-                    ShedReport(
-                        deployment=name,
-                        epoch=table[name].state.epoch,
-                        worker_id=self.worker_id,
-                        sampled=result.shadow_sampled[name],
-                        shed=shed,
-                        lag=lag,
-                        at=now_ms(),
-                    )
-                ),
-            )
-            for name, shed in result.shadow_shed.items()
-        ]
-        return result, reports
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> int:
         """Records behind the log end over this worker's partitions (as of the last fetch)."""

@@ -13,9 +13,11 @@ import socket
 
 from app.adapters import metrics
 from app.adapters.http_server import metrics_app, start_site
+from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.logs import log_context
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
+from app.core.scoring import table_scorer
 from app.settings import Settings
 from app.worker.follower import TableFollower
 from app.worker.loop import Worker, WorkerStats
@@ -51,9 +53,13 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
                     st.candidate.version if st.candidate else "-",
                     extra={"deployment": name, "epoch": st.epoch},
                 )
-            worker = Worker(
-                settings, worker_id, lambda: follower.table, on_assigned=follower.settle
+            score = table_scorer(
+                lambda: follower.table,
+                worker_id=worker_id,
+                max_request_bytes=settings.max_request_bytes,
+                shed_lag=settings.shadow_shed_lag,
             )
+            worker = Worker(settings, worker_id, score, on_assigned=follower.settle)
             return await worker.run(stop)
         finally:
             if http is not None:
@@ -69,6 +75,7 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
 
 async def run_worker(settings: Settings, worker_id: str) -> WorkerStats:
+    configure_aiokafka()
     stop = asyncio.Event()
     install_stop_signals(stop)
     with log_context(worker_id=worker_id):

@@ -1,15 +1,20 @@
-"""Integration fixtures: a model store the tests may tamper with, and a controller process."""
+"""Integration fixtures: a model store the tests may tamper with, settings pointed at it and
+the session's broker, a producer, and a controller process."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from tests.integration.control import ControllerProcess
+from app.adapters.kafka_clients import plain_producer
+from app.harness.processes import CONTROLLER_READY, RolloutProcess
+from app.settings import Settings
+from tests.builders import controller_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,15 +37,32 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
+    """Settings for the session's broker and the tamperable model store."""
+    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
+
+
+@pytest.fixture(scope="module")
+async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain (idempotent, non-transactional) producer, stopped after the module."""
+    p = plain_producer(settings_)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@pytest.fixture(scope="module")
 def controller(
     kafka_bootstrap: str, model_store: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ControllerProcess]:
+) -> Iterator[RolloutProcess]:
     logs = tmp_path_factory.mktemp("controller")
-    proc = ControllerProcess(
+    proc = controller_process(
         kafka_bootstrap, logs, ROLLOUT_MODEL_STORE=str(model_store), ROLLOUT_HOME=str(logs)
     ).start()
     try:
-        proc.wait_ready()
+        proc.wait_for(CONTROLLER_READY)
         yield proc
     finally:
         proc.terminate()

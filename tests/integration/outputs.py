@@ -13,8 +13,9 @@ from aiokafka import ConsumerRecord
 from app.adapters.kafka_clients import assign_at_end, reader
 from app.adapters.topic_reader import read_topic
 from app.core.events import Comparison, Prediction, decode, now_ms
+from app.core.topics import Topic
+from app.harness.traffic import SentRequest
 from app.settings import Settings
-from app.traffic import SentRequest
 from app.training.stream import FEATURE_NAMES
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -44,7 +45,7 @@ async def predictions(
 ) -> list[tuple[ConsumerRecord, Prediction]]:
     """Committed predictions whose request id starts with ``prefix`` (with their records)."""
     return await _matching(
-        settings, "inference.predictions", Prediction, prefix, expect, settle_s, timeout_s
+        settings, Topic.PREDICTIONS, Prediction, prefix, expect, settle_s, timeout_s
     )
 
 
@@ -52,7 +53,7 @@ async def comparisons(
     settings: Settings, prefix: str, expect: int, settle_s: float = 3.0, timeout_s: float = 120
 ) -> list[Comparison]:
     found = await _matching(
-        settings, "inference.comparisons", Comparison, prefix, expect, settle_s, timeout_s
+        settings, Topic.COMPARISONS, Comparison, prefix, expect, settle_s, timeout_s
     )
     return [c for _, c in found]
 
@@ -100,7 +101,7 @@ async def _matching(
 class Tail:
     """Follows a topic from its end at ``start()``: what gets committed from then on."""
 
-    def __init__(self, settings: Settings, topic: str = "inference.predictions") -> None:
+    def __init__(self, settings: Settings, topic: str = Topic.PREDICTIONS) -> None:
         self._consumer = reader(settings)
         self._topic = topic
         self.records: list[ConsumerRecord] = []

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.control_client import current_states
-from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
+from app.adapters.kafka_clients import assign_at_end, reader
 from app.core.events import (
     Action,
     ArmResult,
@@ -27,25 +26,15 @@ from app.core.events import (
     decode,
     encode,
 )
+from app.core.topics import Topic
+from app.harness.processes import CONTROLLER_READY, RolloutProcess
 from app.settings import Settings
-from tests.integration.control import ControllerProcess, command, reset_fraud
+from tests.builders import controller_process
+from tests.integration.control import command, reset_fraud
 
 pytestmark = pytest.mark.kafka
 
 HANDS_ON = {"min_samples_per_step": 1_000_000_000}
-
-
-@pytest.fixture(scope="module")
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
-
-
-@pytest.fixture(scope="module")
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def comparison(epoch: int, i: int, score: float = 0.9, agree: bool = False) -> bytes:
@@ -57,7 +46,7 @@ def comparison(epoch: int, i: int, score: float = 0.9, agree: bool = False) -> b
             deployment="fraud",
             mode=Mode.CANARY,
             epoch=epoch,
-            source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+            source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
             served_by=Role.CANDIDATE,
             production=ArmResult(version="1", sha256="1" * 64, output=prod, latency_ms=0.02),
             candidate=ArmResult(version="2", sha256="2" * 64, output=cand, latency_ms=0.02),
@@ -81,7 +70,7 @@ def poisons(epoch: int) -> list[bytes]:
 
 async def send(producer: AIOKafkaProducer, values: list[bytes]) -> None:
     for value in values:
-        await producer.send("inference.comparisons", value=value, key=b"fraud")
+        await producer.send(Topic.COMPARISONS, value=value, key=b"fraud")
     await producer.flush()
 
 
@@ -90,7 +79,7 @@ async def controller_rollback(settings: Settings, after_epoch: int, timeout_s: f
     events = reader(settings, client_id="poison-test")
     await events.start()
     try:
-        await assign_at_end(events, "deployments.events")
+        await assign_at_end(events, Topic.EVENTS)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             batch = await events.getmany(timeout_ms=500)
@@ -117,7 +106,7 @@ async def _has_state(settings: Settings) -> None:
 
 
 async def _deploy_poison_and_decide(
-    settings: Settings, producer: AIOKafkaProducer, proc: ControllerProcess
+    settings: Settings, producer: AIOKafkaProducer, proc: RolloutProcess
 ) -> None:
     await reset_fraud(settings)
     deployed = await command(
@@ -141,12 +130,12 @@ async def test_poisonous_comparisons_are_skipped_and_survive_a_restart(
     producer: AIOKafkaProducer,
 ) -> None:
     env = {"ROLLOUT_MODEL_STORE": str(model_store), "ROLLOUT_HOME": str(tmp_path)}
-    proc = ControllerProcess(kafka_bootstrap, tmp_path, name="poison", **env).start()
+    proc = controller_process(kafka_bootstrap, tmp_path, name="poison", **env).start()
     try:
-        proc.wait_ready()
+        proc.wait_for(CONTROLLER_READY)
         await _has_state(settings_)
         await _deploy_poison_and_decide(settings_, producer, proc)
-        assert "skipped inference.comparisons record" in proc.log()
+        assert f"skipped {Topic.COMPARISONS} record" in proc.log()
 
         # A second rollout's poison, and the controller killed before it could snapshot past
         # it: the restarted controller reads the poison again, skips it, and decides.
@@ -156,8 +145,8 @@ async def test_poisonous_comparisons_are_skipped_and_survive_a_restart(
         )
         await send(producer, poisons(deployed.epoch))
         proc.kill()
-        proc = ControllerProcess(kafka_bootstrap, tmp_path, name="poison", **env).start()
-        proc.wait_ready()
+        proc = controller_process(kafka_bootstrap, tmp_path, name="poison", **env).start()
+        proc.wait_for(CONTROLLER_READY)
         waiting = asyncio.create_task(controller_rollback(settings_, deployed.epoch, 60))
         await asyncio.sleep(1.0)
         await send(producer, [comparison(deployed.epoch, i) for i in range(1, 400)])

@@ -1,4 +1,4 @@
-"""Fault scenarios under continuous load of known request ids (``app.chaos.scenarios``, the
+"""Fault scenarios under continuous load of known request ids (``app.chaos.fault_scenarios``, the
 same code as ``rollout chaos``): after each, every valid request has exactly one committed
 prediction and every malformed record exactly one dead letter with a specific code.
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.chaos.scenarios import SCENARIOS, ChaosEnv, ChaosResult
+from app.chaos.fault_scenarios import SCENARIOS, ChaosEnv, ChaosResult
 from app.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,12 +25,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from playwright.async_api import Locator
 
-from app.adapters.kafka_clients import plain_producer
 from app.core.events import Action, Mode, Phase
+from app.harness.processes import CONTROLLER_READY, RolloutProcess
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
-from tests.integration.control import ControllerProcess, command, reset_fraud, state
-from tests.integration.workers import WorkerProcess, running_workers
+from tests.builders import controller_process, running_workers
+from tests.integration.control import command, reset_fraud, state
 
 pytestmark = pytest.mark.kafka
 
@@ -72,9 +73,9 @@ def dashboard_controller(
     model_store: Path,
     tmp_path_factory: pytest.TempPathFactory,
     ports: dict[str, int],
-) -> Iterator[ControllerProcess]:
+) -> Iterator[RolloutProcess]:
     logs = tmp_path_factory.mktemp("dashboard")
-    proc = ControllerProcess(
+    proc = controller_process(
         kafka_bootstrap,
         logs,
         name="dash",
@@ -83,7 +84,7 @@ def dashboard_controller(
         ROLLOUT_DASHBOARD_PORT=str(ports["dashboard"]),
     ).start()
     try:
-        proc.wait_ready()
+        proc.wait_for(CONTROLLER_READY)
         yield proc
     finally:
         proc.terminate()
@@ -95,7 +96,7 @@ def worker(
     model_store: Path,
     tmp_path_factory: pytest.TempPathFactory,
     ports: dict[str, int],
-) -> Iterator[WorkerProcess]:
+) -> Iterator[RolloutProcess]:
     logs = tmp_path_factory.mktemp("dashboard-worker")
     with running_workers(
         kafka_bootstrap,
@@ -105,19 +106,6 @@ def worker(
         ROLLOUT_METRICS_PORT=str(ports["metrics"]),
     ) as procs:
         yield procs[0]
-
-
-@pytest.fixture(scope="module")
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
-
-
-@pytest.fixture(scope="module")
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 @contextlib.asynccontextmanager
@@ -156,8 +144,8 @@ async def newest(
 
 
 async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
-    dashboard_controller: ControllerProcess,
-    worker: WorkerProcess,
+    dashboard_controller: RolloutProcess,
+    worker: RolloutProcess,
     settings_: Settings,
     producer: AIOKafkaProducer,
     ports: dict[str, int],
@@ -252,8 +240,8 @@ async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
 
 
 async def test_worker_and_controller_serve_metrics(
-    dashboard_controller: ControllerProcess,
-    worker: WorkerProcess,
+    dashboard_controller: RolloutProcess,
+    worker: RolloutProcess,
     producer: AIOKafkaProducer,
     settings_: Settings,
     ports: dict[str, int],
@@ -262,7 +250,11 @@ async def test_worker_and_controller_serve_metrics(
     deadline = time.monotonic() + 30
     text = ""
     while time.monotonic() < deadline:
-        text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
+        try:
+            text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
+        except urllib.error.URLError:  # the worker serves /metrics once its models are loaded
+            await asyncio.sleep(0.5)
+            continue
         if 'rollout_predictions_total{deployment="fraud",role="production",version="1"}' in text:
             break
         await asyncio.sleep(0.5)

@@ -5,34 +5,28 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.adapters.kafka_clients import plain_producer
-from app.controller.app import partition_for
+from app.adapters.partitioning import partition_for
 from app.core.events import Mode
-from app.scenarios import Scenario, ScenarioResult, reset, run_scenario
+from app.harness.processes import CONTROLLER_READY, RolloutProcess
+from app.harness.rollout_scenarios import Scenario, ScenarioResult, reset, run_scenario
 from app.settings import Settings
-from tests.integration.control import ControllerProcess
-from tests.integration.workers import WorkerProcess, running_workers
+from tests.builders import controller_process, running_workers
 
 pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
-
-
-@pytest.fixture
 def controllers(
     kafka_bootstrap: str, model_store: Path, tmp_path: Path
-) -> Iterator[list[ControllerProcess]]:
+) -> Iterator[list[RolloutProcess]]:
     procs = [
-        ControllerProcess(
+        controller_process(
             kafka_bootstrap,
             tmp_path,
             name,
@@ -45,7 +39,7 @@ def controllers(
         p.start()
     try:
         for p in procs:
-            p.wait_ready()
+            p.wait_for(CONTROLLER_READY)
         yield procs
     finally:
         for p in procs:
@@ -55,30 +49,22 @@ def controllers(
 @pytest.fixture
 def workers(
     kafka_bootstrap: str, model_store: Path, tmp_path: Path
-) -> Iterator[list[WorkerProcess]]:
+) -> Iterator[list[RolloutProcess]]:
     with running_workers(
         kafka_bootstrap, ["fo-1", "fo-2"], tmp_path, ROLLOUT_MODEL_STORE=str(model_store)
     ) as procs:
         yield procs
 
 
-@pytest.fixture
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-def acting_for(proc: ControllerProcess) -> set[int]:
+def acting_for(proc: RolloutProcess) -> set[int]:
     """The control partitions a controller said it acts for, last time it said so."""
     said = re.findall(r"acting for control partitions \[([0-9, ]*)\]", proc.log())
     return {int(p) for p in said[-1].split(",") if p.strip()} if said else set()
 
 
 def wait_for_owner(
-    controllers: list[ControllerProcess], partition: int, timeout_s: float
-) -> ControllerProcess:
+    controllers: list[RolloutProcess], partition: int, timeout_s: float
+) -> RolloutProcess:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         owners = [c for c in controllers if c.alive() and partition in acting_for(c)]
@@ -89,8 +75,8 @@ def wait_for_owner(
 
 
 async def test_killing_the_active_controller_mid_canary_hands_over_the_rollout(
-    controllers: list[ControllerProcess],
-    workers: list[WorkerProcess],
+    controllers: list[RolloutProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
 ) -> None:

@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_topic
 from app.core.events import DeadLetter, Prediction, decode
+from app.core.topics import Topic
+from app.harness.processes import RolloutProcess
+from app.harness.traffic import send_raw
 from app.settings import Settings
-from app.traffic import send_raw
+from tests.builders import running_workers
 from tests.hostile import MAX_BYTES, Case, batches
 from tests.integration.outputs import SESSION_START_MS
-from tests.integration.workers import WorkerProcess, running_workers
 
 pytestmark = pytest.mark.kafka
 
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.kafka
 @pytest.fixture(scope="module")
 def worker(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
+) -> Iterator[RolloutProcess]:
     logs = tmp_path_factory.mktemp("hostile")
     with running_workers(
         kafka_bootstrap, [f"hostile-{uuid.uuid4().hex[:6]}"], logs,
@@ -52,12 +54,12 @@ async def _roundtrip(
     needle = run.encode()
     letters_raw, preds_raw = await asyncio.gather(
         read_topic(
-            settings_, "inference.dlq",
+            settings_, Topic.DLQ,
             lambda rs: sum(1 for r in rs if r.key and r.key.startswith(needle)) >= invalid,
             timeout_s=60, settle_s=1.0, since_ms=SESSION_START_MS,
         ),
         read_topic(
-            settings_, "inference.predictions",
+            settings_, Topic.PREDICTIONS,
             lambda rs: sum(1 for r in rs if r.key and r.key.startswith(needle)) >= valid,
             timeout_s=60, settle_s=1.0, since_ms=SESSION_START_MS,
         ),
@@ -74,7 +76,7 @@ async def _roundtrip(
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(cases=batches(prefix="hw", max_size=25), n=st.integers(0, 10**9))
 def test_a_real_worker_serves_valid_records_beside_hostile_ones(
-    cases: list[Case], n: int, worker: WorkerProcess, kafka_bootstrap: str
+    cases: list[Case], n: int, worker: RolloutProcess, kafka_bootstrap: str
 ) -> None:
     run = f"hw{n}-{uuid.uuid4().hex[:8]}"
     preds, letters = asyncio.run(_roundtrip(kafka_bootstrap, cases, run))

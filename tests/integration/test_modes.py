@@ -15,13 +15,16 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_to_end
 from app.core.events import Action, DecisionEvent, Mode, Prediction, Role, ShedReport, decode
 from app.core.routing import bucket
+from app.core.topics import Topic
+from app.harness.processes import RolloutProcess
+from app.harness.rollout_scenarios import HANDS_OFF
+from app.harness.traffic import SentRequest, make_requests, send
 from app.settings import Settings
-from app.traffic import SentRequest, make_requests, send
-from tests.integration.control import ControllerProcess, cli, command, reset_fraud, state, status
+from tests.builders import running_workers
+from tests.integration.control import cli, command, reset_fraud, state, status
 from tests.integration.outputs import (
     SESSION_START_MS,
     Tail,
@@ -30,34 +33,15 @@ from tests.integration.outputs import (
     feature_rows,
     predictions,
 )
-from tests.integration.workers import WorkerProcess, running_workers
 
 pytestmark = pytest.mark.kafka
 
-# These tests steer rollouts by hand: a step that never has enough samples keeps the
-# controller's evidence side from advancing, promoting or retiring on its own meanwhile
-# (v2 passes every guardrail against v1, so nothing is rolled back either).
-HANDS_ON = {"min_samples_per_step": 1_000_000_000}
-HANDS_ON_JSON = '{"min_samples_per_step": 1000000000}'
+# These tests steer rollouts by hand (v2 passes every guardrail against v1 anyway).
+HANDS_OFF_JSON = orjson.dumps(HANDS_OFF).decode()
 
 
 @pytest.fixture
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
-
-
-@pytest.fixture
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
-
-
-@pytest.fixture
-async def clean(controller: ControllerProcess, settings_: Settings) -> AsyncIterator[None]:
+async def clean(controller: RolloutProcess, settings_: Settings) -> AsyncIterator[None]:
     """Each test starts, and leaves the deployment, with production v1 and no candidate."""
     await reset_fraud(settings_)
     yield
@@ -67,7 +51,7 @@ async def clean(controller: ControllerProcess, settings_: Settings) -> AsyncIter
 @pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])
 def workers(
     request: pytest.FixtureRequest, kafka_bootstrap: str, model_store: Path, tmp_path: Path
-) -> Iterator[list[WorkerProcess]]:
+) -> Iterator[list[RolloutProcess]]:
     ids = [f"modes-{i}" for i in range(request.param)]
     with running_workers(
         kafka_bootstrap, ids, tmp_path, ROLLOUT_MODEL_STORE=str(model_store)
@@ -126,7 +110,7 @@ def assert_matches_onnxruntime(sent: list[SentRequest], served: dict[str, Predic
 
 async def test_canary_share_is_sticky_monotonic_and_correct(
     clean: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
     kafka_bootstrap: str,
@@ -143,7 +127,7 @@ async def test_canary_share_is_sticky_monotonic_and_correct(
         "--weight",
         "0.1",
         "--policy",
-        HANDS_ON_JSON,
+        HANDS_OFF_JSON,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "accepted" in result.stdout
@@ -182,13 +166,13 @@ async def test_canary_share_is_sticky_monotonic_and_correct(
 
 async def test_shadow_scores_the_candidate_only_into_comparisons(
     clean: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
 ) -> None:
     run = f"shadow-{uuid.uuid4().hex[:6]}"
     decision = await command(
-        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW
+        settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.SHADOW
     )
     assert decision.accepted, decision.reason
     n = 1000
@@ -214,12 +198,12 @@ async def test_shadow_scores_the_candidate_only_into_comparisons(
         assert c.served_by is Role.PRODUCTION and c.candidate.version == "2"
         assert c.candidate.output is not None and c.candidate.output.label == labels[i]
         np.testing.assert_allclose(c.candidate.output.scores, scores[i], atol=1e-6)
-        assert c.source.topic == "inference.requests" and c.production.latency_ms is not None
+        assert c.source.topic == Topic.REQUESTS and c.production.latency_ms is not None
 
     # A sample rate below 1: exactly the requests the deterministic sample picks.
     decision = await command(settings_, Action.ABORT)
     decision = await command(
-        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW, sample_rate=0.3
+        settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.SHADOW, sample_rate=0.3
     )
     assert decision.accepted
     served = await serve_at(settings_, producer, run, "part", n, decision.epoch)
@@ -236,7 +220,7 @@ async def test_shadow_scores_the_candidate_only_into_comparisons(
 
 async def test_manual_waits_for_promote_and_automatic_promotes_at_once(
     clean: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
     kafka_bootstrap: str,
@@ -244,7 +228,7 @@ async def test_manual_waits_for_promote_and_automatic_promotes_at_once(
     run = f"manual-{uuid.uuid4().hex[:6]}"
     n = 500
     result = cli(
-        kafka_bootstrap, "deploy", "fraud", "2", "--mode", "manual", "--policy", HANDS_ON_JSON
+        kafka_bootstrap, "deploy", "fraud", "2", "--mode", "manual", "--policy", HANDS_OFF_JSON
     )
     assert result.returncode == 0, result.stdout + result.stderr
     st = status(kafka_bootstrap)["fraud"]
@@ -267,14 +251,14 @@ async def test_manual_waits_for_promote_and_automatic_promotes_at_once(
 
 async def test_rollback_and_abort_restore_the_previous_production(
     clean: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
     kafka_bootstrap: str,
 ) -> None:
     run = f"back-{uuid.uuid4().hex[:6]}"
     d = await command(
-        settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.CANARY, weight=1.0
+        settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.CANARY, weight=1.0
     )
     assert d.accepted
     canary = await serve_at(settings_, producer, run, "canary", 300, d.epoch)
@@ -349,7 +333,7 @@ async def test_malformed_json_on_the_control_topic_is_answered_and_changes_nothi
 ) -> None:
     before = await state(settings_)
     events_before = await _events(settings_)
-    await producer.send_and_wait("deployments.control", b'{"action": "promote", ', key=b"fraud")
+    await producer.send_and_wait(Topic.CONTROL, b'{"action": "promote", ', key=b"fraud")
     # A valid command after it is still served: the controller did not stop on garbage.
     decision = await command(settings_, Action.PAUSE)
     assert not decision.accepted and "no candidate" in decision.reason
@@ -363,7 +347,7 @@ async def _send_raw_command(
     settings: Settings, producer: AIOKafkaProducer, body: bytes, command_id: str
 ) -> DecisionEvent | None:
     events_before = len(await _events(settings))
-    await producer.send_and_wait("deployments.control", body, key=b"fraud")
+    await producer.send_and_wait(Topic.CONTROL, body, key=b"fraud")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for e in (await _events(settings))[events_before:]:
@@ -374,7 +358,7 @@ async def _send_raw_command(
 
 
 async def _events(settings: Settings) -> list[DecisionEvent]:
-    records = await read_to_end(settings, "deployments.events", since_ms=SESSION_START_MS)
+    records = await read_to_end(settings, Topic.EVENTS, since_ms=SESSION_START_MS)
     return [
         decode(DecisionEvent, r.value)
         for r in sorted(records, key=lambda r: (r.partition, r.offset))
@@ -410,7 +394,7 @@ async def test_twenty_swaps_under_load_lose_nothing_and_never_go_back_in_epoch(
         load = asyncio.create_task(continuous_load())
         for _ in range(20):
             d = await command(
-                settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.MANUAL
+                settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.MANUAL
             )
             assert d.accepted, d.reason
             promoted_at = time.time() * 1000
@@ -469,10 +453,10 @@ async def test_a_worker_behind_sheds_shadow_scoring_first_and_reports_it(
     tmp_path: Path,
 ) -> None:
     run = f"shed-{uuid.uuid4().hex[:6]}"
-    d = await command(settings_, Action.DEPLOY, policy=HANDS_ON, version="2", mode=Mode.SHADOW)
+    d = await command(settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.SHADOW)
     assert d.accepted
     sent = make_requests(4000, seed=41, run_id=run)
-    tail = await Tail(settings_, "inference.comparisons").start()
+    tail = await Tail(settings_, Topic.COMPARISONS).start()
     await send(producer, sent)  # a backlog before any worker runs
     with running_workers(
         kafka_bootstrap,

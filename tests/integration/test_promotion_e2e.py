@@ -9,26 +9,21 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from app.adapters.kafka_clients import plain_producer
 from app.core.events import Action, Mode
-from app.scenarios import DEMO, Scenario, reset, run_scenario
+from app.harness.processes import RolloutProcess
+from app.harness.rollout_scenarios import DEMO, Scenario, reset, run_scenario
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
-from tests.integration.control import ControllerProcess, command, state
-from tests.integration.workers import WorkerProcess, running_workers
+from tests.builders import running_workers
+from tests.integration.control import command, state
 
 pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture(scope="module")
-def settings_(kafka_bootstrap: str, model_store: Path) -> Settings:
-    return Settings(bootstrap_servers=kafka_bootstrap, model_store=model_store)
-
-
-@pytest.fixture(scope="module")
 def workers(
     kafka_bootstrap: str, model_store: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[WorkerProcess]]:
+) -> Iterator[list[RolloutProcess]]:
     logs = tmp_path_factory.mktemp("e2e-workers")
     with running_workers(
         kafka_bootstrap, ["e2e-1", "e2e-2"], logs, ROLLOUT_MODEL_STORE=str(model_store)
@@ -37,15 +32,7 @@ def workers(
 
 
 @pytest.fixture(scope="module")
-async def producer(settings_: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings_)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest.fixture(scope="module")
-async def from_v1(controller: ControllerProcess, settings_: Settings) -> AsyncIterator[None]:
+async def from_v1(controller: RolloutProcess, settings_: Settings) -> AsyncIterator[None]:
     await reset(settings_)
     yield
     await reset(settings_)
@@ -57,7 +44,7 @@ SCENARIOS = {s.name: s for s in DEMO}
 @pytest.mark.parametrize("name", list(SCENARIOS))
 async def test_demo_scenario_decides_on_evidence(
     from_v1: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
     name: str,
@@ -103,7 +90,7 @@ async def test_demo_scenario_decides_on_evidence(
 
 async def test_automatic_replay_gate_lets_a_good_version_through_and_stops_a_bad_one(
     from_v1: None,
-    workers: list[WorkerProcess],
+    workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
 ) -> None:

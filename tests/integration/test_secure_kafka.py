@@ -16,11 +16,12 @@ from pydantic import SecretStr
 from app.adapters import kafka_local
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.kafka_local import BrokerConfig, ScramUser
+from app.harness.processes import CONTROLLER_READY
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
-from tests.integration.control import ControllerProcess, cli
+from tests.builders import controller_process, running_workers
+from tests.integration.control import cli
 from tests.integration.outputs import predictions
-from tests.integration.workers import running_workers
 
 pytestmark = pytest.mark.kafka
 
@@ -84,14 +85,14 @@ async def test_cli_worker_and_controller_serve_over_scram(
             "sasl_password": SecretStr(password),
         }
     )
-    controller = ControllerProcess(
+    controller = controller_process(
         secure_broker.bootstrap, tmp_path, "secure", ROLLOUT_HOME=str(tmp_path), **env
     ).start()
     try:
         run_id = f"secure-{uuid.uuid4().hex[:8]}"
         sent = make_requests(200, seed=5, run_id=run_id)
         with running_workers(secure_broker.bootstrap, ["sec-1"], tmp_path, **env) as (worker,):
-            controller.wait_ready()
+            controller.wait_for(CONTROLLER_READY)
             producer = plain_producer(settings)
             await producer.start()
             try:

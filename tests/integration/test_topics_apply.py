@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.adapters.topics import apply_topics, describe_topics, load_topics_file
 from app.core.topic_spec import Difference, TopicsFile, TopicSpec
+from app.core.topics import Topic
 from app.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -41,8 +42,8 @@ async def test_repo_topics_are_applied(
     assert set(result.present) == set(desired.by_name())
     assert result.differences == ()
     live = await describe_topics(admin, desired.by_name())
-    assert live["deployments.state"].configs["cleanup.policy"] == "compact"
-    assert live["deployments.events"].configs["retention.ms"] == "-1"
+    assert live[Topic.STATE].configs["cleanup.policy"] == "compact"
+    assert live[Topic.EVENTS].configs["retention.ms"] == "-1"
 
 
 async def test_apply_creates_declared_topics_then_nothing(

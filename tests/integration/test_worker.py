@@ -17,10 +17,11 @@ from app.adapters.control_client import current_states
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.topic_reader import read_topic
 from app.core.events import DeadLetter, Prediction, decode, encode
+from app.core.topics import Topic
+from app.harness.traffic import make_requests, send, send_raw
 from app.settings import Settings
-from app.traffic import make_requests, send, send_raw
+from tests.builders import running_workers
 from tests.integration.outputs import SESSION_START_MS, direct, feature_rows, predictions
-from tests.integration.workers import running_workers
 
 pytestmark = pytest.mark.kafka
 
@@ -118,7 +119,7 @@ async def test_malformed_records_get_dead_letters_and_valid_ones_are_served(
         predictions = await _predictions(settings, run_id, len(valid))
         letters_raw = await read_topic(
             settings,
-            "inference.dlq",
+            Topic.DLQ,
             lambda rs: (
                 sum(1 for r in rs if r.key and r.key.startswith(f"bad-{run_id}".encode()))
                 >= len(bad_cases)
@@ -140,7 +141,7 @@ async def test_malformed_records_get_dead_letters_and_valid_ones_are_served(
         letter = letters[f"bad-{run_id}-{i}"]
         assert letter.error.code == expected_code, (expected_code, letter.error.message)
         assert letter.error.message
-        assert letter.source.topic == "inference.requests"
+        assert letter.source.topic == Topic.REQUESTS
         if letter.payload_encoding == "utf-8":
             assert letter.payload.encode() == payload
         else:

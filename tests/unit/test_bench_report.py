@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.bench_report import (
+from app.bench.report import (
     C_PARSE,
     FAN_OUT,
     PROD_ONLY,

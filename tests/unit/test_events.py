@@ -31,6 +31,7 @@ from app.core.events import (
     decode,
     encode,
 )
+from app.core.topics import Topic
 
 SHA = "ab" * 32
 REF = ModelRef(name="fraud", version="2", uri="fraud/2/model.onnx", sha256=SHA)
@@ -58,7 +59,7 @@ EXAMPLES: list[BaseModel] = [
         deployment="fraud",
         mode=Mode.SHADOW,
         epoch=4,
-        source=SourceOffset(topic="inference.requests", partition=2, offset=99),
+        source=SourceOffset(topic=Topic.REQUESTS, partition=2, offset=99),
         served_by=Role.PRODUCTION,
         production=ArmResult(version="1", sha256=SHA, output=OUT, latency_ms=0.01),
         candidate=ArmResult(version="2", sha256=SHA, output=None, latency_ms=None, error="boom"),
@@ -68,7 +69,7 @@ EXAMPLES: list[BaseModel] = [
     Feedback(request_id="r1", deployment="fraud", label="legit", observed_at=7),
     DeadLetter(
         error=DeadLetterError(code=DeadLetterCode.INVALID_JSON, message="bad"),
-        source=SourceOffset(topic="inference.requests", partition=0, offset=1),
+        source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=1),
         payload="e30=",
         payload_encoding="base64",
         rejected_at=9,

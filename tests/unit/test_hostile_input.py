@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from app.adapters.model_store import ModelStore
 from app.core.events import DeadLetter, DeploymentState, Mode, Phase, Prediction, decode
 from app.core.requests import RawRecord
-from app.worker.scoring import DeploymentRoute, score_batch
+from app.core.scoring import DeploymentRoute, score_batch
+from app.core.topics import Topic
 from tests.hostile import MAX_BYTES, Case, batches
 
 STORE = ModelStore(Path(__file__).resolve().parents[2] / "models")
@@ -40,14 +41,13 @@ def _table(mode: Mode) -> dict[str, DeploymentRoute]:
 @given(cases=batches(), mode=st.sampled_from([Mode.MANUAL, Mode.CANARY, Mode.SHADOW]))
 def test_every_record_gets_exactly_its_outcome(cases: list[Case], mode: Mode) -> None:
     records = [
-        RawRecord("inference.requests", i % 6, i, f"k{i}".encode(), c.value)
-        for i, c in enumerate(cases)
+        RawRecord(Topic.REQUESTS, i % 6, i, f"k{i}".encode(), c.value) for i, c in enumerate(cases)
     ]
     result = score_batch(records, _table(mode), max_request_bytes=MAX_BYTES)
     predictions = [
-        decode(Prediction, o.value) for o in result.outgoing if o.topic == "inference.predictions"
+        decode(Prediction, o.value) for o in result.outgoing if o.topic == Topic.PREDICTIONS
     ]
-    letters = [decode(DeadLetter, o.value) for o in result.outgoing if o.topic == "inference.dlq"]
+    letters = [decode(DeadLetter, o.value) for o in result.outgoing if o.topic == Topic.DLQ]
     assert len(predictions) + len(letters) == len(cases)
     # Every valid record is served, duplicated request ids included (one per record).
     assert Counter(p.request_id for p in predictions) == Counter(
@@ -80,7 +80,7 @@ def test_an_int_beyond_float64_does_not_fail_the_good_rows_of_its_batch() -> Non
 def test_nesting_past_the_parser_limit_is_invalid_json_not_a_recursion() -> None:
     from app.core.requests import Rejection, parse_request
 
-    record = RawRecord("inference.requests", 0, 0, None, b"[" * 5000 + b"]" * 5000)
+    record = RawRecord(Topic.REQUESTS, 0, 0, None, b"[" * 5000 + b"]" * 5000)
     rejection = parse_request(record, frozenset({"fraud"}), 1 << 20)
     assert isinstance(rejection, Rejection)
     assert rejection.code.value == "invalid_json" and "deeply" in rejection.message

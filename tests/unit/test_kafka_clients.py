@@ -1,6 +1,8 @@
 """How the aiokafka clients are configured (no broker needed)."""
 
 import logging
+import subprocess
+import sys
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
@@ -42,3 +44,31 @@ def test_the_expected_not_enough_replicas_retry_is_not_a_warning(
             KafkaTimeoutError,
         )
     assert [r.getMessage().rsplit(": ", 1)[-1] for r in caplog.records] == [str(KafkaTimeoutError)]
+
+
+def test_importing_the_clients_module_leaves_aiokafka_alone() -> None:
+    # A fresh interpreter: this session's conftest has already configured aiokafka.
+    probe = (
+        "from aiokafka.producer import sender; import logging; before = sender.BACKOFF_OVERRIDE; "
+        "import app.adapters.kafka_clients; "
+        "assert sender.BACKOFF_OVERRIDE == before, sender.BACKOFF_OVERRIDE; "
+        "assert not logging.getLogger(sender.__name__).filters"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_configure_aiokafka_sets_the_backoff_and_one_log_filter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = logging.getLogger(sender.__name__)
+    monkeypatch.setattr(sender, "BACKOFF_OVERRIDE", 0.02)
+    monkeypatch.setattr(log, "filters", [])
+    kafka_clients.configure_aiokafka()
+    kafka_clients.configure_aiokafka()  # twice: still one filter
+    assert sender.BACKOFF_OVERRIDE == kafka_clients.TXN_RETRY_BACKOFF_S
+    assert len(log.filters) == 1
+    record = log.makeRecord(
+        log.name, logging.WARNING, __file__, 0, "retrying: %s", (NotEnoughReplicasError,), None
+    )
+    assert log.filter(record) and record.levelno == logging.DEBUG

@@ -14,15 +14,16 @@ from app.adapters import metrics
 from app.adapters.model_store import LoadedModel, ModelStore
 from app.core.events import DecisionEvent, DeploymentState, Mode, Phase, StateSummary, encode
 from app.core.requests import RawRecord
-from app.traffic import make_requests
-from app.worker.scoring import DeploymentRoute, score_batch
+from app.core.scoring import DeploymentRoute, score_batch
+from app.core.topics import Topic
+from app.harness.traffic import make_requests
 
 STORE = ModelStore(Path("models"))
 
 
 def records(n: int) -> list[RawRecord]:
     return [
-        RawRecord("inference.requests", i % 6, i, s.key, encode(s.request), 1_000)
+        RawRecord(Topic.REQUESTS, i % 6, i, s.key, encode(s.request), 1_000)
         for i, s in enumerate(make_requests(n, seed=5, run_id="m"))
     ]
 
@@ -79,7 +80,7 @@ def test_observe_n_is_n_observations_of_one_value() -> None:
 def test_a_scored_canary_batch_is_counted_by_deployment_version_role_and_code() -> None:
     v1 = STORE.load(STORE.ref("fraud", "1"))
     v2: LoadedModel = STORE.load(STORE.ref("fraud", "2"))
-    bad = [RawRecord("inference.requests", 0, 900, None, b"{nope")]
+    bad = [RawRecord(Topic.REQUESTS, 0, 900, None, b"{nope")]
     batch = records(400) + bad
     result = score_batch(batch, canary(v1, v2, 0.5), max_request_bytes=65536)
     before = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from typing import Any
 
 import pytest
@@ -15,32 +16,17 @@ from app.core.events import (
     Feedback,
     Mode,
     ModelOutput,
-    ModelRef,
     Phase,
     Role,
     SourceOffset,
 )
 from app.core.policy import Policy
 from app.core.promotion import Verdict, decide
+from app.core.topics import Topic
+from tests import builders
 
-V1 = ModelRef(name="fraud", version="1", uri="fraud/1/model.onnx", sha256="1" * 64)
-V2 = ModelRef(name="fraud", version="2", uri="fraud/2/model.onnx", sha256="2" * 64)
 POLICY = Policy(min_samples_per_step=200)
-
-
-def state(
-    mode: Mode, weight: float = 0.05, phase: Phase = Phase.PROGRESSING, **policy: Any
-) -> DeploymentState:
-    return DeploymentState(
-        deployment="fraud",
-        epoch=10,
-        mode=mode,
-        phase=phase,
-        production=V1,
-        candidate=V2,
-        canary_weight=weight,
-        policy=POLICY.model_copy(update=policy),
-    )
+state = partial(builders.state, epoch=10, weight=0.05, policy=POLICY)
 
 
 def analysis(st: DeploymentState) -> RolloutAnalysis:
@@ -92,7 +78,7 @@ def feed(
             deployment="fraud",
             mode=Mode.CANARY,
             epoch=epoch,
-            source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+            source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
             served_by=Role.CANDIDATE,
             production=ArmResult(
                 version="1", sha256="1" * 64, output=out(prod_label, 0.3), latency_ms=0.02

@@ -20,13 +20,14 @@ from app.core.requests import (
     entity_key,
     parse_request,
 )
+from app.core.topics import Topic
 
 KNOWN = frozenset({"fraud"})
 OK = b'{"request_id": "r1", "deployment": "fraud", "features": [1, 2]}'
 
 
 def parse(value: bytes | None, max_bytes: int = 4096) -> InferenceRequest | Rejection:
-    return parse_request(RawRecord("inference.requests", 3, 42, b"k", value), KNOWN, max_bytes)
+    return parse_request(RawRecord(Topic.REQUESTS, 3, 42, b"k", value), KNOWN, max_bytes)
 
 
 CASES: list[tuple[str, bytes | None, DeadLetterCode | None]] = [
@@ -112,7 +113,7 @@ def test_entity_key_prefers_request_then_kafka_key_then_request_id(
 
 
 def test_dead_letter_keeps_the_payload_and_its_source() -> None:
-    record = RawRecord("inference.requests", 3, 42, b"k", b"\xff\x00garbage")
+    record = RawRecord(Topic.REQUESTS, 3, 42, b"k", b"\xff\x00garbage")
     rejection = parse_request(record, KNOWN, 4096)
     assert isinstance(rejection, Rejection)
     letter = dead_letter(record, rejection, now=123)
@@ -155,7 +156,7 @@ def test_the_hand_checked_fast_path_agrees_with_the_contract(body: dict[str, Any
     # parse_request skips pydantic for requests whose fields have exactly the contract's
     # types; whatever it builds that way must be what pydantic would have built, and whatever
     # pydantic refuses it must refuse too.
-    record = RawRecord("inference.requests", 0, 0, None, orjson.dumps(body))
+    record = RawRecord(Topic.REQUESTS, 0, 0, None, orjson.dumps(body))
     got = parse_request(record, frozenset({"fraud"} | {str(body.get("deployment"))}), 1 << 20)
     try:
         expected: InferenceRequest | None = InferenceRequest.model_validate(body)

@@ -3,6 +3,8 @@ split over time, the decisions. Pure, from real events."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import orjson
 
 from app.core.analysis import RolloutAnalysis
@@ -10,32 +12,19 @@ from app.core.events import (
     ArmResult,
     Comparison,
     DecisionEvent,
-    DeploymentState,
     Mode,
     ModelOutput,
-    ModelRef,
     Phase,
     Role,
     SourceOffset,
     StateSummary,
 )
 from app.core.rollout_view import deployment_view, weight_timeline
+from app.core.topics import Topic
+from tests import builders
 
-V1 = ModelRef(name="fraud", version="1", uri="fraud/1/model.onnx", sha256="a" * 64)
-V2 = ModelRef(name="fraud", version="2", uri="fraud/2/model.onnx", sha256="b" * 64)
-
-
-def state(weight: float = 0.25, epoch: int = 3, candidate: ModelRef | None = V2) -> DeploymentState:
-    return DeploymentState(
-        deployment="fraud",
-        epoch=epoch,
-        mode=Mode.CANARY,
-        phase=Phase.PROGRESSING,
-        production=V1,
-        candidate=candidate,
-        canary_weight=weight,
-        updated_at=5_000,
-    )
+# A canary at 25 %, epoch 3, last updated at 5 s.
+state = partial(builders.state, weight=0.25, epoch=3, updated_at=5_000)
 
 
 def decision(
@@ -62,7 +51,7 @@ def comparison(i: int, agree: bool) -> Comparison:
         deployment="fraud",
         mode=Mode.CANARY,
         epoch=2,
-        source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+        source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
         served_by=Role.CANDIDATE,
         production=ArmResult(version="1", sha256="a" * 64, output=out_p, latency_ms=0.02),
         candidate=ArmResult(version="2", sha256="b" * 64, output=out_c, latency_ms=0.03),

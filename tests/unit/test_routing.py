@@ -4,33 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.events import DeploymentState, Mode, ModelRef, Phase, Role
-from app.core.policy import Policy
+from app.core.events import DeploymentState, Mode, Role
 from app.core.routing import Assignment, assign, bucket
-
-PROD = ModelRef(name="fraud", version="1", uri="fraud/1/model.onnx", sha256="a" * 64)
-CAND = ModelRef(name="fraud", version="2", uri="fraud/2/model.onnx", sha256="b" * 64)
-
-
-def state(
-    mode: Mode,
-    candidate: ModelRef | None = CAND,
-    weight: float = 0.0,
-    rate: float = 1.0,
-    pairing: bool = True,
-) -> DeploymentState:
-    return DeploymentState(
-        deployment="fraud",
-        epoch=1,
-        mode=mode,
-        phase=Phase.PROGRESSING,
-        production=PROD,
-        candidate=candidate,
-        canary_weight=weight,
-        shadow_sample_rate=rate,
-        policy=Policy(pairing=pairing),
-    )
-
+from tests.builders import state
 
 # An entity whose canary bucket is below 0.5 and one above, found once, kept fixed.
 LOW = next(f"e{i}" for i in range(1000) if bucket("fraud", f"e{i}", "2") < 0.05)

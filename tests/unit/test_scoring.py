@@ -24,8 +24,9 @@ from app.core.events import (
     encode,
 )
 from app.core.requests import RawRecord
-from app.traffic import make_requests
-from app.worker.scoring import DeploymentRoute, score_batch
+from app.core.scoring import DeploymentRoute, score_batch
+from app.core.topics import Topic
+from app.harness.traffic import make_requests
 
 STORE = ModelStore(Path("models"))
 
@@ -60,7 +61,7 @@ class Broken:
 
 def records(n: int, seed: int = 3) -> list[RawRecord]:
     return [
-        RawRecord("inference.requests", i % 6, i, s.key, encode(s.request))
+        RawRecord(Topic.REQUESTS, i % 6, i, s.key, encode(s.request))
         for i, s in enumerate(make_requests(n, seed=seed, run_id="t"))
     ]
 
@@ -88,7 +89,7 @@ def outputs(result_outgoing: list, topic: str, kind: type) -> list:
 def test_production_only_scores_each_request_once_with_the_model_output(v1: LoadedModel) -> None:
     recs = records(300)
     result = score_batch(recs, route(Mode.MANUAL, v1, None), max_request_bytes=65536)
-    preds = outputs(result.outgoing, "inference.predictions", Prediction)
+    preds = outputs(result.outgoing, Topic.PREDICTIONS, Prediction)
     assert len(preds) == 300 and result.predictions == 300 and result.comparisons == 0
     rows = np.array(
         [[f for f in orjson.loads(r.value)["features"].values()] for r in recs], dtype=np.float32
@@ -106,8 +107,8 @@ def test_canary_serves_a_share_by_entity_and_pairs_every_candidate_served_reques
     result = score_batch(
         records(2000), route(Mode.CANARY, v1, v2, weight=0.25), max_request_bytes=65536
     )
-    preds = outputs(result.outgoing, "inference.predictions", Prediction)
-    comps = outputs(result.outgoing, "inference.comparisons", Comparison)
+    preds = outputs(result.outgoing, Topic.PREDICTIONS, Prediction)
+    comps = outputs(result.outgoing, Topic.COMPARISONS, Comparison)
     assert len(preds) == 2000
     served = Counter(p.role for p in preds)
     assert 0.20 < served[Role.CANDIDATE] / 2000 < 0.30
@@ -127,15 +128,15 @@ def test_canary_serves_a_share_by_entity_and_pairs_every_candidate_served_reques
 def test_shadow_keeps_candidate_output_out_of_predictions(v1: LoadedModel, v2: LoadedModel) -> None:
     recs = records(500)
     result = score_batch(recs, route(Mode.SHADOW, v1, v2, rate=1.0), max_request_bytes=65536)
-    preds = outputs(result.outgoing, "inference.predictions", Prediction)
-    comps = outputs(result.outgoing, "inference.comparisons", Comparison)
+    preds = outputs(result.outgoing, Topic.PREDICTIONS, Prediction)
+    comps = outputs(result.outgoing, Topic.COMPARISONS, Comparison)
     assert {p.role for p in preds} == {Role.PRODUCTION} and len(preds) == 500
     assert len(comps) == 500 and all(c.served_by is Role.PRODUCTION for c in comps)
     where = {orjson.loads(r.value)["request_id"]: (r.partition, r.offset) for r in recs}
     served = {p.request_id: p.output for p in preds}
     for c in comps:
         assert (c.source.topic, c.source.partition, c.source.offset) == (
-            "inference.requests",
+            Topic.REQUESTS,
             *where[c.request_id],
         )
         assert (c.mode, c.epoch, c.production.version, c.candidate.version) == (
@@ -152,8 +153,8 @@ def test_a_failing_candidate_never_costs_a_prediction(v1: LoadedModel) -> None:
     result = score_batch(
         records(400), route(Mode.CANARY, v1, Broken(v1), weight=0.5), max_request_bytes=65536
     )
-    preds = outputs(result.outgoing, "inference.predictions", Prediction)
-    comps = outputs(result.outgoing, "inference.comparisons", Comparison)
+    preds = outputs(result.outgoing, Topic.PREDICTIONS, Prediction)
+    comps = outputs(result.outgoing, Topic.COMPARISONS, Comparison)
     assert len(preds) == 400 and {p.role for p in preds} == {Role.PRODUCTION}
     assert comps and all("candidate exploded" in (c.candidate.error or "") for c in comps)
     assert result.candidate_errors == len(comps)
@@ -164,9 +165,9 @@ def test_bad_records_in_a_batch_become_dead_letters_and_the_rest_are_served(
 ) -> None:
     good = records(20)
     bad = [
-        RawRecord("inference.requests", 0, 100, None, b"{nope"),
+        RawRecord(Topic.REQUESTS, 0, 100, None, b"{nope"),
         RawRecord(
-            "inference.requests",
+            Topic.REQUESTS,
             0,
             101,
             None,
@@ -176,7 +177,7 @@ def test_bad_records_in_a_batch_become_dead_letters_and_the_rest_are_served(
     result = score_batch(
         good[:10] + bad + good[10:], route(Mode.MANUAL, v1, None), max_request_bytes=65536
     )
-    letters = outputs(result.outgoing, "inference.dlq", DeadLetter)
+    letters = outputs(result.outgoing, Topic.DLQ, DeadLetter)
     assert [d.error.code for d in letters] == ["invalid_json", "wrong_feature_count"]
     assert result.predictions == 20
     # For the metrics: the unreadable record names no deployment, the other one does.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.core.sequential import BettingTest, Side, non_inferiority, rate_tests
-from app.core.simulation import paired_outcomes, simulate
+from app.simulation.bare_test import paired_outcomes, simulate
 
 ALPHA = 0.05
 

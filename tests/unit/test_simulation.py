@@ -53,7 +53,7 @@ def test_without_labels_an_equal_candidate_is_never_promoted_on_agreement_above_
 
 
 def test_the_staked_test_needs_fewer_pairs_than_the_previous_one() -> None:
-    from app.core.simulation import simulate
+    from app.simulation.bare_test import simulate
 
     before = simulate(0.0, margin=0.02, alpha=ALPHA, replications=60, seed=8)
     rate, after = pure_test_samples(0.0, 0.02, ALPHA, 60, seed=8)

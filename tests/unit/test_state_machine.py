@@ -9,10 +9,7 @@ import pytest
 from app.core.events import Action, ControlCommand, DeploymentState, Mode, ModelRef, Phase
 from app.core.policy import Policy
 from app.core.state_machine import apply
-
-V1 = ModelRef(name="fraud", version="1", uri="fraud/1/model.onnx", sha256="1" * 64)
-V2 = ModelRef(name="fraud", version="2", uri="fraud/2/model.onnx", sha256="2" * 64)
-V3 = ModelRef(name="fraud", version="3", uri="fraud/3/model.onnx", sha256="3" * 64)
+from tests.builders import V1, V2, V3
 
 STABLE = DeploymentState(
     deployment="fraud", epoch=4, mode=Mode.MANUAL, phase=Phase.STABLE, production=V1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.tally import recovery_ms, tally
+from app.chaos.tally import recovery_ms, tally
 
 
 @pytest.mark.parametrize(

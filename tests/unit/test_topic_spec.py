@@ -18,21 +18,13 @@ from app.core.topic_spec import (
     parse_topics,
     plan,
 )
+from app.core.topics import Topic
 
 REPO = Path(__file__).resolve().parents[2]
 
-DESIGN_TOPICS = {
-    "inference.requests",
-    "inference.predictions",
-    "inference.comparisons",
-    "inference.feedback",
-    "inference.dlq",
-    "deployments.control",
-    "deployments.state",
-    "deployments.events",
-    # Beyond the design's list: the controller's evidence snapshots (see app/controller/analyst.py).
-    "deployments.analysis",
-}
+# topics.yaml declares what app.core.topics.Topic names (the design's topics and the
+# controller's evidence snapshots, see app/controller/analyst.py).
+DESIGN_TOPICS = {t.value for t in Topic}
 
 
 @pytest.mark.parametrize(
@@ -48,14 +40,14 @@ def test_repo_topics_yaml_declares_every_design_topic() -> None:
     spec = parse_topics(yaml.safe_load((REPO / "topics.yaml").read_text()))
     by_name = spec.by_name()
     assert set(by_name) == DESIGN_TOPICS
-    assert by_name["deployments.state"].configs["cleanup.policy"] == "compact"
-    assert by_name["deployments.events"].configs["cleanup.policy"] == "delete"
-    assert by_name["deployments.events"].configs["retention.ms"] == "-1"
-    assert by_name["inference.requests"].partitions == 6
+    assert by_name[Topic.STATE].configs["cleanup.policy"] == "compact"
+    assert by_name[Topic.EVENTS].configs["cleanup.policy"] == "delete"
+    assert by_name[Topic.EVENTS].configs["retention.ms"] == "-1"
+    assert by_name[Topic.REQUESTS].partitions == 6
     group = spec.co_partitioned[0]
     assert {by_name[n].partitions for n in group} == {3}
     assert len(group) == 6
-    assert by_name["deployments.analysis"].configs["cleanup.policy"] == "compact"
+    assert by_name[Topic.ANALYSIS].configs["cleanup.policy"] == "compact"
     assert all(t.replication_factor == 1 for t in spec.topics)
 
 

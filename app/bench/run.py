@@ -12,9 +12,9 @@ transaction per batch), in this process, on the configured broker:
 
 Rates are records per second between the first and the last committed batch. Absolute
 figures drift from run to run on shared machines; the ratios to the ceilings are the result.
-Then, in the same run: latency at half each mode's rate (``app.bench_latency``), the naive
-peer (``app.naive_peer``), model swaps (``app.bench_rollout``) and the controller's pace
-(``app.bench_pace``); the tables and goals are ``app.bench_report``.
+Then, in the same run: latency at half each mode's rate (``app.bench.latency``), the naive
+peer (``app.bench.naive_peer``), model swaps (``app.bench.swaps``) and the controller's pace
+(``app.bench.pace``); the tables and goals are ``app.bench.report``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ import asyncio
 import resource
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from app import naive_peer
+from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.model_store import ModelStore
 from app.adapters.process_stats import cpu_seconds
-from app.bench_latency import latency
-from app.bench_pace import controller_pace
-from app.bench_report import (
+from app.bench import naive_peer
+from app.bench.latency import latency
+from app.bench.pace import controller_pace
+from app.bench.report import (
     C_PARSE,
     CANARY,
     FAN_OUT,
@@ -46,8 +47,7 @@ from app.bench_report import (
     markdown,
     median_line,
 )
-from app.bench_rollout import bench_services, ready, swaps_under_load
-from app.bench_setup import (
+from app.bench.setup import (
     SINK,
     Offsets,
     broker_pid,
@@ -57,21 +57,25 @@ from app.bench_setup import (
     fresh_group,
     write_backlog,
 )
+from app.bench.swaps import bench_services, ready, swaps_under_load
 from app.core.events import (
     Mode,
 )
 from app.core.requests import RawRecord
+from app.core.scoring import BatchResult, BatchScorer, Outgoing, RoutingTable, table_scorer
 from app.settings import Settings
 from app.worker.loop import Worker
-from app.worker.scoring import Outgoing, RoutingTable
+
+# A ceiling: what it publishes for a batch, in place of scoring.
+Transform = Callable[[Sequence[RawRecord]], list[Outgoing]]
 
 
-def _passthrough(batch: list[RawRecord]) -> list[Outgoing]:
+def _passthrough(batch: Sequence[RawRecord]) -> list[Outgoing]:
     return [Outgoing(SINK, r.key, r.value or b"") for r in batch]
 
 
-def _parse(fan_out: int) -> Callable[[list[RawRecord]], list[Outgoing]]:
-    def transform(batch: list[RawRecord]) -> list[Outgoing]:
+def _parse(fan_out: int) -> Transform:
+    def transform(batch: Sequence[RawRecord]) -> list[Outgoing]:
         out: list[Outgoing] = []
         for r in batch:
             body = orjson.loads(r.value or b"{}")
@@ -93,7 +97,7 @@ async def drain(
     name: str,
     requests: int,
     table: RoutingTable,
-    transform: Callable[[list[RawRecord]], list[Outgoing]] | None = None,
+    transform: Transform | None = None,
     progress: Callable[[str], None] | None = None,
     backlog: Offsets | None = None,
 ) -> Line:
@@ -102,7 +106,8 @@ async def drain(
     if backlog is None:
         backlog = await write_backlog(settings, requests)
     group = await fresh_group(settings, at=backlog)
-    worker = Worker(group, f"bench-{uuid.uuid4().hex[:6]}", lambda: table, transform=transform)
+    worker_id = f"bench-{uuid.uuid4().hex[:6]}"
+    worker = Worker(group, worker_id, _scorer(group, worker_id, table, transform))
     stop = asyncio.Event()
     cpu0, broker0 = _cpu(), _broker_cpu(settings)
     task = asyncio.create_task(worker.run(stop))
@@ -120,6 +125,25 @@ async def drain(
     first_batch = stats.records / max(stats.batches, 1)
     seconds = max(stats.last_batch_at - stats.first_batch_at, 1e-6)
     return Line(name, int(stats.records - first_batch), seconds, cpu, broker)
+
+
+def _scorer(
+    settings: Settings,
+    worker_id: str,
+    table: RoutingTable,
+    transform: Transform | None,
+) -> BatchScorer:
+    """The worker's own scoring by ``table``, or a ceiling's ``transform`` in its place (its
+    records are published as the batch's outputs, through the same client, batching and
+    transaction)."""
+    if transform is None:
+        return table_scorer(
+            lambda: table,
+            worker_id=worker_id,
+            max_request_bytes=settings.max_request_bytes,
+            shed_lag=settings.shadow_shed_lag,
+        )
+    return lambda records, lag: BatchResult(outgoing=transform(records))
 
 
 def compute_ceiling(store: ModelStore, batch: int, seconds: float = 2.0) -> Line:
@@ -154,10 +178,11 @@ async def run_bench(
     swap_rate: float = 1000.0,
     rounds: int = 3,
 ) -> Report:
+    configure_aiokafka()
     await ensure_sink(settings)
     store = ModelStore(settings.model_store)
     prod_only = fixed_table(store, Mode.MANUAL)
-    plan: list[tuple[str, RoutingTable, Callable[[list[RawRecord]], list[Outgoing]] | None]] = [
+    plan: list[tuple[str, RoutingTable, Transform | None]] = [
         ("C_io (passthrough)", prod_only, _passthrough),
         (C_PARSE, prod_only, _parse(1)),
         (FAN_OUT, prod_only, _parse(2)),
@@ -188,7 +213,7 @@ async def run_bench(
     naive = await naive_peer.measure(settings, naive_requests, SINK, fresh_group)
     progress(f"naive peer: {naive.per_second:,.0f}/s")
     services = bench_services(settings)
-    services.start(quiet=True)
+    services.start()
     try:
         progress("starting a controller and a worker …")
         await ready(settings, services)

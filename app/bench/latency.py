@@ -1,13 +1,11 @@
 """End-to-end latency of the worker under open-loop load: the worker in a process of its own
-(``python -m app.bench_latency MODE GROUP``, a fixed routing table), requests handed to a
+(``python -m app.bench.latency MODE GROUP``, a fixed routing table), requests handed to a
 producer without linger at a steady rate, their predictions read back with ``read_committed``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -17,17 +15,21 @@ from aiokafka import AIOKafkaProducer
 
 from app.adapters.kafka_clients import (
     assign_at_end,
+    configure_aiokafka,
     reader,
 )
 from app.adapters.model_store import ModelStore
-from app.bench_report import Latency
-from app.bench_setup import fixed_table, fresh_group
+from app.bench.report import Latency
+from app.bench.setup import fixed_table, fresh_group
 from app.core.events import (
     Mode,
     encode,
 )
+from app.core.scoring import table_scorer
+from app.core.topics import Topic
+from app.harness.processes import RolloutProcess
+from app.harness.traffic import make_requests
 from app.settings import Settings
-from app.traffic import make_requests
 from app.worker.loop import Worker
 from app.worker.service import install_stop_signals
 
@@ -37,20 +39,17 @@ async def latency(
 ) -> Latency:
     """End-to-end latency under open-loop load at ``rate``: from handing a request to the
     producer to reading its committed prediction (``read_committed``). The worker runs in a
-    process of its own (``python -m app.bench MODE``), so the load does not share its loop."""
+    process of its own (``python -m app.bench.latency MODE GROUP``), so the load does not
+    share its loop."""
     group = await fresh_group(settings)
     env = {
-        **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "ROLLOUT_GROUP_ID": group.group_id,
         "ROLLOUT_MODEL_STORE": str(settings.model_store),
     }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "app.bench_latency", mode.value, group.group_id],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = RolloutProcess(
+        [mode.value, group.group_id], None, env, module="app.bench.latency"
+    ).start()
     tail = reader(settings)
     await tail.start()
     # No linger: the clock starts when a request is handed to the producer, and what is
@@ -79,12 +78,12 @@ async def latency(
                         seen.setdefault(orjson.loads(record.value)["request_id"], now)
 
     try:
-        await assign_at_end(tail, "inference.predictions")
+        await assign_at_end(tail, Topic.PREDICTIONS)
         collector = asyncio.create_task(collect())
         probe = make_requests(1, seed=9, run_id=f"{run}-probe")[0]
         deadline = time.monotonic() + 60
         while f"{run}-probe-0" not in seen and time.monotonic() < deadline:  # worker ready?
-            await producer.send_and_wait("inference.requests", encode(probe.request), key=probe.key)
+            await producer.send_and_wait(Topic.REQUESTS, encode(probe.request), key=probe.key)
             await asyncio.sleep(1.0)
         started, i = time.monotonic(), 0
         while i < len(requests):  # open loop: each tick sends what is due by now
@@ -92,7 +91,7 @@ async def latency(
             now = time.time() * 1000
             for request_id, key, value in requests[i:due]:
                 sent[request_id] = now
-                await producer.send("inference.requests", value, key=key)
+                await producer.send(Topic.REQUESTS, value, key=key)
             i = max(i, due)
             await asyncio.sleep(0.001)
         deadline = time.monotonic() + 30
@@ -103,7 +102,6 @@ async def latency(
     finally:
         done.set()
         worker.terminate()
-        worker.wait(timeout=30)
         await producer.stop()
         await tail.stop()
     delays = sorted(seen[rid] - sent[rid] for rid in sent if rid in seen)
@@ -119,11 +117,18 @@ def _quantile(ordered: list[float], q: float) -> float:
 async def _serve_fixed(mode: Mode, worker_id: str) -> None:
     """The worker's loop with a fixed routing table, until SIGTERM (``rollout bench``'s
     latency lines run it as a process of its own)."""
+    configure_aiokafka()
     settings = Settings()
     table = fixed_table(ModelStore(settings.model_store), mode)
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await Worker(settings, worker_id, lambda: table).run(stop)
+    score = table_scorer(
+        lambda: table,
+        worker_id=worker_id,
+        max_request_bytes=settings.max_request_bytes,
+        shed_lag=settings.shadow_shed_lag,
+    )
+    await Worker(settings, worker_id, score).run(stop)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from aiokafka import AIOKafkaProducer
 from app.adapters.control_client import current_states, send_command
 from app.adapters.kafka_clients import assign_at_end, reader
 from app.core.events import Action, ControlCommand, DecisionEvent, Mode, decode
+from app.core.topics import Topic
+from app.harness.traffic import SentRequest, make_requests, send, send_feedback
 from app.settings import Settings
-from app.traffic import SentRequest, make_requests, send, send_feedback
 
 FINAL = {"promote", "rollback", "retire", "await_approval", "recommend"}
 
@@ -69,7 +70,7 @@ async def run_scenario(
     started = time.monotonic()
     result = ScenarioResult(scenario, None, [], 0, 0, 0.0)
     try:
-        await assign_at_end(events, "deployments.events")
+        await assign_at_end(events, Topic.EVENTS)
         deployed = await send_command(
             settings,
             ControlCommand(
@@ -146,6 +147,19 @@ async def reset(settings: Settings) -> None:
             ),
         )
 
+
+# A rollout steered by hand only: a step never has enough samples and no guardrail can fail,
+# so the controller's evidence side never advances, promotes, retires or rolls back on its own.
+# Commands (and, in the bench, the flood of comparisons) are then the only thing that happens.
+HANDS_OFF: dict[str, Any] = {
+    "min_samples_per_step": 1_000_000_000,
+    "guardrails": {
+        "max_candidate_error_rate": 1.0,
+        "max_latency_ratio": 1e9,
+        "max_disagreement": 1.0,
+        "max_score_shift": 1e9,
+    },
+}
 
 # The demo's walk-through: one healthy candidate promoted by canary, a degraded one caught
 # early by canary and by shadow, and a manual rollout that only gets a recommendation.

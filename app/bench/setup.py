@@ -25,9 +25,10 @@ from app.core.events import (
     now_ms,
 )
 from app.core.policy import Policy
+from app.core.scoring import DeploymentRoute, RoutingTable
+from app.core.topics import Topic
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
-from app.worker.scoring import DeploymentRoute, RoutingTable
 
 SINK = "bench.sink"
 
@@ -63,7 +64,7 @@ async def fresh_group(settings: Settings, at: Offsets | None = None) -> Settings
     consumer = group_consumer(settings, group)
     await consumer.start()
     try:
-        partitions = await partitions_of(consumer, "inference.requests")
+        partitions = await partitions_of(consumer, Topic.REQUESTS)
         if at is None:
             at = await consumer.end_offsets(partitions)
         consumer.assign(partitions)
@@ -78,7 +79,7 @@ async def write_backlog(settings: Settings, requests: int) -> Offsets:
     consumer = group_consumer(settings, f"rollout-bench-{uuid.uuid4().hex[:8]}")
     await consumer.start()
     try:
-        partitions = await partitions_of(consumer, "inference.requests")
+        partitions = await partitions_of(consumer, Topic.REQUESTS)
         start: Offsets = await consumer.end_offsets(partitions)
     finally:
         await consumer.stop()

@@ -3,15 +3,13 @@
 One faust agent that, for each record on its own, decodes the request, runs onnxruntime on
 that one row and sends the prediction (faust's default at-least-once guarantee, no
 transactions, no validation, no routing). ``rollout bench`` runs it as a process of its own
-(``python -m app.naive_peer APP_ID SINK``, started by :func:`measure`) with a consumer group
+(``python -m app.bench.naive_peer APP_ID SINK``, started by :func:`measure`) with a consumer group
 whose offsets it has put at the end of ``inference.requests``, and times the outputs it writes
 to ``SINK``.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -22,14 +20,19 @@ import faust
 import numpy as np
 import orjson
 
-from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
+from app.adapters.kafka_clients import (
+    assign_at_end,
+    configure_aiokafka,
+    plain_producer,
+    reader,
+)
 from app.adapters.model_store import ModelStore
 from app.adapters.process_stats import cpu_seconds
-from app.bench_report import NaiveLine
+from app.bench.report import NaiveLine
+from app.core.topics import Topic
+from app.harness.processes import RolloutProcess
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
-
-REQUESTS_TOPIC = "inference.requests"
 
 
 def build_naive_app(settings: Settings, app_id: str, sink: str) -> faust.App:
@@ -47,7 +50,7 @@ def build_naive_app(settings: Settings, app_id: str, sink: str) -> faust.App:
         datadir=str(settings.home / "naive-peer" / app_id),
         web_enabled=False,
     )
-    requests = app.topic(REQUESTS_TOPIC, key_type=bytes, value_type=bytes)
+    requests = app.topic(Topic.REQUESTS, key_type=bytes, value_type=bytes)
     outputs = app.topic(sink, key_type=bytes, value_type=bytes)
 
     @app.agent(requests)
@@ -73,7 +76,7 @@ async def measure(
     sink: str,
     fresh_group: Callable[[Settings], Awaitable[Settings]],
 ) -> NaiveLine:
-    """Drain a backlog of ``requests`` through ``app.naive_peer`` in a process of its own;
+    """Drain a backlog of ``requests`` through ``app.bench.naive_peer`` in a process of its own;
     the rate is between its first and last output (its start-up is not counted)."""
     group = await fresh_group(settings)
     run = f"naive-{uuid.uuid4().hex[:6]}"
@@ -87,28 +90,22 @@ async def measure(
     await tail.start()
     await assign_at_end(tail, sink)
     env = {
-        **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "ROLLOUT_MODEL_STORE": str(settings.model_store),
     }
-    peer = subprocess.Popen(
-        [sys.executable, "-m", "app.naive_peer", group.group_id, sink],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    peer = RolloutProcess([group.group_id, sink], None, env, module="app.bench.naive_peer")
+    peer.start()
     needle = run.encode()
     stamps: list[int] = []
     try:
         deadline = time.monotonic() + 300
-        while len(stamps) < requests and time.monotonic() < deadline and peer.poll() is None:
+        while len(stamps) < requests and time.monotonic() < deadline and peer.alive():
             batch = await tail.getmany(timeout_ms=200)
             for records in batch.values():
                 stamps.extend(r.timestamp for r in records if needle in r.value)
         cpu = cpu_seconds(peer.pid) or 0.0
     finally:
         peer.terminate()
-        peer.wait(timeout=30)
         await tail.stop()
     if len(stamps) < 2:
         return NaiveLine(len(stamps), 0.0, cpu)
@@ -117,6 +114,7 @@ async def measure(
 
 
 def main(app_id: str, sink: str) -> None:
+    configure_aiokafka()  # as in every Rollout process (the peer shares the clients' module)
     app = build_naive_app(Settings(), app_id, sink)
     faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 

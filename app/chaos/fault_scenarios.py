@@ -32,14 +32,15 @@ from app.adapters import kafka_local
 from app.adapters.control_client import send_command
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.kafka_security import client_options
+from app.adapters.partitioning import partition_for
 from app.adapters.topics import apply_topics, load_topics_file
-from app.chaos import processes
 from app.chaos.load import Load, Outputs, read_outputs
-from app.chaos.processes import Process
-from app.controller.app import partition_for
+from app.chaos.own_broker import dedicated_broker, remove_broker_home
+from app.chaos.tally import Tally, recovery_ms, tally
 from app.core.events import Action, ControlCommand, DecisionEvent, Mode, now_ms
-from app.core.tally import Tally, recovery_ms, tally
-from app.scenarios import Scenario, ScenarioResult, reset, run_scenario
+from app.harness import processes
+from app.harness.processes import RolloutProcess
+from app.harness.rollout_scenarios import Scenario, ScenarioResult, reset, run_scenario
 from app.settings import Settings
 
 ASSIGNED = "partitions assigned"
@@ -128,7 +129,13 @@ def _env_for(settings: Settings) -> dict[str, str]:
     return processes.settings_env(settings)
 
 
-async def _wait_assigned(proc: Process, after: int = 0, timeout_s: float = 60.0) -> None:
+def _controller(name: str, log_dir: Path, env: dict[str, str]) -> RolloutProcess:
+    """A controller with a home of its own (faust's data dir) beside its log."""
+    home = log_dir / f"controller-{name}"
+    return processes.controller(name, log_dir, {**env, "ROLLOUT_HOME": str(home)})
+
+
+async def _wait_assigned(proc: RolloutProcess, after: int = 0, timeout_s: float = 60.0) -> None:
     await asyncio.to_thread(proc.wait_for, ASSIGNED, timeout_s, after)
 
 
@@ -208,7 +215,7 @@ async def rebalance(env: ChaosEnv) -> ChaosResult:
 
 async def broker_restart(env: ChaosEnv) -> ChaosResult:
     """On a broker of its own (free ports, a home in ``work_dir``): stopped, then started."""
-    config = processes.dedicated_broker(env.work_dir / "broker-home", env.settings)
+    config = dedicated_broker(env.work_dir / "broker-home", env.settings)
     await asyncio.to_thread(kafka_local.start, config)
     settings = env.settings.model_copy(update={"bootstrap_servers": config.bootstrap})
     await apply_topics(
@@ -245,7 +252,7 @@ async def broker_restart(env: ChaosEnv) -> ChaosResult:
     finally:
         for w in workers:
             w.terminate()
-        await asyncio.to_thread(processes.remove_broker_home, config)
+        await asyncio.to_thread(remove_broker_home, config)
 
 
 # --------------------------------------------------------------------------- controller
@@ -256,7 +263,7 @@ async def controller_failover(env: ChaosEnv) -> ChaosResult:
     ``fraud`` is killed after the first step. Known load runs beside the canary's traffic."""
     logs = env.work_dir / "controller-failover"
     penv = _env_for(env.settings)
-    controllers = [processes.controller(n, logs, penv) for n in ("a", "b")]
+    controllers = [_controller(n, logs, penv) for n in ("a", "b")]
     tag = uuid.uuid4().hex[:6]
     workers = [processes.worker(f"ctl-{tag}-{i}", logs, penv) for i in (1, 2)]
     problems: list[str] = []
@@ -307,7 +314,7 @@ async def controller_failover(env: ChaosEnv) -> ChaosResult:
             p.terminate()
 
 
-def _acting_for(proc: Process) -> set[int]:
+def _acting_for(proc: RolloutProcess) -> set[int]:
     marker = "acting for control partitions ["
     log = proc.log()
     at = log.rfind(marker)
@@ -345,7 +352,7 @@ async def model_file(env: ChaosEnv) -> ChaosResult:
     settings = env.settings.model_copy(update={"model_store": store})
     logs = env.work_dir / "model-file"
     penv = _env_for(settings)
-    ctl = processes.controller("m", logs, penv)
+    ctl = _controller("m", logs, penv)
     tag = uuid.uuid4().hex[:6]
     workers = [processes.worker(f"mdl-{tag}-{i}", logs, penv) for i in (1, 2)]
     problems: list[str] = []
@@ -388,18 +395,11 @@ async def model_file(env: ChaosEnv) -> ChaosResult:
         await asyncio.sleep(2.0)
         return faults
 
-    def epochs_never_go_back(outputs: Outputs) -> list[str]:
-        """Once every worker has taken the deployment (workers start after it), no prediction
-        may come from an earlier epoch: a restarted worker must not fall back."""
-        if not floor:
-            return ["version 2 was never deployed"]
-        at, epoch = floor[0]
-        behind = [e for served, e in outputs.epochs if served > at + 3000 and e < epoch]
-        return [f"{len(behind)} predictions served under an epoch before {epoch}"] if behind else []
-
     floor: list[tuple[int, int]] = []
     try:
-        out = await _under_load(env, settings, "model-file", inject, notes, epochs_never_go_back)
+        out = await _under_load(
+            env, settings, "model-file", inject, notes, lambda o: _epochs_never_go_back(o, floor)
+        )
         out.problems += problems
         return out
     finally:
@@ -411,6 +411,17 @@ async def model_file(env: ChaosEnv) -> ChaosResult:
             await reset(settings)
         finally:
             ctl.terminate()
+
+
+def _epochs_never_go_back(outputs: Outputs, floor: list[tuple[int, int]]) -> list[str]:
+    """Once every worker has taken the deployment (workers start after it: ``floor`` holds
+    when it was deployed, and its epoch), no prediction may come from an earlier epoch: a
+    restarted worker must not fall back."""
+    if not floor:
+        return ["version 2 was never deployed"]
+    at, epoch = floor[0]
+    behind = [e for served, e in outputs.epochs if served > at + 3000 and e < epoch]
+    return [f"{len(behind)} predictions served under an epoch before {epoch}"] if behind else []
 
 
 async def _command(settings: Settings, action: Action, **fields: object) -> DecisionEvent | None:

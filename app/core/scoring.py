@@ -1,7 +1,9 @@
-"""The worker's data plane: one micro-batch of raw records in, the records to publish out.
+"""The data plane: one micro-batch of raw records in, the records to publish out.
 
-No Kafka here: the loop (``app.worker.loop``) consumes, calls ``score_batch``, and publishes
-what it returns in one transaction. Each model runs once per batch over the rows routed to
+No Kafka here (the models are ``Scorer``s: an onnxruntime session is the adapters'): the
+worker's loop (``app.worker.loop``) consumes, calls ``score_batch``, and publishes what it
+returns in one transaction; the controller's replay gate (``app.controller.replay_gate``)
+scores the last requests with it. Each model runs once per batch over the rows routed to
 it. Every valid request yields exactly one ``Prediction``; every invalid one a ``DeadLetter``;
 every compared request one ``Comparison``. A candidate's failure never costs a prediction:
 rows it should have served are served by production instead, and the comparison says why.
@@ -10,7 +12,7 @@ rows it should have served are served by production instead, and the comparison 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -23,6 +25,7 @@ from app.core.events import (
     Mode,
     ModelRef,
     Role,
+    ShedReport,
     encode,
     now_ms,
 )
@@ -36,6 +39,7 @@ from app.core.requests import (
     parse_request,
 )
 from app.core.routing import PRODUCTION_ONLY, Assignment, assign
+from app.core.topics import Topic
 
 
 class Scorer(Protocol):
@@ -68,10 +72,10 @@ class Outgoing(NamedTuple):  # a tuple: built for every output record
 
 @dataclass(frozen=True)
 class Topics:
-    requests: str = "inference.requests"
-    predictions: str = "inference.predictions"
-    comparisons: str = "inference.comparisons"
-    dlq: str = "inference.dlq"
+    requests: str = Topic.REQUESTS
+    predictions: str = Topic.PREDICTIONS
+    comparisons: str = Topic.COMPARISONS
+    dlq: str = Topic.DLQ
 
 
 DEFAULT_TOPICS = Topics()
@@ -94,6 +98,67 @@ class BatchResult:
     served: dict[tuple[str, str, str], int] = field(default_factory=dict)
     rejected: dict[tuple[str, str], int] = field(default_factory=dict)
     model_calls: list[tuple[str, str, str, int, float]] = field(default_factory=list)
+    # ShedReports (published with SHED_HEADERS among the comparisons) for the deployments
+    # whose shadow scoring was shed.
+    shed_reports: list[Outgoing] = field(default_factory=list)
+
+
+# Marks a ShedReport among the Comparisons of inference.comparisons.
+SHED_HEADERS = [("kind", b"shed")]
+
+# What a worker's loop calls on each batch: the raw records and the worker's lag (records
+# behind the log end) in, what to publish out. ``table_scorer`` builds the production one.
+BatchScorer = Callable[[Sequence[RawRecord], int], BatchResult]
+
+
+def table_scorer(
+    table: Callable[[], RoutingTable],
+    *,
+    worker_id: str,
+    max_request_bytes: int,
+    shed_lag: int,
+    topics: Topics = DEFAULT_TOPICS,
+) -> BatchScorer:
+    """Scoring by the routing table ``table()`` returns at each batch; shadow scoring is shed
+    while the worker is more than ``shed_lag`` records behind, and each shed is reported."""
+
+    def score(records: Sequence[RawRecord], lag: int) -> BatchResult:
+        current = table()
+        result = score_batch(
+            records,
+            current,
+            max_request_bytes=max_request_bytes,
+            topics=topics,
+            shed_shadow=lag > shed_lag,
+        )
+        result.shed_reports = shed_reports(result, current, worker_id, lag, topics)
+        return result
+
+    return score
+
+
+def shed_reports(
+    result: BatchResult, table: RoutingTable, worker_id: str, lag: int, topics: Topics
+) -> list[Outgoing]:
+    """One ``ShedReport`` per deployment whose shadow scoring ``result`` shed."""
+    return [
+        Outgoing(
+            topics.comparisons,
+            name.encode(),
+            encode(
+                ShedReport(
+                    deployment=name,
+                    epoch=table[name].state.epoch,
+                    worker_id=worker_id,
+                    sampled=result.shadow_sampled[name],
+                    shed=shed,
+                    lag=lag,
+                    at=now_ms(),
+                )
+            ),
+        )
+        for name, shed in result.shadow_shed.items()
+    ]
 
 
 @dataclass(slots=True)

@@ -25,34 +25,19 @@ from app.adapters.kafka_clients import (
     stop_following,
 )
 from app.adapters.process_stats import cpu_seconds
-from app.bench_report import SwapReport
-from app.bench_setup import broker_pid
+from app.bench.report import SwapReport
+from app.bench.setup import broker_pid
 from app.core.events import (
     Action,
     ControlCommand,
     DecisionEvent,
     Mode,
 )
-from app.demo import Services
-from app.scenarios import reset
+from app.core.topics import Topic
+from app.harness.processes import Services
+from app.harness.rollout_scenarios import HANDS_OFF, reset
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
-
-PREDICTIONS_TOPIC = "inference.predictions"
-
-
-# Keeps the controller from deciding anything during the swaps and the pace run: the commands
-# (and the flood of comparisons) are the subject, not the analysis.
-HANDS_OFF: dict[str, Any] = {
-    "min_samples_per_step": 1_000_000_000,
-    "guardrails": {
-        "max_candidate_error_rate": 1.0,
-        "max_latency_ratio": 1e9,
-        "max_disagreement": 1.0,
-        "max_score_shift": 1e9,
-    },
-}
-
 
 Progress = Callable[[str], None]
 
@@ -106,7 +91,7 @@ class _Predictions:
     async def start(self) -> None:
         self._consumer = reader(self._settings)
         await self._consumer.start()
-        await assign_at_end(self._consumer, PREDICTIONS_TOPIC)
+        await assign_at_end(self._consumer, Topic.PREDICTIONS)
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:

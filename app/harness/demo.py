@@ -3,17 +3,14 @@
 Starts the local broker when ``KAFKA_BOOTSTRAP_SERVERS`` is not set, applies ``topics.yaml``,
 starts a controller and two workers (real ``rollout`` processes, logs under
 ``<ROLLOUT_HOME>/demo``), shows predictions flowing, then walks through the rollout scenarios
-of ``app.scenarios.DEMO`` with traffic and late ground truth, and ends with a summary of what
-the controller decided and why.
+of ``app.harness.rollout_scenarios.DEMO`` with traffic and late ground truth, and ends with a
+summary of what the controller decided and why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -27,9 +24,11 @@ from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
 from app.adapters.kafka_security import client_options
 from app.adapters.topics import apply_topics, load_topics_file
 from app.core.events import Prediction, decode
-from app.scenarios import DEMO, ScenarioResult, reset, run_scenario
+from app.core.topics import Topic
+from app.harness.processes import Services
+from app.harness.rollout_scenarios import DEMO, ScenarioResult, reset, run_scenario
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
 
 console = Console()
 
@@ -51,59 +50,6 @@ async def ensure_kafka(settings: Settings) -> None:
     )
 
 
-class Services:
-    """A controller and ``workers`` workers as child processes (logs in ``<home>/<name>``)."""
-
-    def __init__(
-        self, settings: Settings, workers: int = 2, name: str = "demo", **env: str
-    ) -> None:
-        self.logs = settings.home / name
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "ROLLOUT_MODEL_STORE": str(settings.model_store),
-            **env,
-        }
-        self.roles = [("controller", ["controller"])] + [
-            (f"worker-{i}", ["worker", "--worker-id", f"{name}-{i}"]) for i in range(1, workers + 1)
-        ]
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.dashboard_port = int(env.get("ROLLOUT_DASHBOARD_PORT", settings.dashboard_port))
-
-    def start(self, quiet: bool = False) -> None:
-        for role, args in self.roles:
-            log = (self.logs / f"{role}.log").open("ab")
-            self.procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "app", *args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        if not quiet:
-            console.print(
-                f"[bold]Services[/bold]: controller and {len(self.roles) - 1} workers "
-                f"(logs in {self.logs})"
-            )
-            if self.dashboard_port:
-                console.print(f"  dashboard: http://127.0.0.1:{self.dashboard_port}/")
-
-    def check(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {self.logs}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 async def show_serving(settings: Settings, seconds: float, rate: float) -> int:
     """Send ``seconds`` of traffic and count the committed predictions as they arrive."""
     consumer = reader(settings)
@@ -114,7 +60,7 @@ async def show_serving(settings: Settings, seconds: float, rate: float) -> int:
     requests = make_requests(int(seconds * rate), seed=int(time.time()) % 1000, run_id=run_id)
     seen: Counter[str] = Counter()
     try:
-        await assign_at_end(consumer, "inference.predictions")
+        await assign_at_end(consumer, Topic.PREDICTIONS)
         sender = asyncio.create_task(send(producer, requests, rate=rate))
         started = time.monotonic()
         last: Prediction | None = None
@@ -161,6 +107,12 @@ async def run_demo(settings: Settings, rate: float) -> int:
     await ensure_kafka(settings)
     services = Services(settings)
     services.start()
+    console.print(
+        f"[bold]Services[/bold]: controller and {services.workers} workers "
+        f"(logs in {services.logs})"
+    )
+    if services.dashboard_port:
+        console.print(f"  dashboard: http://127.0.0.1:{services.dashboard_port}/")
     try:
         await asyncio.sleep(6)  # let the controller join its group and the workers load models
         services.check()

@@ -17,18 +17,18 @@ from app.adapters.kafka_clients import (
     plain_producer,
     reader,
 )
-from app.bench_report import PaceReport
-from app.bench_rollout import HANDS_OFF, ProcessCpu, Progress, command
-from app.controller.analyst import ANALYSIS_TOPIC, COMPARISONS_TOPIC
-from app.controller.app import partition_for
+from app.adapters.partitioning import partition_for
+from app.bench.report import PaceReport
+from app.bench.swaps import ProcessCpu, Progress, command
 from app.core.events import (
     Action,
     Mode,
 )
-from app.demo import Services
-from app.scenarios import reset
+from app.core.topics import Topic
+from app.harness.processes import Services
+from app.harness.rollout_scenarios import HANDS_OFF, reset
+from app.harness.traffic import make_requests, send
 from app.settings import Settings
-from app.traffic import make_requests, send
 
 
 async def controller_pace(
@@ -41,49 +41,18 @@ async def controller_pace(
     consumer = reader(settings)
     await consumer.start()
     try:
-        comparisons = await partitions_of(consumer, COMPARISONS_TOPIC)
-        tp = TopicPartition(COMPARISONS_TOPIC, partition_for("fraud", len(comparisons)))
-        analysis = await partitions_of(consumer, ANALYSIS_TOPIC)
+        comparisons = await partitions_of(consumer, Topic.COMPARISONS)
+        tp = TopicPartition(Topic.COMPARISONS, partition_for("fraud", len(comparisons)))
+        analysis = await partitions_of(consumer, Topic.ANALYSIS)
         consumer.assign([tp, *analysis])
         start_offset = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_end(*analysis)
         for a in analysis:
             await consumer.position(a)
         cpu = ProcessCpu(settings, services)
-        producer = plain_producer(settings)
-        await producer.start()
-        try:
-            await send(
-                producer, make_requests(requests, seed=11, run_id=f"pace-{uuid.uuid4().hex[:6]}")
-            )
-        finally:
-            await producer.stop()
+        await _write_backlog(settings, requests)
         progress(f"  backlog of {requests:,} requests written; following the controller …")
-        key = f"p{tp.partition}".encode()
-        snapshots: list[tuple[int, int]] = []  # (written at ms, comparisons offset covered)
-        consumer.pause(tp)
-        quiet_since, end, last = time.monotonic(), start_offset, None
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(*analysis, timeout_ms=250)
-            for records in batch.values():
-                for r in records:
-                    if r.key == key and r.value:
-                        covered = orjson.loads(r.value)["comparisons_offset"]
-                        snapshots.append((r.timestamp, covered))
-            now_end = (await consumer.end_offsets([tp]))[tp]
-            if now_end != end:
-                end, quiet_since, last = now_end, time.monotonic(), None
-            quiet = time.monotonic() - quiet_since
-            if end > start_offset and quiet > 3.0:
-                if last is None:
-                    consumer.resume(tp)
-                    last = await _last_record(consumer, tp, start_offset, end)
-                    consumer.pause(tp)
-                if snapshots and snapshots[-1][1] > last[0]:
-                    break  # the controller covered the last comparison
-                if quiet > 15.0:
-                    break  # it did not: reported as not caught up
+        snapshots, end, last = await _follow(consumer, tp, analysis, start_offset)
         cpu_s = cpu.read()
         consumer.resume(tp)
         if last is None:
@@ -92,6 +61,56 @@ async def controller_pace(
     finally:
         await consumer.stop()
         await reset(settings)
+
+
+async def _write_backlog(settings: Settings, requests: int) -> None:
+    producer = plain_producer(settings)
+    await producer.start()
+    try:
+        await send(
+            producer, make_requests(requests, seed=11, run_id=f"pace-{uuid.uuid4().hex[:6]}")
+        )
+    finally:
+        await producer.stop()
+
+
+async def _follow(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    analysis: list[TopicPartition],
+    start_offset: int,
+) -> tuple[list[tuple[int, int]], int, tuple[int, int] | None]:
+    """Read the controller's snapshots of ``tp``'s partition until it covered the last
+    comparison (or stayed behind 15 s after the comparisons stopped). Returns the snapshots
+    as (written at ms, comparisons offset covered), the comparisons' end offset, and their
+    last record (offset, timestamp) when it was looked up."""
+    key = f"p{tp.partition}".encode()
+    snapshots: list[tuple[int, int]] = []
+    consumer.pause(tp)
+    quiet_since, end, last = time.monotonic(), start_offset, None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        batch = await consumer.getmany(*analysis, timeout_ms=250)
+        snapshots += [
+            (r.timestamp, orjson.loads(r.value)["comparisons_offset"])
+            for records in batch.values()
+            for r in records
+            if r.key == key and r.value
+        ]
+        now_end = (await consumer.end_offsets([tp]))[tp]
+        if now_end != end:
+            end, quiet_since, last = now_end, time.monotonic(), None
+        quiet = time.monotonic() - quiet_since
+        if end > start_offset and quiet > 3.0:
+            if last is None:
+                consumer.resume(tp)
+                last = await _last_record(consumer, tp, start_offset, end)
+                consumer.pause(tp)
+            if snapshots and snapshots[-1][1] > last[0]:
+                break  # the controller covered the last comparison
+            if quiet > 15.0:
+                break  # it did not: reported as not caught up
+    return snapshots, end, last
 
 
 async def _last_record(

@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 
 from app.core.events import Feedback, InferenceRequest, encode, now_ms
+from app.core.topics import Topic
 from app.training.stream import LABELS, current_traffic
-
-REQUESTS_TOPIC = "inference.requests"
-FEEDBACK_TOPIC = "inference.feedback"
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ async def send(
     producer: AIOKafkaProducer,
     requests: Sequence[SentRequest],
     rate: float = 0.0,
-    topic: str = REQUESTS_TOPIC,
+    topic: str = Topic.REQUESTS,
 ) -> None:
     """Send ``requests`` (stamping ``sent_at``), at ``rate`` per second (0: as fast as possible)."""
     started = time.monotonic()
@@ -80,7 +78,7 @@ async def send(
 async def send_raw(
     producer: AIOKafkaProducer,
     values: Sequence[tuple[bytes | None, bytes]],
-    topic: str = REQUESTS_TOPIC,
+    topic: str = Topic.REQUESTS,
 ) -> None:
     """Send ``(key, value)`` pairs as they are (malformed input for tests)."""
     pending = [await producer.send(topic, value=value, key=key) for key, value in values]
@@ -104,6 +102,6 @@ async def send_feedback(
             observed_at=now_ms(),
         )
         key = sent.request.deployment.encode("utf-8")
-        pending.append(await producer.send(FEEDBACK_TOPIC, value=encode(feedback), key=key))
+        pending.append(await producer.send(Topic.FEEDBACK, value=encode(feedback), key=key))
     await asyncio.gather(*pending)
     return len(pending)

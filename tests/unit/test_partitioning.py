@@ -1,12 +1,12 @@
-"""Batched publishing puts each keyed record where Kafka's default partitioner would."""
+"""Kafka's default partitioner, reproduced once: batched publishing and the controller
+put each keyed record where it would."""
 
 from __future__ import annotations
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from app.adapters.batch_send import keyed_partition
-from app.controller.app import partition_for
+from app.adapters.partitioning import keyed_partition, partition_for
 
 
 @pytest.mark.parametrize("count", [1, 3, 6, 7])

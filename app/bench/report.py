@@ -179,6 +179,22 @@ def goals(r: Report) -> list[Goal]:
 
 def markdown(r: Report) -> str:
     """The tables; worker lines carry their ratio to their ceiling (shadow: fan-out-2)."""
+    rows = _throughput_rows(r)
+    if r.latencies:
+        rows += _latency_rows(r)
+    if r.swaps:
+        rows += _swap_rows(r.swaps)
+    if r.pace:
+        rows += _pace_rows(r.pace)
+    rows += _cpu_rows(r)
+    found = goals(r)
+    if found:
+        rows += ["", "| goal | measured | met |", "|---|---|---|"]
+        rows += [f"| {g.goal} | {g.measured} | {'yes' if g.met else 'no'} |" for g in found]
+    return "\n".join(rows) + "\n"
+
+
+def _throughput_rows(r: Report) -> list[str]:
     by_name = {line.name: line.per_second for line in r.lines}
     rows = [
         "| line | records/s (median of rounds; range) | ratio to ceiling | CPU s (this process)"
@@ -206,62 +222,65 @@ def markdown(r: Report) -> str:
             f"| naive peer (faust agent, per record) | {r.naive.per_second:,.0f} | {ratio} | "
             f"{r.naive.cpu_s:.1f} (its process) | |"
         )
-    if r.latencies:
-        rows += [
-            "",
-            f"End-to-end latency (produce → committed prediction, read_committed) under "
-            f"open-loop load at half the sustained rate; batch wait {r.wait_ms} ms:",
-            "",
-            "| line | rate/s | answered | p50 ms | p99 ms |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        rows += [
-            f"| {x.name} | {x.rate:,.0f} | {x.answered:,}/{x.requests:,} | "
-            f"{x.p50_ms:.1f} | {x.p99_ms:.1f} |"
-            for x in r.latencies
-        ]
-    if r.swaps:
-        w = r.swaps
+    return rows
 
-        def ms(values: list[float]) -> str:
-            if not values:
-                return "-"
-            return f"median {values[len(values) // 2]:.0f}, max {values[-1]:.0f}"
 
-        rows += [
-            "",
-            f"Model swaps: {w.swaps} promotes and {w.swaps} rollbacks under {w.rate:,.0f} "
-            f"requests/s (controller + 1 worker), {w.seconds:.0f} s:",
-            "",
-            "| command → first prediction by the new version | ms |",
-            "|---|---|",
-            f"| promote | {ms(w.promote_ms)} |",
-            f"| rollback | {ms(w.rollback_ms)} |",
-            "",
-            f"Requests sent {w.sent:,}; answered {w.answered:,}; lost {w.lost}; "
-            f"duplicated {w.duplicated}.",
-        ]
-    if r.pace:
-        p = r.pace
-        caught = f"{p.caught_up_s:.1f} s" if p.caught_up_s is not None else "not within 15 s"
-        rows += [
-            "",
-            f"Controller pace: shadow 100% over a backlog, {p.comparisons:,} comparison offsets "
-            f"in {p.seconds:.1f} s ({p.per_second:,.0f}/s) on the deployment's partition; "
-            f"{p.snapshots} analysis snapshots; max lag {p.max_lag_records:,} records / "
-            f"{p.max_lag_s:.1f} s; covered the last comparison {caught} after it was written "
-            f"(snapshots every 2 s).",
-        ]
+def _latency_rows(r: Report) -> list[str]:
+    return [
+        "",
+        f"End-to-end latency (produce → committed prediction, read_committed) under "
+        f"open-loop load at half the sustained rate; batch wait {r.wait_ms} ms:",
+        "",
+        "| line | rate/s | answered | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ] + [
+        f"| {x.name} | {x.rate:,.0f} | {x.answered:,}/{x.requests:,} | "
+        f"{x.p50_ms:.1f} | {x.p99_ms:.1f} |"
+        for x in r.latencies
+    ]
+
+
+def _swap_rows(w: SwapReport) -> list[str]:
+    def ms(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"median {values[len(values) // 2]:.0f}, max {values[-1]:.0f}"
+
+    return [
+        "",
+        f"Model swaps: {w.swaps} promotes and {w.swaps} rollbacks under {w.rate:,.0f} "
+        f"requests/s (controller + 1 worker), {w.seconds:.0f} s:",
+        "",
+        "| command → first prediction by the new version | ms |",
+        "|---|---|",
+        f"| promote | {ms(w.promote_ms)} |",
+        f"| rollback | {ms(w.rollback_ms)} |",
+        "",
+        f"Requests sent {w.sent:,}; answered {w.answered:,}; lost {w.lost}; "
+        f"duplicated {w.duplicated}.",
+    ]
+
+
+def _pace_rows(p: PaceReport) -> list[str]:
+    caught = f"{p.caught_up_s:.1f} s" if p.caught_up_s is not None else "not within 15 s"
+    return [
+        "",
+        f"Controller pace: shadow 100% over a backlog, {p.comparisons:,} comparison offsets "
+        f"in {p.seconds:.1f} s ({p.per_second:,.0f}/s) on the deployment's partition; "
+        f"{p.snapshots} analysis snapshots; max lag {p.max_lag_records:,} records / "
+        f"{p.max_lag_s:.1f} s; covered the last comparison {caught} after it was written "
+        f"(snapshots every 2 s).",
+    ]
+
+
+def _cpu_rows(r: Report) -> list[str]:
     cpu = [("swaps", r.swaps.cpu_s if r.swaps else {}), ("pace", r.pace.cpu_s if r.pace else {})]
-    if any(c for _, c in cpu):
-        rows += ["", "| CPU seconds | broker | worker | controller |", "|---|---:|---:|---:|"]
-        for phase, c in cpu:
-            cells = " | ".join(
-                f"{c[k]:.1f}" if k in c else "-" for k in ("broker", "worker", "controller")
-            )
-            rows.append(f"| {phase} | {cells} |")
-    found = goals(r)
-    if found:
-        rows += ["", "| goal | measured | met |", "|---|---|---|"]
-        rows += [f"| {g.goal} | {g.measured} | {'yes' if g.met else 'no'} |" for g in found]
-    return "\n".join(rows) + "\n"
+    if not any(c for _, c in cpu):
+        return []
+    rows = ["", "| CPU seconds | broker | worker | controller |", "|---|---:|---:|---:|"]
+    for phase, c in cpu:
+        cells = " | ".join(
+            f"{c[k]:.1f}" if k in c else "-" for k in ("broker", "worker", "controller")
+        )
+        rows.append(f"| {phase} | {cells} |")
+    return rows
