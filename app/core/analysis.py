@@ -9,10 +9,20 @@ this rollout (its candidate, from the epoch it started) count. It serialises to 
 snapshots.
 
 The success criterion's tests (``app.core.metric``) take only the audit sample
-(``app.core.audit``). The promote test takes each request as it is compared, at its worst case
-until its label comes (``StakedTest``), so labels late, missing, or arriving first for frauds
-cannot pass a worse candidate; it is kept per canary step (reset by ``new_step``: a
-promotion rests on the last step's own data). The roll-back ("worse") test runs over the
+(``app.core.audit``), each request with bets fixed when it is compared (``StakedTest``), in
+two forms bounded by the same process (the test fed every true value in compared order):
+``step_better`` takes every request as it is compared, at its worst case until its label
+comes; ``step_frontier`` takes them in compared order but lets no request in at a costly worst
+case (``OPEN_LIMIT`` of them): it waits for that request's label (or for the horizon, then its
+worst case) while the next ones wait behind it, so late labels cost time, not evidence. Either
+form rejecting passes the test at ``alpha``: each is at every moment at most the bounding
+process at some point of its path, so both together cross ``1/alpha`` no more often than it
+does (Ville). Labels late, missing, or arriving first for frauds cannot pass a worse
+candidate. The promote tests are kept per canary step (reset by ``new_step``: a promotion
+rests on the last step's own data); they run at ``alpha`` less the share given to the
+agreement route (``AGREEMENT_ALPHA_SHARE``) when that route can promote, so that the two
+routes together promote a candidate worse than the margin at most ``alpha`` of the time.
+The roll-back ("worse") test runs over the
 whole rollout on labelled observations, its level split between the metric's tests; once
 rejected it stays rejected (``worse_seen`` keeps it across steps). Guardrails have tests both
 ways: refuted (roll back at once) and shown (needed to promote): error rate below its
@@ -24,8 +34,10 @@ Pure: no I/O, no clock (times are passed in).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from app.core.audit import in_audit
@@ -38,7 +50,13 @@ from app.core.sequential import BettingTest, Side, StakedTest, rate_tests, stake
 _LAT_EDGES = [10 ** (k / 10) / 1000 for k in range(0, 81)]
 _PSI_BINS = 10
 _PENDING_LIMIT = 100_000  # compared requests awaiting ground truth (they ride in snapshots)
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
+# The in-order promote test (``step_frontier``) holds at most this many audit requests at a
+# worst case that costs it evidence (label still missing); later ones wait in compared order.
+OPEN_LIMIT = 0
+# Share of alpha for promotion without labels (disagreement shown below the margin) when that
+# route is open; the labelled route gets the rest (Bonferroni over the two routes).
+AGREEMENT_ALPHA_SHARE = 0.2
 # The latency guardrail is shown when the candidate is within its ratio (plus the slack) of
 # production on the same request for all but this share of paired requests.
 LATENCY_TAIL = 0.01
@@ -85,15 +103,12 @@ class ArmStats:
         return self.errors / total if total else 0.0
 
     def quantile(self, q: float) -> float:
-        total = sum(self.latency)
+        cumulative = list(accumulate(self.latency))
+        total = cumulative[-1]
         if not total:
             return float("nan")
-        target, seen = q * total, 0
-        for i, count in enumerate(self.latency):
-            seen += count
-            if seen >= target:
-                return _LAT_EDGES[min(i, len(_LAT_EDGES) - 1)]
-        return _LAT_EDGES[-1]
+        i = bisect_left(cumulative, q * total)
+        return _LAT_EDGES[min(i, len(_LAT_EDGES) - 1)]
 
     @property
     def accuracy(self) -> float:
@@ -140,6 +155,8 @@ class RolloutAnalysis:
     labelled: int = 0
     audit_compared: int = 0
     audit_labelled: int = 0
+    audit_correct_production: int = 0
+    audit_correct_candidate: int = 0
     step_audit_compared: int = 0
     step_audit_labelled: int = 0
     step_paired: int = 0
@@ -149,6 +166,10 @@ class RolloutAnalysis:
     shed_sampled: int = 0
     invalid_scores: int = 0
     horizon_ms: int = 24 * 3600 * 1000
+    promote_on_agreement: bool = True
+    tested: int = 0  # audit requests of this step the in-order promote test has taken
+    tested_labelled: int = 0  # ...of which labelled
+    open_in_test: int = 0  # costly open requests the promote test holds (<= OPEN_LIMIT)
     # request_id -> (production label, candidate label, compared at, step epoch, audit,
     # bet sizes per test or None once its tests know its value), in the order compared,
     # awaiting ground truth for at most ``horizon_ms``.
@@ -157,11 +178,18 @@ class RolloutAnalysis:
     )
     expired_pending: int = 0
     dropped_pending: int = 0
+    # This step's audit requests waiting to enter the promote test, in compared order:
+    # request_id -> [production label, candidate label, bet sizes per test, label or None,
+    # label given up (past the horizon)].
+    queue: OrderedDict[str, list[Any]] = field(default_factory=OrderedDict)
+    # Requests in the in-order promote test whose label has not come yet.
+    in_test: set[str] = field(default_factory=set)
     # test name -> [observations known, sum of squares]: the second moment the bets use.
     moments: dict[str, list[float]] = field(default_factory=dict)
     worse_seen: list[str] = field(default_factory=list)
     rule: MetricRule = field(init=False)
     step_better: dict[str, StakedTest] = field(init=False)
+    step_frontier: dict[str, StakedTest] = field(init=False)
     rollout_worse: dict[str, StakedTest] = field(init=False)
     agree_margin: BettingTest = field(init=False)
     disagree_over: BettingTest = field(init=False)
@@ -203,15 +231,33 @@ class RolloutAnalysis:
             latency_ratio_limit=g.max_latency_ratio,
             latency_slack_ms=g.min_latency_regression_ms,
             horizon_ms=policy.feedback_horizon_s * 1000,
+            promote_on_agreement=policy.promote_on_agreement,
             step_started_at=started_at,
             clock=started_at,
         )
 
+    @property
+    def agreement_route(self) -> bool:
+        """Whether a disagreement shown below the margin may promote (then alpha is split)."""
+        return self.promote_on_agreement and self.rule.agreement_bounds_it
+
+    @property
+    def alpha_labels(self) -> float:
+        share = AGREEMENT_ALPHA_SHARE if self.agreement_route else 0.0
+        return self.alpha * (1.0 - share)
+
+    @property
+    def alpha_agreement(self) -> float:
+        return self.alpha * AGREEMENT_ALPHA_SHARE
+
     def _fresh_step_tests(self) -> None:
         self.step_better = {
-            t: staked_pair(self.rule.margin_of(t), self.alpha)[0] for t in self.rule.tests
+            t: staked_pair(self.rule.margin_of(t), self.alpha_labels)[0] for t in self.rule.tests
         }
-        self.agree_margin, _ = rate_tests(self.margin, self.alpha)
+        self.step_frontier = {
+            t: staked_pair(self.rule.margin_of(t), self.alpha_labels)[0] for t in self.rule.tests
+        }
+        self.agree_margin, _ = rate_tests(self.margin, self.alpha_agreement)
 
     def counts(self, comparison: Comparison) -> bool:
         return (
@@ -265,16 +311,21 @@ class RolloutAnalysis:
                 self.step_disagreements += int(disagree)
                 self.agree_margin.update(disagree)
         step = self.step_epoch if c.epoch >= self.step_epoch else c.epoch
-        spreads = self._enter(plan, step) if plan is not None else None
+        spreads = self._enter(plan, step == self.step_epoch) if plan is not None else None
         if audit:
             self.audit_compared += 1
             self.step_audit_compared += int(step == self.step_epoch)
             self.step_open += int(spreads is not None and step == self.step_epoch)
         self.pending[c.request_id] = (p_label, c_label, at, step, audit, spreads)
+        if plan is not None and step == self.step_epoch:
+            bets = [spread for spread, _ in plan.values()]
+            self.queue[c.request_id] = [p_label, c_label, bets, None, False]
         while len(self.pending) > _PENDING_LIMIT:
-            self.pending.popitem(last=False)
+            rid, entry = self.pending.popitem(last=False)
             self.dropped_pending += 1
+            self._closed(rid, entry)
         self.expire(at)
+        self._admit()
         return True
 
     # -- the criterion's tests ------------------------------------------------------------
@@ -292,35 +343,56 @@ class RolloutAnalysis:
         return {t: (self._spread(t), self.rule.possible(t, prod, cand)) for t in self.rule.tests}
 
     def _enter(
-        self, plan: dict[str, tuple[float, list[float | None]]], step: int
+        self, plan: dict[str, tuple[float, list[float | None]]], this_step: bool
     ) -> list[float] | None:
-        """Enter one audit observation into every test at its worst case; the bet sizes, if
-        its value is still open, else None."""
+        """Enter one audit observation into the roll-back tests (its value when known; else
+        they wait for the label) and, when it is of this step, into ``step_better`` (its
+        worst case until the label comes); the bet sizes if its value is still open, else
+        None."""
         open_ = False
         for t, (spread, values) in plan.items():
-            self._feed(t, spread, values, step)
+            if this_step:
+                better = self.step_better[t]
+                better.add(bound(values, better.m, True), better.stakes(spread))
+            worse = self.rollout_worse[t]
             if len(set(values)) > 1:
                 open_ = True
             else:
+                worse.add(values[0], worse.stakes(spread))
                 self._moment(t, values[0])
         return [spread for spread, _ in plan.values()] if open_ else None
 
-    def _feed(self, test: str, spread: float, values: list[float | None], step: int) -> None:
-        """Enter one observation into ``test``: its value when it is already known; else the
-        promote test takes its worst case over the truths possible (revised when the label
-        comes) and the roll-back tests wait for the label."""
-        known = len(set(values)) == 1
-        for t in self._targets(test, step):
-            if t.side is Side.ABOVE:
-                t.add(bound(values, t.m, True), t.stakes(spread))
-            elif known:
-                t.add(values[0], t.stakes(spread))
+    def _costly(self, prod: str | None, cand: str | None) -> bool:
+        """Whether an open request's worst case costs the promote test evidence (a factor
+        below 1 in some test): the ones ``OPEN_LIMIT`` counts."""
+        for t, test in self.step_frontier.items():
+            values = self.rule.possible(t, prod, cand)
+            x = bound(values, test.m, True)
+            if len(set(values)) > 1 and x is not None and x < test.m:
+                return True
+        return False
 
-    def _targets(self, test: str, step: int) -> list[StakedTest]:
-        targets = [self.rollout_worse[test]]
-        if step == self.step_epoch:
-            targets.append(self.step_better[test])
-        return targets
+    def _admit(self) -> None:
+        """Move this step's waiting audit requests into the in-order promote test, in compared
+        order, while the head's value is known (or given up) or there is room for one more
+        open."""
+        while self.queue:
+            rid, (prod, cand, bets, truth, given_up) = next(iter(self.queue.items()))
+            costly = truth is None and not given_up and self._costly(prod, cand)
+            if costly and self.open_in_test >= OPEN_LIMIT:
+                return
+            del self.queue[rid]
+            for (t, test), spread in zip(self.step_frontier.items(), bets, strict=True):
+                if truth is not None:
+                    x = self.rule.value(t, prod, cand, truth)
+                else:
+                    x = bound(self.rule.possible(t, prod, cand), test.m, True)
+                test.add(x, test.stakes(spread))
+            self.tested += 1
+            self.tested_labelled += int(truth is not None)
+            if truth is None and not given_up:
+                self.in_test.add(rid)
+                self.open_in_test += int(costly)
 
     def _moment(self, test: str, x: float | None) -> None:
         if x is None:
@@ -331,21 +403,35 @@ class RolloutAnalysis:
 
     def expire(self, now: int) -> None:
         """Stop waiting for ground truth of requests compared more than a horizon ago (their
-        worst case stays in the tests)."""
+        worst case stays in the promote test)."""
+        expired = False
         while self.pending:
             request_id, entry = next(iter(self.pending.items()))
             if entry[2] >= now - self.horizon_ms:
                 break
             del self.pending[request_id]
             self.expired_pending += 1
-            self._closed(entry)
+            self._closed(request_id, entry)
+            expired = True
+        if expired:
+            self._admit()
 
     def _closed(
-        self, entry: tuple[str | None, str | None, int, int, bool, list[float] | None]
+        self,
+        request_id: str,
+        entry: tuple[str | None, str | None, int, int, bool, list[float] | None],
     ) -> None:
-        _, _, _, step, audit, spreads = entry
-        if audit and spreads is not None and step == self.step_epoch:
+        """No label will be joined to ``request_id`` any more (it came, or is given up)."""
+        prod, cand, _, step, audit, spreads = entry
+        if not audit or step != self.step_epoch:
+            return
+        if spreads is not None:
             self.step_open -= 1
+        if request_id in self.queue:
+            self.queue[request_id][4] = True
+        elif request_id in self.in_test:
+            self.in_test.discard(request_id)
+            self.open_in_test -= int(spreads is not None and self._costly(prod, cand))
 
     def tick(self, now: int) -> None:
         """Time passes (the controller's clock) even when no evidence comes."""
@@ -358,7 +444,10 @@ class RolloutAnalysis:
         if entry is None:
             return False
         prod_label, cand_label, _, step, audit, spreads = entry
-        self._closed(entry)
+        current = audit and step == self.step_epoch
+        queued = current and f.request_id in self.queue
+        in_test = current and f.request_id in self.in_test
+        self._closed(f.request_id, entry)
         self.clock = max(self.clock, at)
         self.labelled += 1
         if prod_label is not None:
@@ -370,20 +459,24 @@ class RolloutAnalysis:
         if audit:
             self.audit_labelled += 1
             self.step_audit_labelled += int(step == self.step_epoch)
+            self.audit_correct_production += int(prod_label == f.label)
+            self.audit_correct_candidate += int(cand_label == f.label)
+        if queued:
+            self.queue[f.request_id][3:5] = [f.label, False]
+        self.tested_labelled += int(in_test)
         if audit and spreads is not None:
-            for test, spread in zip(self.rule.tests, spreads, strict=True):
+            for (test, worse), spread in zip(self.rollout_worse.items(), spreads, strict=True):
                 values = self.rule.possible(test, prod_label, cand_label)
                 x = self.rule.value(test, prod_label, cand_label, f.label)
-                self._revise(test, spread, values, step, x)
+                worse.revise(None, x, worse.stakes(spread))
+                promote = [self.step_better[test]] if current else []
+                promote += [self.step_frontier[test]] if in_test else []
+                for better in promote:
+                    better.revise(bound(values, better.m, True), x, better.stakes(spread))
                 self._moment(test, x)
+        if current:
+            self._admit()
         return True
-
-    def _revise(
-        self, test: str, spread: float, values: list[float | None], step: int, x: float | None
-    ) -> None:
-        for t in self._targets(test, step):
-            old = bound(values, t.m, True) if t.side is Side.ABOVE else None
-            t.revise(old, x, t.stakes(spread))
 
     def new_step(self, epoch: int, at: int = 0) -> None:
         """A canary step begins (weight changed at ``epoch``): the criterion starts afresh on
@@ -393,6 +486,9 @@ class RolloutAnalysis:
         self.step_samples = 0
         self.step_audit_compared = self.step_audit_labelled = 0
         self.step_paired = self.step_disagreements = self.step_open = 0
+        self.tested = self.tested_labelled = self.open_in_test = 0
+        self.queue.clear()
+        self.in_test.clear()
         self.step_started_at = max(at, self.clock)
         self._fresh_step_tests()
 
@@ -407,9 +503,16 @@ class RolloutAnalysis:
 
     @property
     def step_coverage(self) -> float:
+        """Labelled share of this step's audit sample."""
         if not self.step_audit_compared:
             return 0.0
         return self.step_audit_labelled / self.step_audit_compared
+
+    @property
+    def tested_coverage(self) -> float:
+        """Labelled share of the audit requests the promote test has taken (this step's
+        audit sample up to where the test has reached, in compared order)."""
+        return self.tested_labelled / self.tested if self.tested else 0.0
 
     @property
     def step_disagreement(self) -> float:
@@ -448,14 +551,25 @@ class RolloutAnalysis:
                 "candidate": self.candidate_arm.quantile(0.99),
             },
             "latency_ratio_p99": self.latency_ratio,
+            # Shown, never tested: every labelled request of the rollout (audit or not, so
+            # biased if labels come for a chosen subset) ...
             "accuracy": {
                 "production": self.production.accuracy,
                 "candidate": self.candidate_arm.accuracy,
             },
+            # ... and the labelled audit sample only (a random sample; the tests use it).
+            "accuracy_audit_sample": {
+                "production": self._audit_accuracy(self.audit_correct_production),
+                "candidate": self._audit_accuracy(self.audit_correct_candidate),
+            },
             "feedback_coverage": self.coverage,
             "step_feedback_coverage": self.step_coverage,
+            "tested_feedback_coverage": self.tested_coverage,
             "shed_fraction": self.shed / self.shed_sampled if self.shed_sampled else 0.0,
         }
+
+    def _audit_accuracy(self, correct: int) -> float:
+        return correct / self.audit_labelled if self.audit_labelled else float("nan")
 
     def samples(self) -> dict[str, int]:
         return {
@@ -471,6 +585,9 @@ class RolloutAnalysis:
             "step_audit": self.step_audit_compared,
             "step_audit_labelled": self.step_audit_labelled,
             "open_labels": self.open_labels,
+            "promote_tested": self.tested,
+            "promote_tested_labelled": self.tested_labelled,
+            "promote_waiting": len(self.queue),
             "invalid_scores": self.invalid_scores,
         }
 
@@ -497,6 +614,8 @@ class RolloutAnalysis:
         "labelled",
         "audit_compared",
         "audit_labelled",
+        "audit_correct_production",
+        "audit_correct_candidate",
         "step_audit_compared",
         "step_audit_labelled",
         "step_paired",
@@ -506,6 +625,10 @@ class RolloutAnalysis:
         "shed_sampled",
         "invalid_scores",
         "horizon_ms",
+        "promote_on_agreement",
+        "tested",
+        "tested_labelled",
+        "open_in_test",
         "expired_pending",
         "dropped_pending",
     )
@@ -521,10 +644,12 @@ class RolloutAnalysis:
             "production": vars(self.production),
             "candidate_arm": vars(self.candidate_arm),
             "pending": [[k, *v] for k, v in self.pending.items()],
+            "queue": [[k, *v] for k, v in self.queue.items()],
+            "in_test": sorted(self.in_test),
             "tests": {name: _test_state(getattr(self, name)) for name in self._BETTING},
             "staked": {
                 group: {t: test.state() for t, test in getattr(self, group).items()}
-                for group in ("step_better", "rollout_worse")
+                for group in ("step_better", "step_frontier", "rollout_worse")
             },
         }
 
@@ -544,6 +669,8 @@ class RolloutAnalysis:
             (k, (p, c, at, step, audit, spreads))
             for k, p, c, at, step, audit, spreads in data["pending"]
         )
+        analysis.queue = OrderedDict((k, list(rest)) for k, *rest in data["queue"])
+        analysis.in_test = set(data["in_test"])
         for name, state in data["tests"].items():
             test: BettingTest = getattr(analysis, name)
             for attr, value in state.items():

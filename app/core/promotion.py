@@ -131,33 +131,54 @@ def criterion(state: DeploymentState, a: RolloutAnalysis) -> Judgement:
             f"candidate worse than production by more than the margin on {', '.join(worse)}; "
             f"accuracy {_accuracies(a)}",
         )
-    tests = a.step_better
-    if all(t.rejected for t in tests.values()) and a.step_coverage >= p.min_feedback_coverage:
+    if _labels_show_it(a, p.min_feedback_coverage):
         return Judgement(
             Criterion.PASSED,
             kind,
             f"{p.metric.kind.value} non-inferior within the margin on {_tested(a)} of this "
-            f"step's audit sample (coverage {a.step_coverage:.0%}); accuracy {_accuracies(a)}",
+            f"step's audit sample (coverage {_coverage(a):.0%}, alpha {a.alpha_labels:g}); "
+            f"accuracy {_accuracies(a)}",
         )
-    if p.promote_on_agreement and a.rule.agreement_bounds_it and a.agree_margin.rejected:
+    # The two routes share alpha (the analysis splits it), so their union stays at alpha.
+    if p.promote_on_agreement and a.agreement_route and a.agree_margin.rejected:
         return Judgement(
             Criterion.PASSED,
             "agreement",
             f"disagreement {a.step_disagreement:.2%} shown below the margin "
             f"{p.non_inferiority_margin:.1%} on {a.step_paired} paired requests of this step "
-            f"(so the {p.metric.kind.value} differs by less than the margin)",
+            f"(alpha {a.alpha_agreement:g}; so the {p.metric.kind.value} differs by less than "
+            "the margin)",
         )
     return _pending(state, a, kind)
 
 
+def _labels_show_it(a: RolloutAnalysis, coverage: float) -> bool:
+    """Every test of the metric rejects "worse than the margin" on this step's audit sample,
+    in either form (all requests at their worst case until labelled, with ``coverage`` of
+    the step labelled; or in compared order up to the labels, with ``coverage`` of what it
+    took labelled). Both forms are bounded by one test supermartingale, so either passing is
+    a test at the promote test's alpha (analysis module docstring)."""
+    all_in = a.step_coverage >= coverage
+    in_order = a.tested_coverage >= coverage
+    return all(
+        (all_in and a.step_better[t].rejected) or (in_order and a.step_frontier[t].rejected)
+        for t in a.step_better
+    )
+
+
+def _coverage(a: RolloutAnalysis) -> float:
+    return max(a.step_coverage, a.tested_coverage)
+
+
 def _pending(state: DeploymentState, a: RolloutAnalysis, kind: str) -> Judgement:
     p = state.policy
-    if a.step_coverage < p.min_feedback_coverage:
+    if _coverage(a) < p.min_feedback_coverage:
         return Judgement(
             Criterion.PENDING,
             kind,
             f"waiting for labels: {a.step_coverage:.0%} of this step's audit sample "
-            f"({a.step_audit_compared} requests) labelled, {p.min_feedback_coverage:.0%} needed",
+            f"({a.step_audit_compared} requests) labelled, and {a.tested_coverage:.0%} of the "
+            f"{a.tested} taken in compared order; {p.min_feedback_coverage:.0%} needed",
             WaitingFor.LABELS,
         )
     if a.open_labels:
@@ -174,13 +195,17 @@ def _pending(state: DeploymentState, a: RolloutAnalysis, kind: str) -> Judgement
 
 
 def _tested(a: RolloutAnalysis) -> str:
-    return ", ".join(f"{t}: {test.n} pairs" for t, test in a.step_better.items())
+    return ", ".join(
+        f"{t}: {test.n} pairs ({a.step_frontier[t].n} in compared order)"
+        for t, test in a.step_better.items()
+    )
 
 
 def _accuracies(a: RolloutAnalysis) -> str:
     return (
         f"candidate {a.candidate_arm.accuracy:.2%} vs production {a.production.accuracy:.2%} "
-        f"on {a.labelled} labelled requests"
+        f"on all {a.labelled} labelled requests of the rollout (audit sample or not; shown, "
+        "not tested)"
     )
 
 
@@ -192,9 +217,13 @@ def evidence(state: DeploymentState, a: RolloutAnalysis, j: Judgement) -> Eviden
         "outcome": j.outcome.value,
         "waiting_for": j.waiting_for.value,
         "alpha": a.alpha,
-        "metric": p.metric.model_dump(mode="json"),
+        "metric": _finite(p.metric.model_dump(mode="json")),
         "non_inferiority": {
-            t: {"promote": a.step_better[t].summary(), "reject": a.rollout_worse[t].summary()}
+            t: {
+                "promote": a.step_better[t].summary(),
+                "promote_in_order": a.step_frontier[t].summary(),
+                "reject": a.rollout_worse[t].summary(),
+            }
             for t in a.step_better
         },
         "inferiority_whole_rollout": {t: w.summary() for t, w in a.rollout_worse.items()},
@@ -208,20 +237,24 @@ def evidence(state: DeploymentState, a: RolloutAnalysis, j: Judgement) -> Eviden
             "errors_below_ceiling": a.errors_under.summary(),
             "latency_within_ratio": a.latency_under.summary(),
         },
-        "thresholds": {
-            "max_candidate_error_rate": g.max_candidate_error_rate,
-            "max_disagreement": g.max_disagreement,
-            "max_score_shift": g.max_score_shift,
-            "max_latency_ratio": g.max_latency_ratio,
-            "min_latency_regression_ms": g.min_latency_regression_ms,
-            "non_inferiority_margin": p.non_inferiority_margin,
-            "min_feedback_coverage": p.min_feedback_coverage,
-            "min_samples_per_step": p.min_samples_per_step,
-            "audit_rate": p.audit_rate,
-            "feedback_horizon_s": p.feedback_horizon_s,
-        },
+        "thresholds": _finite(
+            {
+                "max_candidate_error_rate": g.max_candidate_error_rate,
+                "max_disagreement": g.max_disagreement,
+                "max_score_shift": g.max_score_shift,
+                "max_latency_ratio": g.max_latency_ratio,
+                "min_latency_regression_ms": g.min_latency_regression_ms,
+                "non_inferiority_margin": p.non_inferiority_margin,
+                "min_feedback_coverage": p.min_feedback_coverage,
+                "min_samples_per_step": p.min_samples_per_step,
+                "audit_rate": p.audit_rate,
+                "feedback_horizon_s": p.feedback_horizon_s,
+            }
+        ),
     }
-    return Evidence(samples=a.samples(), metrics=_finite(a.metrics()), tests=_finite(tests))
+    # The tests' summaries are finite by construction (bets keep every factor >= 1/2, an
+    # empty test's mean reads 0); what the policy or the measurements hold may not be.
+    return Evidence(samples=a.samples(), metrics=_finite(a.metrics()), tests=tests)
 
 
 @dataclass(frozen=True)
@@ -346,11 +379,12 @@ _BY_MODE: dict[Mode, Callable[[_Context], Decision]] = {
 
 def _finite(value: Any) -> Any:
     """JSON has no NaN/inf: report them as null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is float:
+        return value if value - value == 0.0 else None  # inf - inf and nan - nan are nan
+    if kind is dict:
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if kind is list:
         return [_finite(v) for v in value]
     return value
 
