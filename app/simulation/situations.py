@@ -77,7 +77,17 @@ class Situation:
 
 
 ACCURACY = {"metric": {"kind": "accuracy"}}
+# The fraud deployment's default (app.training.train.fraud_policy; a unit test keeps them
+# equal): expected cost, a missed fraud 10, a false alarm 1, margin 0.005 of the largest cost.
 FRAUD = {
+    "metric": {
+        "kind": "expected_cost",
+        "costs": {"fraud": {"legit": 10.0}, "legit": {"fraud": 1.0}},
+    },
+    "non_inferiority_margin": 0.005,
+}
+# The previous default, for comparison: per-class recall (fraud 5 points, legit 2).
+RECALL = {
     "metric": {
         "kind": "recall",
         "classes": ["legit", "fraud"],
@@ -102,6 +112,7 @@ SITUATIONS: list[Situation] = [
         "worse",
         -2,
         ACCURACY,
+        replications=400,
     ),
     Situation(
         "at the margin, looks after every record",
@@ -111,7 +122,7 @@ SITUATIONS: list[Situation] = [
         ACCURACY,
         look_every=1,
         max_compared=4_000,
-        replications=40,
+        replications=200,
     ),
     Situation("-3 pts, labels at once", fixed(accuracy_shift(-0.03)), "worse", -3, ACCURACY),
     Situation(
@@ -183,10 +194,24 @@ SITUATIONS: list[Situation] = [
         ACCURACY,
     ),
     Situation(
-        "never flags fraud, fraud default (recall)",
+        "never flags fraud, fraud default (expected cost)",
         fixed(Model(recall=0.0, specificity=1.0)),
         "worse",
         -2.9,
+        FRAUD,
+    ),
+    Situation(
+        "never flags fraud, per-class recall",
+        fixed(Model(recall=0.0, specificity=1.0)),
+        "worse",
+        -2.9,
+        RECALL,
+    ),
+    Situation(
+        "fraud recall -10 pts, fraud default (expected cost)",
+        fixed(Model(recall=PRODUCTION.recall - 0.10, specificity=PRODUCTION.specificity)),
+        "worse",
+        -0.7,
         FRAUD,
     ),
     Situation(
@@ -199,7 +224,23 @@ SITUATIONS: list[Situation] = [
     ),
     Situation("equal, labels at once", fixed(PRODUCTION), "equal", 0, ACCURACY),
     Situation(
-        "equal, fraud default (recall)", fixed(PRODUCTION), "equal", 0, FRAUD, max_compared=30_000
+        "equal, fraud default (expected cost)",
+        fixed(PRODUCTION),
+        "equal",
+        0,
+        FRAUD,
+        max_compared=30_000,
+    ),
+    Situation(
+        "equal, per-class recall", fixed(PRODUCTION), "equal", 0, RECALL, max_compared=30_000
+    ),
+    Situation(
+        "equal, every label 3,000 requests late",
+        fixed(PRODUCTION),
+        "equal",
+        0,
+        ACCURACY,
+        delay=3_000,
     ),
     Situation(
         "+2 pts, labels 3,000 late",
