@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Annotated
 
 import typer
@@ -13,7 +14,7 @@ from rich.table import Table
 from app.cli import app
 from app.simulation.bare_test import simulate as previous_test
 from app.simulation.report import COLUMNS, markdown, row
-from app.simulation.runner import pure_test_samples, run
+from app.simulation.runner import Result, pure_test_samples, run, run_runs
 from app.simulation.situations import SITUATIONS
 
 
@@ -26,16 +27,27 @@ def simulate(
     markdown_out: Annotated[
         bool, typer.Option("--markdown", help="Print the table as Markdown.")
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(help="Processes (each situation's runs are seeded: the same table)."),
+    ] = 1,
 ) -> None:
     """Replay canaries (5 steps of 500 compared requests, margin 2 points, alpha 0.05)
     through RolloutAnalysis, promotion.decide and controller_step in each situation, and
     report how often the candidate was promoted, rolled back or held."""
     console = Console()
     started = time.monotonic()
-    results = []
-    for situation in SITUATIONS:
-        results.append(run(situation, replications or None, seed=seed))
-        console.print(f"  {situation.name}: done", style="dim")
+    reps = [replications or None] * len(SITUATIONS)
+    seeds = [seed] * len(SITUATIONS)
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            runs = pool.map(run_runs, range(len(SITUATIONS)), reps, seeds)
+            results = [Result(s, r) for s, r in zip(SITUATIONS, runs, strict=True)]
+    else:
+        results = []
+        for situation in SITUATIONS:
+            results.append(run(situation, replications or None, seed=seed))
+            console.print(f"  {situation.name}: done", style="dim")
     if markdown_out:
         console.print(markdown(results), soft_wrap=True)
     else:

@@ -188,6 +188,13 @@ def run(s: Situation, replications: int | None = None, seed: int = 11) -> Result
     return Result(s, [replicate(s, seed * 100_003 + k) for k in range(n)])
 
 
+def run_runs(index: int, replications: int | None, seed: int) -> list[Replication]:
+    """``run`` of ``SITUATIONS[index]``'s replications (picklable, for a process pool)."""
+    from app.simulation.situations import SITUATIONS
+
+    return run(SITUATIONS[index], replications, seed).runs
+
+
 def pure_test_samples(
     delta: float, margin: float, alpha: float, replications: int, seed: int = 7
 ) -> tuple[float, float]:

@@ -1,6 +1,12 @@
-"""The decision path replayed (``app.simulation``) at reduced replications, fixed seeds:
-no situation promotes a candidate worse than the margin more than alpha of the time, and
-equal or better candidates still promote."""
+"""The decision path replayed (``app.simulation``) at reduced replications, fixed seeds: no
+situation promotes a candidate worse than the margin more than alpha of the time, and equal or
+better candidates promote at the rates docs/decisions.md claims (with Monte Carlo slack).
+
+The full table (``rollout simulate``, 80 to 400 runs a situation) is in docs/decisions.md;
+here each situation runs 8 times (4 when it decides after every record), which keeps the
+file under a minute but makes every bound loose: a worse candidate beyond the margin must
+never be promoted in 8 runs; at the margin itself (where the level is alpha exactly) the
+Wilson interval's lower bound must stay at or below alpha, i.e. at most 1 of 8 promoted."""
 
 from __future__ import annotations
 
@@ -8,46 +14,55 @@ import math
 
 import pytest
 
+from app.core.policy import Policy
 from app.simulation.report import wilson
 from app.simulation.runner import pure_test_samples, run
-from app.simulation.situations import SITUATIONS, Situation
+from app.simulation.situations import FRAUD, SITUATIONS, Situation
 
 ALPHA = 0.05
-REPS = 12
+REPS = 8
+
+
+def _reps(s: Situation) -> int:
+    return 4 if s.look_every == 1 else REPS
 
 
 @pytest.mark.parametrize(
     "situation", [s for s in SITUATIONS if s.truth == "worse"], ids=lambda s: s.name
 )
 def test_a_worse_candidate_is_promoted_at_most_alpha_of_the_time(situation: Situation) -> None:
-    result = run(situation, replications=REPS, seed=3)
+    n = _reps(situation)
+    result = run(situation, replications=n, seed=3)
     promoted = result.count("promote")
     if "at the margin" in situation.name:
-        # At the margin itself the test's level is alpha exactly: allow Monte Carlo error.
-        assert wilson(promoted, REPS)[0] <= ALPHA, result
+        assert wilson(promoted, n)[0] <= ALPHA, result
     else:
-        assert promoted / REPS <= ALPHA, result
+        assert promoted == 0, result
 
 
-@pytest.mark.parametrize(
-    "situation",
-    [
-        s
-        for s in SITUATIONS
-        if s.truth != "worse" and s.labels == "all" and s.delay == 0 and "recall" not in s.name
-    ],
-    ids=lambda s: s.name,
-)
-def test_an_equal_or_better_candidate_with_labels_is_promoted(situation: Situation) -> None:
-    result = run(situation, replications=REPS, seed=4)
-    assert result.rate("promote") >= 0.75, result
+# Situation -> the least share of 8 runs promoted (the full run's rate, less Monte Carlo
+# slack: about two standard errors at 8 runs).
+POWER = {
+    "equal, labels at once": 7 / 8,
+    "+2 pts, labels 3,000 late": 7 / 8,
+    "equal, every label 3,000 requests late": 6 / 8,
+    "equal, fraud default (expected cost)": 5 / 8,
+}
+
+
+@pytest.mark.parametrize(("name", "least"), POWER.items(), ids=list(POWER))
+def test_an_equal_or_better_candidate_is_promoted(name: str, least: float) -> None:
+    s = next(s for s in SITUATIONS if s.name == name)
+    result = run(s, replications=REPS, seed=4)
+    assert result.rate("promote") >= least, result
+    assert result.count("rollback") == 0, result
 
 
 def test_without_labels_an_equal_candidate_is_never_promoted_on_agreement_above_the_margin() -> (
     None
 ):
     s = next(s for s in SITUATIONS if s.labels == "none")
-    result = run(s, replications=6, seed=5)
+    result = run(s, replications=4, seed=5)
     assert result.count("promote") == 0
     assert result.rate("horizon") == 1.0  # at the horizon: production is kept
 
@@ -59,13 +74,9 @@ def test_the_staked_test_needs_fewer_pairs_than_the_previous_one() -> None:
     rate, after = pure_test_samples(0.0, 0.02, ALPHA, 60, seed=8)
     assert rate >= 0.9 and not math.isnan(after)
     assert after <= 0.8 * before.median_samples, (after, before.median_samples)
-    worse_rate, _ = pure_test_samples(-0.02, 0.02, ALPHA, 200, seed=9)
-    assert worse_rate <= ALPHA + 0.03
 
 
-def test_under_the_fraud_default_an_equal_candidate_is_never_rolled_back_on_evidence() -> None:
-    """Per-class recall at 7% prevalence needs many labelled frauds: an equal candidate is
-    promoted in about half the runs within the horizon (docs/decisions.md), never rolled back."""
-    s = next(s for s in SITUATIONS if s.name == "equal, fraud default (recall)")
-    result = run(s, replications=REPS, seed=4)
-    assert result.count("promote") > 0 and result.count("rollback") == 0, result
+def test_the_simulated_fraud_default_is_the_deployments() -> None:
+    from app.training.train import fraud_policy
+
+    assert Policy.model_validate(FRAUD) == fraud_policy()
