@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import orjson
 
+from app.core.audit import in_audit
 from app.core.events import (
     DeadLetterCode,
     DeploymentState,
@@ -38,7 +39,7 @@ from app.core.requests import (
     entity_key,
     parse_request,
 )
-from app.core.routing import PRODUCTION_ONLY, Assignment, assign
+from app.core.routing import PRODUCTION_ONLY, Assignment, assign, bucket
 from app.core.topics import Topic
 
 
@@ -59,6 +60,9 @@ class DeploymentRoute:
     state: DeploymentState
     production: Scorer
     candidate: Scorer | None = None
+    # The previous production while a promotion is watched (``state.watch``): it scores the
+    # audit sample beside production (``watch: true`` comparisons).
+    previous: Scorer | None = None
 
 
 RoutingTable = Mapping[str, DeploymentRoute]
@@ -288,6 +292,7 @@ def _score_deployment(
         if scorer is not None
     }
     served_at = now_ms()  # one clock read for the batch's predictions
+    audit = _audit_marks(state, rows)
     for i, row in enumerate(rows):
         served_by = row.assignment.served_by
         if i in failed:
@@ -318,6 +323,7 @@ def _score_deployment(
             "output": output,
             "latency_ms": latency,
             "served_at": served_at,
+            "audit": audit[i],
         }
         result.outgoing.append(
             Outgoing(topics.predictions, row.record.key, orjson.dumps(prediction))
@@ -329,8 +335,93 @@ def _score_deployment(
             assert candidate is not None
             prod_arm = paired if row.assignment.compare else production
             _compare(
-                result, topics, route, row, i, _ROLE_NAMES[served_by], prod_arm, candidate, mode
+                result,
+                topics,
+                route,
+                row,
+                i,
+                _ROLE_NAMES[served_by],
+                prod_arm,
+                candidate,
+                mode,
+                audit[i],
             )
+    if route.previous is not None and state.watch is not None and route.candidate is None:
+        _watch(result, topics, route, rows, audit, production, matrix, mode)
+
+
+def _audit_marks(state: DeploymentState, rows: list[_Row]) -> list[bool]:
+    """Whether each row is in the deployment's audit sample: no hashing at rate 1 (the
+    default: every request)."""
+    rate = state.policy.audit_rate
+    if rate >= 1.0:
+        return [True] * len(rows)
+    name = state.deployment
+    return [in_audit(name, row.request.request_id, rate) for row in rows]
+
+
+def _watch(
+    result: BatchResult,
+    topics: Topics,
+    route: DeploymentRoute,
+    rows: list[_Row],
+    audit: list[bool],
+    production: _ArmRun,
+    matrix: np.ndarray,
+    mode: str,
+) -> None:
+    """A watched promotion: the previous production scores the audit rows (a
+    ``watch.sample_rate`` share of them) that production served; each becomes a ``watch``
+    comparison (``production``: the serving production, ``candidate``: the previous one)."""
+    assert route.previous is not None
+    state = route.state
+    rate = state.policy.watch.sample_rate
+    name = state.deployment
+    chosen = [
+        i
+        for i, row in enumerate(rows)
+        if audit[i]
+        and i in production.outputs
+        and (rate >= 1.0 or bucket(name, row.request.request_id, "watch") < rate)
+    ]
+    if not chosen:
+        return
+    previous = _run(route.previous, matrix, chosen)
+    result.model_calls.append(
+        (name, route.previous.ref.version, "previous", previous.rows, previous.latency_ms)
+    )
+    key = name.encode("utf-8")
+    for i in chosen:
+        row = rows[i]
+        prod_out = production.outputs[i]
+        prev_out = previous.outputs.get(i)
+        comparison = {
+            "request_id": row.request.request_id,
+            "deployment": name,
+            "mode": mode,
+            "epoch": state.epoch,
+            "source": {
+                "topic": row.record.topic,
+                "partition": row.record.partition,
+                "offset": row.record.offset,
+            },
+            "served_by": Role.PRODUCTION.value,
+            "production": _arm_result(route.production, prod_out, production),
+            "candidate": _arm_result(
+                route.previous,
+                prev_out,
+                previous,
+                None if prev_out is not None else previous.error or "no output",
+            ),
+            "agree": prev_out is not None and prev_out["label"] == prod_out["label"],
+            "score_delta": (
+                prev_out["scores"][-1] - prod_out["scores"][-1] if prev_out is not None else 0.0
+            ),
+            "audit": True,
+            "watch": True,
+        }
+        result.outgoing.append(Outgoing(topics.comparisons, key, orjson.dumps(comparison)))
+        result.comparisons += 1
 
 
 def _compare(
@@ -343,6 +434,7 @@ def _compare(
     production: _ArmRun,
     candidate: _ArmRun,
     mode: str,
+    audit: bool,
 ) -> None:
     """Emit the paired record. ``score_delta`` is candidate minus production on the score of
     the last label (the positive class of a binary model)."""
@@ -372,6 +464,7 @@ def _compare(
         "candidate": _arm_result(route.candidate, cand_out, candidate, cand_error),
         "agree": agree,
         "score_delta": delta,
+        "audit": audit,
     }
     key = state.deployment.encode("utf-8")
     result.outgoing.append(Outgoing(topics.comparisons, key, orjson.dumps(comparison)))
