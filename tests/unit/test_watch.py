@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 import random
 
+import orjson
 import pytest
 
+from app.controller.analyst import PartitionSnapshot
 from app.core.events import (
     Action,
     ArmResult,
@@ -25,7 +27,9 @@ from app.core.events import (
     Watch,
 )
 from app.core.policy import Metric, MetricKind, Policy, WatchPolicy
+from app.core.rollout_view import watch_view
 from app.core.state_machine import apply, controller_step, watch_step
+from app.core.topics import Topic
 from app.core.verdict import Verdict
 from app.core.watch import STAKES, ChangeDetector, WatchAnalysis, WatchVerdict, decide_watch
 from tests.builders import V1, V2, V3, state
@@ -185,7 +189,7 @@ def comparison(
         deployment="fraud",
         mode=Mode.CANARY,
         epoch=epoch,
-        source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+        source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
         served_by=Role.PRODUCTION,
         production=arm("2", new),
         candidate=arm(prev, old),
@@ -386,3 +390,30 @@ def test_a_default_watch_policy_is_written_as_before() -> None:
     assert custom.model_dump(mode="json")["watch"]["window_s"] == 30
     assert Policy.model_validate(custom.model_dump(mode="json")) == custom
     assert Policy.model_validate(Policy().model_dump(mode="json")) == Policy()
+
+
+# -- what the dashboard and the snapshots carry ---------------------------------------------
+
+
+def test_the_view_shows_the_watch_and_its_evidence() -> None:
+    st = watched()
+    assert watch_view(state(candidate=None), None, T0) is None
+    w = WatchAnalysis.for_state(st)
+    feed(w, 50, disagree_every=5, new_wrong=False)
+    view = watch_view(st, w, T0 + 15_000)
+    assert view is not None
+    assert (view["production"], view["previous"], view["remaining_s"]) == ("2", "1", 45.0)
+    assert view["evidence"]["samples"]["watch_paired"] == 50
+    other = WatchAnalysis.for_state(watched(epoch=3))  # an earlier watch's evidence: not shown
+    assert watch_view(st, other, T0)["evidence"] is None  # type: ignore[index]
+
+
+def test_the_partition_snapshot_carries_the_watches() -> None:
+    w = WatchAnalysis.for_state(watched())
+    feed(w, 40, disagree_every=4, new_wrong=True)
+    snap = PartitionSnapshot(1, 10, 20, {}, {"fraud": w})
+    back = PartitionSnapshot.decode(snap.encode())
+    assert back.watches["fraud"].to_json() == w.to_json()
+    older = orjson.loads(snap.encode())
+    del older["watches"]  # written before the watch existed
+    assert PartitionSnapshot.decode(orjson.dumps(older)).watches == {}
