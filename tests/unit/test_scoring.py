@@ -256,3 +256,18 @@ def test_a_watched_promotion_scores_the_audit_sample_with_the_previous_productio
         recs, {"fraud": DeploymentRoute(plain, v2, None, v1)}, max_request_bytes=65536
     )  # type: ignore[arg-type]
     assert quiet.comparisons == 0
+
+
+def test_the_batch_audit_marks_agree_with_in_audit_on_any_request_id(v1: LoadedModel) -> None:
+    """The worker hashes a batch's common prefix once; non-ASCII ids and odd rates too."""
+    recs = [
+        RawRecord(Topic.REQUESTS, 0, i, s.key, encode(s.request))
+        for i, s in enumerate(make_requests(2000, seed=4, run_id="ü-€/\x1f"))
+    ]
+    for rate in (0.37, 0.999, 1e-3):
+        table = route(Mode.MANUAL, v1, None)
+        st = table["fraud"].state
+        st = st.model_copy(update={"policy": Policy(audit_rate=rate)})
+        result = score_batch(recs, {"fraud": DeploymentRoute(st, v1)}, max_request_bytes=65536)
+        preds = outputs(result.outgoing, Topic.PREDICTIONS, Prediction)
+        assert [p.audit for p in preds] == [in_audit("fraud", p.request_id, rate) for p in preds]
