@@ -228,7 +228,7 @@ def score_batch(
                     assignment = PRODUCTION_ONLY
             rows.append(_Row(record, request, entity, assignment))
         if rows:
-            _score_deployment(result, topics, route, rows, checked.matrix)
+            _score_deployment(result, topics, route, rows, checked.matrix, shed_shadow)
     return result
 
 
@@ -241,8 +241,10 @@ def _score_deployment(
     route: DeploymentRoute,
     rows: list[_Row],
     matrix: np.ndarray,
+    shed_watch: bool = False,
 ) -> None:
-    """``matrix[i]`` is the feature row of ``rows[i]``."""
+    """``matrix[i]`` is the feature row of ``rows[i]``; ``shed_watch``: a worker behind skips
+    the watch's scoring of the previous production (as it sheds shadow scoring)."""
     wants_candidate = [
         i
         for i, r in enumerate(rows)
@@ -346,7 +348,8 @@ def _score_deployment(
                 mode,
                 audit[i],
             )
-    if route.previous is not None and state.watch is not None and route.candidate is None:
+    watched = route.previous is not None and state.watch is not None and route.candidate is None
+    if watched and not shed_watch:
         _watch(result, topics, route, rows, audit, production, matrix, mode)
 
 

@@ -250,6 +250,14 @@ def test_a_watched_promotion_scores_the_audit_sample_with_the_previous_productio
         assert c.production.output == by_id[c.request_id].output
         assert c.candidate.output is not None and c.candidate.output.label == v1_label[c.request_id]
         assert c.agree == (c.production.output.label == c.candidate.output.label)
+    # A worker behind sheds the watch's scoring, as it sheds shadow scoring.
+    shed = score_batch(
+        recs,
+        {"fraud": DeploymentRoute(st, v2, None, v1)},  # type: ignore[arg-type]
+        max_request_bytes=65536,
+        shed_shadow=True,
+    )
+    assert shed.comparisons == 0 and shed.predictions == 600
     # Without the watch (or with a candidate in flight) nothing is compared.
     plain = st.model_copy(update={"watch": None})
     quiet = score_batch(
