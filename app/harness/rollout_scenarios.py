@@ -123,12 +123,10 @@ async def run_scenario(
         await events.stop()
 
 
-async def reset(settings: Settings) -> None:
-    """Retire any candidate in flight and put version 1 back into production."""
+async def abort_candidate(settings: Settings, reason: str) -> None:
+    """Retire the candidate in flight, if any (production stays)."""
     state = (await current_states(settings)).get("fraud")
-    if state is None:
-        return
-    if state.candidate is not None:
+    if state is not None and state.candidate is not None:
         await send_command(
             settings,
             ControlCommand(
@@ -136,9 +134,17 @@ async def reset(settings: Settings) -> None:
                 deployment="fraud",
                 action=Action.ABORT,
                 issued_by="demo",
-                reason="reset",
+                reason=reason,
             ),
         )
+
+
+async def reset(settings: Settings) -> None:
+    """Retire any candidate in flight and put version 1 back into production."""
+    await abort_candidate(settings, "reset")
+    state = (await current_states(settings)).get("fraud")
+    if state is None:
+        return
     if state.production.version != "1":
         await send_command(
             settings,
