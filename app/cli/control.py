@@ -17,7 +17,7 @@ from rich.table import Table
 
 from app.adapters.control_client import current_states, send_command
 from app.cli import app
-from app.core.events import Action, ControlCommand, DecisionEvent, Mode
+from app.core.events import Action, ControlCommand, DecisionEvent, Mode, now_ms
 from app.settings import load_settings
 
 console = Console()
@@ -180,3 +180,10 @@ def status(
     console.print(table)
     for name, st in sorted(states.items()):
         console.print(f"{name} (epoch {st.epoch}): {st.reason}")
+        if st.watch is not None:
+            left = max(st.watch.until - now_ms(), 0) / 1000
+            console.print(
+                f"{name}: watching version {st.production.version} after its promotion; "
+                f"version {st.watch.previous.version} stays loaded and is restored if it "
+                f"degrades ({left:.0f} s left)"
+            )

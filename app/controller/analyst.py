@@ -8,6 +8,12 @@ with a snapshot of the partition's analysis, which carries the offsets it was co
 to (``deployments.analysis``, compacted, key ``p<N>``). A new owner of the partition, after a
 restart or a fail-over, restores the last snapshot and reads on from its offsets: no evidence
 is counted twice, and no decision is taken twice or lost.
+
+After a promotion the analyst also keeps the watch's evidence (``app.core.watch``) for every
+watched deployment of the partition: the ``watch`` comparisons (new production beside the
+previous one on the audit sample) and their labels feed a change detector, and
+``decide_watch`` rolls back to the previous production (``state_machine.watch_step``) or ends
+the watch when its window has passed.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from app.controller.publisher import DecisionPublisher
 from app.core.analysis import OldSnapshot, RolloutAnalysis
 from app.core.events import Comparison, DeploymentState, Feedback, ShedReport, decode, now_ms
 from app.core.promotion import decide
-from app.core.state_machine import controller_step
+from app.core.state_machine import controller_step, watch_step
 from app.core.topics import Topic
 from app.core.verdict import Verdict
+from app.core.watch import WatchAnalysis, WatchVerdict, decide_watch
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,7 @@ class PartitionSnapshot:
     comparisons_offset: int = 0
     feedback_offset: int = 0
     rollouts: dict[str, _Tracked] = field(default_factory=dict)
+    watches: dict[str, WatchAnalysis] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -74,6 +82,7 @@ class PartitionSnapshot:
                 "comparisons_offset": self.comparisons_offset,
                 "feedback_offset": self.feedback_offset,
                 "rollouts": {name: t.to_json() for name, t in self.rollouts.items()},
+                "watches": {name: w.to_json() for name, w in self.watches.items()},
             }
         )
 
@@ -90,7 +99,19 @@ class PartitionSnapshot:
                 log.warning(
                     "analysis of %s not restored (%s): its evidence starts afresh", name, exc
                 )
-        return cls(data["partition"], data["comparisons_offset"], data["feedback_offset"], rollouts)
+        watches: dict[str, WatchAnalysis] = {}
+        for name, w in data.get("watches", {}).items():
+            try:
+                watches[name] = WatchAnalysis.from_json(w)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("watch of %s not restored (%s): it starts afresh", name, exc)
+        return cls(
+            data["partition"],
+            data["comparisons_offset"],
+            data["feedback_offset"],
+            rollouts,
+            watches,
+        )
 
 
 class PartitionAnalyst:
@@ -190,6 +211,7 @@ class PartitionAnalyst:
         for name, state in self._view.states.items():
             if not self._owns(name):
                 continue
+            self._sync_watch(name, state)
             tracked = rollouts.get(name)
             if state.candidate is None:
                 if tracked is not None:
@@ -203,6 +225,17 @@ class PartitionAnalyst:
                 tracked.analysis.new_step(state.epoch, state.updated_at)
                 tracked.weight = state.canary_weight
                 self._dirty = True
+
+    def _sync_watch(self, name: str, state: DeploymentState) -> None:
+        watches = self.snapshot.watches
+        tracked = watches.get(name)
+        if state.watch is None:
+            if tracked is not None:
+                del watches[name]
+                self._dirty = True
+        elif tracked is None or tracked.start_epoch != state.watch.epoch:
+            watches[name] = WatchAnalysis.for_state(state)
+            self._dirty = True
 
     @staticmethod
     def _fresh(state: DeploymentState) -> RolloutAnalysis:
@@ -235,6 +268,9 @@ class PartitionAnalyst:
             tracked = snap.rollouts.get(feedback.deployment)
             if tracked is not None:
                 tracked.analysis.add_feedback(feedback, at=record.timestamp)
+            watch = snap.watches.get(feedback.deployment)
+            if watch is not None:
+                watch.add_feedback(feedback, at=record.timestamp)
             return
         if ("kind", b"shed") in (record.headers or ()):
             report = decode(ShedReport, record.value)
@@ -244,6 +280,11 @@ class PartitionAnalyst:
                 tracked.analysis.shed_sampled += report.sampled
             return
         comparison = decode(Comparison, record.value)
+        if comparison.watch:  # the watch's evidence, never a rollout's
+            watch = snap.watches.get(comparison.deployment)
+            if watch is not None:
+                watch.add_comparison(comparison, at=record.timestamp)
+            return
         tracked = snap.rollouts.get(comparison.deployment)
         if tracked is not None:
             tracked.analysis.add_comparison(comparison, at=record.timestamp)
@@ -261,6 +302,7 @@ class PartitionAnalyst:
         )
 
     async def _decide(self) -> None:
+        await self._decide_watches()
         for name, tracked in list(self.snapshot.rollouts.items()):
             state = self._view.states.get(name)
             if state is None:
@@ -289,6 +331,35 @@ class PartitionAnalyst:
                 tracked.weight = outcome.state.canary_weight
             if outcome.state is not None and outcome.state.candidate is None:
                 del self.snapshot.rollouts[name]
+            await self._publish(outcome.decision, outcome.state)
+            if outcome.state is not None:
+                self._view.offer(outcome.state)
+            log.info(
+                "decided %s for %s: %s", outcome.decision.action, name, outcome.decision.reason
+            )
+
+    async def _decide_watches(self) -> None:
+        for name, watch in list(self.snapshot.watches.items()):
+            state = self._view.states.get(name)
+            if state is None or state.watch is None or state.watch.epoch != watch.start_epoch:
+                continue
+            try:
+                watch.tick(now_ms())
+                decision = decide_watch(state, watch)
+            except Exception:  # a bug in one watch must not stop the others
+                metrics.observe_skipped("decision", "error")
+                log.exception("analyst p%d: watching %s failed", self.partition, name)
+                continue
+            if decision.verdict is WatchVerdict.HOLD:
+                continue
+            outcome = watch_step(
+                state,
+                decision.verdict is WatchVerdict.ROLLBACK,
+                decision.reason,
+                now_ms(),
+                decision.evidence,
+            )
+            del self.snapshot.watches[name]
             await self._publish(outcome.decision, outcome.state)
             if outcome.state is not None:
                 self._view.offer(outcome.state)

@@ -36,6 +36,7 @@ from app.controller.analyst import PartitionAnalyst
 from app.core.analysis import RolloutAnalysis
 from app.core.events import Action, ControlCommand, DecisionEvent, DeploymentState, now_ms
 from app.core.rollout_view import analysis_view, decision_view, deployment_view
+from app.core.watch import WatchAnalysis
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,13 @@ class Dashboard:
         analyses: Callable[[], Mapping[str, RolloutAnalysis]],
         decisions: DecisionLog,
         send: SendCommand,
+        watches: Callable[[], Mapping[str, WatchAnalysis]] = dict,
     ) -> None:
         self._states = states
         self._analyses = analyses
         self._decisions = decisions
         self._send = send
+        self._watches = watches
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -73,7 +76,8 @@ class Dashboard:
         if state is None:
             return None
         analysis = self._analyses().get(name)
-        return deployment_view(state, analysis, self._decisions.recent(name), now)
+        watch = self._watches().get(name)
+        return deployment_view(state, analysis, self._decisions.recent(name), now, watch)
 
     async def page(self, request: web.Request) -> web.Response:
         html = resources.files("app.controller").joinpath("static/dashboard.html").read_text()
@@ -154,6 +158,13 @@ async def start_web(
             for name, tracked in analyst.snapshot.rollouts.items()
         }
 
+    def watches() -> dict[str, WatchAnalysis]:
+        return {
+            name: watch
+            for analyst in analysts().values()
+            for name, watch in analyst.snapshot.watches.items()
+        }
+
     def analysis_views() -> dict[str, dict[str, Any]]:
         states = view.states
         return {n: analysis_view(states[n], a) for n, a in analyses().items() if n in states}
@@ -168,7 +179,7 @@ async def start_web(
         async def send(command: ControlCommand) -> DecisionEvent | None:
             return await send_command(settings, command, timeout_s=15.0)
 
-        dashboard = Dashboard(lambda: view.states, analyses, decisions, send)
+        dashboard = Dashboard(lambda: view.states, analyses, decisions, send, watches)
         try:
             runner = await start_site(dashboard.app(), settings.http_host, settings.dashboard_port)
             log.info("dashboard on http://%s:%d/", settings.http_host, settings.dashboard_port)

@@ -81,6 +81,7 @@ class DecisionAction(StrEnum):
     AWAIT_APPROVAL = "await_approval"
     RECOMMEND = "recommend"
     INITIALIZE = "initialize"
+    WATCH_ENDED = "watch_ended"  # the post-promotion watch passed: production stays
     UNKNOWN = "unknown"
 
     @classmethod
@@ -146,6 +147,9 @@ class Prediction(_Event):
     output: ModelOutput
     latency_ms: float
     served_at: int
+    # In the deployment's audit sample (``app.core.audit``): the labels that the promotion
+    # criterion and the post-promotion watch rest on. Label every audit request.
+    audit: bool = False
 
 
 class SourceOffset(_Event):
@@ -173,6 +177,11 @@ class Comparison(_Event):
     candidate: ArmResult
     agree: bool
     score_delta: float
+    audit: bool = False  # in the deployment's audit sample, as on the prediction
+    # A post-promotion watch comparison: ``production`` is the production that served (the
+    # version just promoted), ``candidate`` the previous production scored beside it (the
+    # version an automatic rollback restores).
+    watch: bool = False
 
 
 class ShedReport(_Event):
@@ -243,6 +252,17 @@ class ControlCommand(_Event):
         return value
 
 
+class Watch(_Event):
+    """A promotion under watch (``app.core.watch``): ``previous`` (the production it replaced)
+    stays loaded and scores the audit sample beside the production until ``until``; the
+    controller restores it if the new production degrades."""
+
+    previous: ModelRef
+    epoch: int  # the promotion's epoch: watch comparisons from it on count
+    started_at: int
+    until: int
+
+
 class DeploymentState(_Event):
     deployment: str
     epoch: int
@@ -256,6 +276,7 @@ class DeploymentState(_Event):
     history: list[ModelRef] = Field(default_factory=list)
     updated_at: int = Field(default_factory=now_ms)
     reason: str = ""
+    watch: Watch | None = None  # set while a promotion is being watched
 
 
 class StateSummary(_Event):

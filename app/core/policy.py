@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from enum import StrEnum
 from itertools import pairwise
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 class Guardrails(BaseModel):
@@ -74,6 +83,23 @@ class AtHorizon(StrEnum):
     HOLD = "hold"  # keep waiting for an operator
 
 
+class WatchPolicy(BaseModel):
+    """The post-promotion watch (``app.core.watch``): for how long the new production is
+    compared with the previous one, and the detectors' false-alarm level."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # How long the watch lasts after a promotion (0: no watch).
+    window_s: int = Field(default=3600, ge=0)
+    # End it sooner, once this many audit requests were paired (0: by time only).
+    window_requests: int = Field(default=0, ge=0)
+    # Chance of a false automatic rollback (a new production no worse than the margin, and
+    # within the disagreement ceiling), however long the window.
+    alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    # Share of the audit sample the previous production also scores (its cost in workers).
+    sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -93,6 +119,17 @@ class Policy(BaseModel):
     at_horizon: AtHorizon = AtHorizon.KEEP_PRODUCTION
     # Promote without labels when the disagreement is shown below the margin (not recall).
     promote_on_agreement: bool = True
+    watch: WatchPolicy = Field(default_factory=WatchPolicy)
+
+    @model_serializer(mode="wrap")
+    def _default_watch_unwritten(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A policy with the default watch is written as before the watch existed (the
+        # deployment.yaml files and the states on the wire stay byte for byte the same);
+        # reading it back gives the default.
+        data = handler(self)
+        if isinstance(data, dict) and self.watch == _DEFAULT_WATCH:
+            data.pop("watch", None)
+        return data
 
     @field_validator("canary_steps")
     @classmethod
@@ -102,3 +139,6 @@ class Policy(BaseModel):
         if any(b <= a for a, b in pairwise(steps)):
             raise ValueError("canary steps must increase")
         return steps
+
+
+_DEFAULT_WATCH = WatchPolicy()

@@ -8,6 +8,8 @@ controller holds it) and its recent ``DecisionEvent``s. No I/O, no clock (``now`
   sequential test's evidence against its threshold (log-wealth vs ``log(1/alpha)``).
 - ``weight_timeline``: the candidate's traffic share over time, one point per decision that
   moved it (the state holds the current one).
+- ``watch_view``: a promotion under watch: the previous production kept loaded, the window,
+  and (when this controller holds it) the watch's evidence and detectors.
 - ``deployment_view``: all of it for one deployment.
 """
 
@@ -21,6 +23,7 @@ from app.core.analysis import RolloutAnalysis
 from app.core.events import DecisionEvent, DeploymentState, Mode
 from app.core.promotion import criterion, guardrail_failures
 from app.core.sequential import BettingTest, StakedTest
+from app.core.watch import WatchAnalysis
 
 # Test name in the API -> (attribute of RolloutAnalysis, what rejecting its null means).
 TESTS: dict[str, tuple[str, str]] = {
@@ -132,6 +135,7 @@ def deployment_view(
     analysis: RolloutAnalysis | None,
     decisions: Sequence[DecisionEvent],
     now: int,
+    watch: WatchAnalysis | None = None,
 ) -> dict[str, Any]:
     """Everything the dashboard shows of one deployment (decisions newest first)."""
     live = (
@@ -146,5 +150,26 @@ def deployment_view(
         "state": state.model_dump(mode="json"),
         "analysis": analysis_view(state, live) if live is not None else None,
         "traffic": weight_timeline(state, decisions, now),
+        "watch": watch_view(state, watch, now),
         "decisions": [decision_view(d) for d in sorted(decisions, key=lambda d: -d.at)],
     }
+
+
+def watch_view(
+    state: DeploymentState, watch: WatchAnalysis | None, now: int
+) -> dict[str, Any] | None:
+    """The watch after a promotion, or None when the deployment is not being watched."""
+    w = state.watch
+    if w is None:
+        return None
+    live = watch if watch is not None and watch.start_epoch == w.epoch else None
+    return finite_dict(
+        {
+            "production": state.production.version,
+            "previous": w.previous.version,
+            "started_at": w.started_at,
+            "until": w.until,
+            "remaining_s": max(w.until - now, 0) / 1000,
+            "evidence": live.evidence().model_dump(mode="json") if live is not None else None,
+        }
+    )

@@ -11,6 +11,7 @@ rows it should have served are served by production instead, and the comparison 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from app.core.requests import (
     entity_key,
     parse_request,
 )
-from app.core.routing import PRODUCTION_ONLY, Assignment, assign
+from app.core.routing import PRODUCTION_ONLY, Assignment, assign, bucket
 from app.core.topics import Topic
 
 
@@ -59,6 +60,9 @@ class DeploymentRoute:
     state: DeploymentState
     production: Scorer
     candidate: Scorer | None = None
+    # The previous production while a promotion is watched (``state.watch``): it scores the
+    # audit sample beside production (``watch: true`` comparisons).
+    previous: Scorer | None = None
 
 
 RoutingTable = Mapping[str, DeploymentRoute]
@@ -224,7 +228,7 @@ def score_batch(
                     assignment = PRODUCTION_ONLY
             rows.append(_Row(record, request, entity, assignment))
         if rows:
-            _score_deployment(result, topics, route, rows, checked.matrix)
+            _score_deployment(result, topics, route, rows, checked.matrix, shed_shadow)
     return result
 
 
@@ -237,8 +241,10 @@ def _score_deployment(
     route: DeploymentRoute,
     rows: list[_Row],
     matrix: np.ndarray,
+    shed_watch: bool = False,
 ) -> None:
-    """``matrix[i]`` is the feature row of ``rows[i]``."""
+    """``matrix[i]`` is the feature row of ``rows[i]``; ``shed_watch``: a worker behind skips
+    the watch's scoring of the previous production (as it sheds shadow scoring)."""
     wants_candidate = [
         i
         for i, r in enumerate(rows)
@@ -288,6 +294,7 @@ def _score_deployment(
         if scorer is not None
     }
     served_at = now_ms()  # one clock read for the batch's predictions
+    audit = _audit_marks(state, rows)
     for i, row in enumerate(rows):
         served_by = row.assignment.served_by
         if i in failed:
@@ -318,6 +325,7 @@ def _score_deployment(
             "output": output,
             "latency_ms": latency,
             "served_at": served_at,
+            "audit": audit[i],
         }
         result.outgoing.append(
             Outgoing(topics.predictions, row.record.key, orjson.dumps(prediction))
@@ -329,8 +337,107 @@ def _score_deployment(
             assert candidate is not None
             prod_arm = paired if row.assignment.compare else production
             _compare(
-                result, topics, route, row, i, _ROLE_NAMES[served_by], prod_arm, candidate, mode
+                result,
+                topics,
+                route,
+                row,
+                i,
+                _ROLE_NAMES[served_by],
+                prod_arm,
+                candidate,
+                mode,
+                audit[i],
             )
+    watched = route.previous is not None and state.watch is not None and route.candidate is None
+    if watched and not shed_watch:
+        _watch(result, topics, route, rows, audit, production, matrix, mode)
+
+
+def _audit_marks(state: DeploymentState, rows: list[_Row]) -> list[bool]:
+    """Whether each row is in the deployment's audit sample (``app.core.audit.in_audit``):
+    no hashing at rate 1 (the default: every request); otherwise the hash of the batch's
+    common prefix is computed once and copied per row (3x faster than ``in_audit`` per row).
+    ``tests/unit/test_scoring.py`` checks that both agree."""
+    rate = state.policy.audit_rate
+    if rate >= 1.0:
+        return [True] * len(rows)
+    if rate <= 0.0:
+        return [False] * len(rows)
+    # audit_draw's message is "audit\x00{deployment}\x00{request_id}".
+    prefix = hashlib.blake2b(f"audit\x00{state.deployment}\x00".encode(), digest_size=8)
+    marks = []
+    for row in rows:
+        h = prefix.copy()
+        h.update(row.request.request_id.encode())
+        marks.append(int.from_bytes(h.digest(), "big") / _AUDIT_SCALE < rate)
+    return marks
+
+
+_AUDIT_SCALE = float(1 << 64)
+
+
+def _watch(
+    result: BatchResult,
+    topics: Topics,
+    route: DeploymentRoute,
+    rows: list[_Row],
+    audit: list[bool],
+    production: _ArmRun,
+    matrix: np.ndarray,
+    mode: str,
+) -> None:
+    """A watched promotion: the previous production scores the audit rows (a
+    ``watch.sample_rate`` share of them) that production served; each becomes a ``watch``
+    comparison (``production``: the serving production, ``candidate``: the previous one)."""
+    assert route.previous is not None
+    state = route.state
+    rate = state.policy.watch.sample_rate
+    name = state.deployment
+    chosen = [
+        i
+        for i, row in enumerate(rows)
+        if audit[i]
+        and i in production.outputs
+        and (rate >= 1.0 or bucket(name, row.request.request_id, "watch") < rate)
+    ]
+    if not chosen:
+        return
+    previous = _run(route.previous, matrix, chosen)
+    result.model_calls.append(
+        (name, route.previous.ref.version, "previous", previous.rows, previous.latency_ms)
+    )
+    key = name.encode("utf-8")
+    for i in chosen:
+        row = rows[i]
+        prod_out = production.outputs[i]
+        prev_out = previous.outputs.get(i)
+        comparison = {
+            "request_id": row.request.request_id,
+            "deployment": name,
+            "mode": mode,
+            "epoch": state.epoch,
+            "source": {
+                "topic": row.record.topic,
+                "partition": row.record.partition,
+                "offset": row.record.offset,
+            },
+            "served_by": Role.PRODUCTION.value,
+            "production": _arm_result(route.production, prod_out, production),
+            "candidate": _arm_result(
+                route.previous,
+                prev_out,
+                previous,
+                None if prev_out is not None else previous.error or "no output",
+            ),
+            "agree": prev_out is not None and prev_out["label"] == prod_out["label"],
+            "score_delta": (
+                prev_out["scores"][-1] - prod_out["scores"][-1] if prev_out is not None else 0.0
+            ),
+            "audit": True,
+            "watch": True,
+        }
+        result.outgoing.append(Outgoing(topics.comparisons, key, orjson.dumps(comparison)))
+        result.comparisons += 1
 
 
 def _compare(
@@ -343,6 +450,7 @@ def _compare(
     production: _ArmRun,
     candidate: _ArmRun,
     mode: str,
+    audit: bool,
 ) -> None:
     """Emit the paired record. ``score_delta`` is candidate minus production on the score of
     the last label (the positive class of a binary model)."""
@@ -372,6 +480,7 @@ def _compare(
         "candidate": _arm_result(route.candidate, cand_out, candidate, cand_error),
         "agree": agree,
         "score_delta": delta,
+        "audit": audit,
     }
     key = state.deployment.encode("utf-8")
     result.outgoing.append(Outgoing(topics.comparisons, key, orjson.dumps(comparison)))

@@ -16,6 +16,13 @@ Semantics (docs/contracts.md, the control commands):
 - ``abort``: retire the candidate.
 - ``pause`` / ``resume``: hold / continue a progressing rollout (traffic stays at its weight).
 - ``set_weight W``: canary only. ``set_mode M``: switch the running rollout's mode.
+
+A promotion of a candidate (by the controller, ``promote``, or ``set_mode automatic``) starts
+the post-promotion watch when the policy's ``watch.window_s`` is positive: the state carries
+a ``Watch`` naming the previous production (kept loaded, scored beside the new one) until the
+window ends. Any other change of production, or a new rollout, ends the watch.
+``watch_step`` applies the watch's own decisions (``app.core.watch``): roll back to the
+previous production, or end the watch.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from app.core.events import (
     ModelRef,
     Phase,
     StateSummary,
+    Watch,
 )
 from app.core.manifest import DeploymentSpec
 from app.core.policy import Policy
@@ -97,11 +105,7 @@ def apply(
         if command.action is Action.DEPLOY and default_policy is not None:
             base = state.model_copy(update={"policy": default_policy})
         changes, reason = _TRANSITIONS[command.action](base, command, candidate)
-        new = state.model_copy(
-            update={**changes, "epoch": state.epoch + 1, "updated_at": now, "reason": reason}
-        )
-        # Re-validate: model_copy does not, and a transition must never build a bad state.
-        new = DeploymentState.model_validate(new.model_dump())
+        new = _next(state, changes, now, reason)
     except Rejected as exc:
         return reject_command(state, command, str(exc), now)
     return Outcome(
@@ -428,6 +432,57 @@ def controller_step(
     if state.candidate is None:
         raise ValueError(f"{action} needs a candidate")
     changes = _VERDICT_STEPS[verdict](state, next_weight)
+    new = _next(state, changes, now, reason)
+    return Outcome(new, decision(state, new, action, reason, now, evidence=evidence))
+
+
+def _next(
+    state: DeploymentState, changes: dict[str, object], now: int, reason: str
+) -> DeploymentState:
+    """The state after ``changes`` (epoch + 1), with its watch started or ended: a candidate
+    promoted starts one (when the policy watches); any other change of production, or a new
+    candidate, ends the one in progress."""
+    new = state.model_copy(
+        update={**changes, "epoch": state.epoch + 1, "updated_at": now, "reason": reason}
+    )
+    promoted = state.candidate is not None and new.production == state.candidate
+    window_ms = new.policy.watch.window_s * 1000
+    if promoted and new.candidate is None and window_ms > 0:
+        watch: Watch | None = Watch(
+            previous=state.production, epoch=new.epoch, started_at=now, until=now + window_ms
+        )
+    elif new.production != state.production or new.candidate is not None:
+        watch = None
+    else:
+        watch = state.watch
+    # Re-validate: model_copy does not, and a transition must never build a bad state.
+    return DeploymentState.model_validate({**new.model_dump(), "watch": watch})
+
+
+def watch_step(
+    state: DeploymentState, rollback: bool, reason: str, now: int, evidence: Evidence
+) -> Outcome:
+    """The watch's decision: ``rollback`` restores the previous production (``rollback``);
+    otherwise the watch ends and production stays (``watch_ended``)."""
+    watch = state.watch
+    if watch is None:
+        raise ValueError(f"{state.deployment} is not being watched")
+    if rollback:
+        history = list(state.history)
+        if history and history[-1] == watch.previous:
+            history.pop()
+        changes: dict[str, object] = {
+            "phase": Phase.STABLE,
+            "production": watch.previous,
+            "candidate": None,
+            "canary_weight": 0.0,
+            "history": history,
+            "watch": None,
+        }
+        action = DecisionAction.ROLLBACK
+    else:
+        changes = {"watch": None}
+        action = DecisionAction.WATCH_ENDED
     new = DeploymentState.model_validate(
         state.model_copy(
             update={**changes, "epoch": state.epoch + 1, "updated_at": now, "reason": reason}

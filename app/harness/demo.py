@@ -26,7 +26,13 @@ from app.adapters.topics import apply_topics, load_topics_file
 from app.core.events import Prediction, decode
 from app.core.topics import Topic
 from app.harness.processes import Services
-from app.harness.rollout_scenarios import DEMO, ScenarioResult, reset, run_scenario
+from app.harness.rollout_scenarios import (
+    DEMO,
+    ScenarioResult,
+    abort_candidate,
+    reset,
+    run_scenario,
+)
 from app.harness.traffic import make_requests, send
 from app.settings import Settings
 
@@ -139,6 +145,8 @@ async def run_demo(settings: Settings, rate: float) -> int:
                     )
                 services.check()
                 results.append(result)
+                if result.final is None:  # undecided in time: the next scenario starts clean
+                    await abort_candidate(settings, "the demo scenario ran out of time")
                 final = result.final
                 mark = "[green]✓[/green]" if result.ok else "[red]✗[/red]"
                 console.print(

@@ -2,7 +2,9 @@
 and wait for the controller's own decision. Used by ``rollout demo`` and the end-to-end tests.
 
 A scenario needs a running controller and workers. It sends traffic in chunks at a steady
-rate, plays ground truth for a share of each chunk one chunk later (feedback arrives late),
+rate, plays ground truth one chunk later (feedback arrives late) as a labelling pipeline
+should: for every request of the rollout's audit sample (the deployed policy's
+``audit_rate``), plus optionally a share of the others,
 and reads ``deployments.events`` until the controller decides something final for the
 rollout: ``promote``, ``rollback``, ``retire``, ``await_approval`` or ``recommend``.
 """
@@ -60,7 +62,7 @@ async def run_scenario(
     scenario: Scenario,
     *,
     rate: float = 600.0,
-    coverage: float = 0.8,
+    others: float = 0.0,
     chunk: int = 300,
     timeout_s: float = 120.0,
     progress: Callable[[ScenarioResult], None] | None = None,
@@ -87,6 +89,8 @@ async def run_scenario(
         result.deployed = deployed
         if deployed is None or not deployed.accepted:
             return result
+        # The audit sample the controller tests on: the deployed policy's.
+        audit_rate = (await current_states(settings))["fraud"].policy.audit_rate
         run = f"{scenario.name.replace(' ', '-')}-{uuid.uuid4().hex[:6]}"
         previous: list[SentRequest] = []
         n = 0
@@ -94,7 +98,9 @@ async def run_scenario(
             batch = make_requests(chunk, seed=n, run_id=f"{run}-{n}")
             await send(producer, batch, rate=rate)
             result.requests += len(batch)
-            result.feedback += await send_feedback(producer, previous, coverage, seed=n)
+            result.feedback += await send_feedback(
+                producer, previous, audit_rate=audit_rate, others=others, seed=n
+            )
             previous = batch
             n += 1
             fetched = await events.getmany(timeout_ms=50)
@@ -117,12 +123,10 @@ async def run_scenario(
         await events.stop()
 
 
-async def reset(settings: Settings) -> None:
-    """Retire any candidate in flight and put version 1 back into production."""
+async def abort_candidate(settings: Settings, reason: str) -> None:
+    """Retire the candidate in flight, if any (production stays)."""
     state = (await current_states(settings)).get("fraud")
-    if state is None:
-        return
-    if state.candidate is not None:
+    if state is not None and state.candidate is not None:
         await send_command(
             settings,
             ControlCommand(
@@ -130,9 +134,17 @@ async def reset(settings: Settings) -> None:
                 deployment="fraud",
                 action=Action.ABORT,
                 issued_by="demo",
-                reason="reset",
+                reason=reason,
             ),
         )
+
+
+async def reset(settings: Settings) -> None:
+    """Retire any candidate in flight and put version 1 back into production."""
+    await abort_candidate(settings, "reset")
+    state = (await current_states(settings)).get("fraud")
+    if state is None:
+        return
     if state.production.version != "1":
         await send_command(
             settings,

@@ -4,7 +4,9 @@ Used by ``rollout demo``, the tests and the benchmarks. Requests are keyed by ca
 entity key), features are sent by name (or as a list in the model's order), and sends are
 pipelined: one ``send`` appends to the producer's batch, delivery is awaited in bulk.
 ``send_feedback`` plays the ground truth that arrives later (the generator knows each
-transaction's true label).
+transaction's true label) as a labelling pipeline should: every request of the deployment's
+audit sample (``app.core.audit``, the policy's ``audit_rate``) is labelled, plus, optionally,
+a share of the others (shown, never tested).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
+from app.core.audit import in_audit
 from app.core.events import Feedback, InferenceRequest, encode, now_ms
 from app.core.topics import Topic
 from app.training.stream import LABELS, current_traffic
@@ -86,22 +89,34 @@ async def send_raw(
 
 
 async def send_feedback(
-    producer: AIOKafkaProducer, requests: Sequence[SentRequest], coverage: float, seed: int = 0
+    producer: AIOKafkaProducer,
+    requests: Sequence[SentRequest],
+    *,
+    audit_rate: float,
+    others: float = 0.0,
+    seed: int = 0,
 ) -> int:
-    """Ground truth for a ``coverage`` share of ``requests`` (chosen by a seeded draw), as a
-    fraud team's chargebacks and reviews would report it. Returns how many were sent."""
+    """Ground truth for every request of the audit sample of inclusion probability
+    ``audit_rate`` (the deployment policy's), and for an ``others`` share of the remaining
+    requests (chosen by a seeded draw), as a fraud team's reviews would report it. Returns
+    how many were sent."""
     rng = random.Random(seed)
     pending = []
     for sent in requests:
-        if sent.label is None or rng.random() >= coverage:
+        if sent.label is None:
+            continue
+        request = sent.request
+        if not in_audit(request.deployment, request.request_id, audit_rate) and (
+            rng.random() >= others
+        ):
             continue
         feedback = Feedback(
-            request_id=sent.request.request_id,
-            deployment=sent.request.deployment,
+            request_id=request.request_id,
+            deployment=request.deployment,
             label=sent.label,
             observed_at=now_ms(),
         )
-        key = sent.request.deployment.encode("utf-8")
+        key = request.deployment.encode("utf-8")
         pending.append(await producer.send(Topic.FEEDBACK, value=encode(feedback), key=key))
     await asyncio.gather(*pending)
     return len(pending)

@@ -5,6 +5,8 @@ model store) while the old table keeps serving, then the table is replaced in on
 so a batch is routed entirely under one epoch and no request waits for a load. Models stay
 loaded while the current production, the candidate or the previous production (the rollback
 target) of some deployment refers to them, so a rollback switches without loading anything.
+While a promotion is watched (``state.watch``) the previous production is also in the route,
+scoring the audit sample beside production.
 A state whose models cannot be loaded is not taken: the last good table keeps serving and
 the failure is kept in ``failures`` (and logged). At start there is no good table yet: the
 follower waits for the published state's models (it never serves an older model instead).
@@ -146,6 +148,7 @@ class TableFollower:
                 exc.reason,
             )
             return None
+        previous: LoadedModel | None = None
         if state.history:  # the rollback target, kept warm; serving does not depend on it
             try:
                 await self._load(state.history[-1])
@@ -153,7 +156,20 @@ class TableFollower:
                 log.warning(
                     "deployment %s: rollback target not loadable: %s", state.deployment, exc.reason
                 )
-        return DeploymentRoute(state=state, production=production, candidate=candidate)
+        if state.watch is not None and candidate is None:
+            # A watched promotion: the previous production scores the audit sample beside
+            # production. Serving does not depend on it: unloadable, nothing is watched here.
+            try:
+                previous = await self._load(state.watch.previous)
+            except ModelRejected as exc:
+                log.warning(
+                    "deployment %s: watched previous production not loadable: %s",
+                    state.deployment,
+                    exc.reason,
+                )
+        return DeploymentRoute(
+            state=state, production=production, candidate=candidate, previous=previous
+        )
 
     async def _load(self, ref: ModelRef) -> LoadedModel:
         model = self._models.get(_key(ref))
@@ -171,5 +187,7 @@ class TableFollower:
                 keep.add(_key(st.candidate))
             if st.history:
                 keep.add(_key(st.history[-1]))
+            if st.watch is not None:
+                keep.add(_key(st.watch.previous))
         for key in set(self._models) - keep:
             del self._models[key]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
 
 from app.adapters import metrics
 from app.adapters.batch_send import BatchSender
@@ -187,7 +187,7 @@ class Worker:
             if tp not in assigned:
                 continue
             committed = await consumer.committed(tp)
-            consumer.seek(tp, committed if committed is not None else offset)
+            _seek_if_assigned(consumer, tp, committed if committed is not None else offset)
         log.info(
             "dropped a batch of %d records; its partitions restart from their committed offsets",
             len(records),
@@ -273,7 +273,7 @@ class Worker:
             log.warning("transaction aborted (%s); re-reading %d records", exc, len(records))
             self.stats.aborted_batches += 1
             for tp, offset in first.items():
-                consumer.seek(tp, offset)
+                _seek_if_assigned(consumer, tp, offset)
             return False
         s = self.stats
         s.last_batch_at = time.monotonic()
@@ -297,3 +297,14 @@ class Worker:
             if end is not None:
                 behind += max(0, end - await consumer.position(tp))
         return behind
+
+
+def _seek_if_assigned(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    """Rewind ``tp`` to ``offset`` if it is still ours. The assignment can be lost while the
+    worker awaits (a coordinator lost in a broker outage drops it without a revocation
+    callback); a partition that is no longer ours restarts from its committed offset wherever
+    it is assigned next, so there is nothing to rewind."""
+    try:
+        consumer.seek(tp, offset)
+    except IllegalStateError:
+        log.info("%s-%d is no longer assigned: not rewound", tp.topic, tp.partition)

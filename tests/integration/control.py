@@ -3,9 +3,11 @@ the ``fraud`` deployment back to a known state between tests."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -52,8 +54,15 @@ async def command(settings: Settings, action: Action, **fields: Any) -> Decision
     return decision
 
 
-async def state(settings: Settings) -> DeploymentState:
-    return (await current_states(settings))["fraud"]
+async def state(settings: Settings, wait_s: float = 30.0) -> DeploymentState:
+    """``fraud``'s state; on a fresh broker the controller publishes epoch 0 only once it owns
+    the partition, shortly after it says it is ready: wait for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        states = await current_states(settings)
+        if "fraud" in states or time.monotonic() > deadline:
+            return states["fraud"]
+        await asyncio.sleep(0.5)
 
 
 async def reset_fraud(settings: Settings, production: str = "1") -> DeploymentState:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from app.adapters.model_store import LoadedModel, ModelStore
+from app.core.audit import in_audit
 from app.core.events import (
     Comparison,
     DeadLetter,
@@ -20,9 +21,11 @@ from app.core.events import (
     Phase,
     Prediction,
     Role,
+    Watch,
     decode,
     encode,
 )
+from app.core.policy import Policy
 from app.core.requests import RawRecord
 from app.core.scoring import DeploymentRoute, score_batch
 from app.core.topics import Topic
@@ -183,3 +186,96 @@ def test_bad_records_in_a_batch_become_dead_letters_and_the_rest_are_served(
     # For the metrics: the unreadable record names no deployment, the other one does.
     assert result.rejected == {("", "invalid_json"): 1, ("fraud", "wrong_feature_count"): 1}
     assert result.requests == {"fraud": 21}
+
+
+@pytest.mark.parametrize(
+    ("mode", "rate", "weight"),
+    [
+        (Mode.MANUAL, 1.0, 0.0),  # every request audited, no hashing
+        (Mode.MANUAL, 0.3, 0.0),
+        (Mode.CANARY, 0.3, 0.5),  # candidate-served predictions and comparisons too
+        (Mode.SHADOW, 0.05, 0.0),
+    ],
+)
+def test_predictions_and_comparisons_mark_the_audit_sample(
+    v1: LoadedModel, v2: LoadedModel, mode: Mode, rate: float, weight: float
+) -> None:
+    table = route(mode, v1, None if mode is Mode.MANUAL else v2, weight=weight)
+    st = table["fraud"].state
+    audited = st.model_copy(update={"policy": st.policy.model_copy(update={"audit_rate": rate})})
+    table = {"fraud": DeploymentRoute(audited, table["fraud"].production, table["fraud"].candidate)}
+    result = score_batch(records(1000), table, max_request_bytes=65536)
+    preds = outputs(result.outgoing, Topic.PREDICTIONS, Prediction)
+    comps = outputs(result.outgoing, Topic.COMPARISONS, Comparison)
+    assert len(preds) == 1000
+    for event in [*preds, *comps]:
+        assert event.audit == in_audit("fraud", event.request_id, rate)
+    share = sum(p.audit for p in preds) / len(preds)
+    assert abs(share - rate) < 0.05
+    assert all(not c.watch for c in comps)
+
+
+def test_a_watched_promotion_scores_the_audit_sample_with_the_previous_production(
+    v1: LoadedModel, v2: LoadedModel
+) -> None:
+    """Production v2 (just promoted) serves; v1, the previous production, scores the audit
+    rows beside it into ``watch`` comparisons: production = the server, candidate = v1."""
+    st = DeploymentState(
+        deployment="fraud",
+        epoch=9,
+        mode=Mode.CANARY,
+        phase=Phase.STABLE,
+        production=v2.ref,
+        history=[v1.ref],
+        policy=Policy(audit_rate=0.5),
+        watch=Watch(previous=v1.ref, epoch=9, started_at=0, until=60_000),
+    )
+    recs = records(600)
+    result = score_batch(
+        recs, {"fraud": DeploymentRoute(st, v2, None, v1)}, max_request_bytes=65536
+    )  # type: ignore[arg-type]
+    preds = outputs(result.outgoing, Topic.PREDICTIONS, Prediction)
+    comps = outputs(result.outgoing, Topic.COMPARISONS, Comparison)
+    assert len(preds) == 600 and all(p.model.version == "2" for p in preds)
+    assert {c.request_id for c in comps} == {p.request_id for p in preds if p.audit}
+    by_id = {p.request_id: p for p in preds}
+    rows = np.array(
+        [[f for f in orjson.loads(r.value)["features"].values()] for r in recs], dtype=np.float32
+    )
+    labels, _ = v1.predict(rows)
+    v1_label = {f"t-{i}": labels[i] for i in range(len(recs))}
+    for c in comps:
+        assert c.watch and c.audit and c.served_by is Role.PRODUCTION and c.epoch == 9
+        assert c.production.version == "2" and c.candidate.version == "1"
+        assert c.production.output == by_id[c.request_id].output
+        assert c.candidate.output is not None and c.candidate.output.label == v1_label[c.request_id]
+        assert c.agree == (c.production.output.label == c.candidate.output.label)
+    # A worker behind sheds the watch's scoring, as it sheds shadow scoring.
+    shed = score_batch(
+        recs,
+        {"fraud": DeploymentRoute(st, v2, None, v1)},  # type: ignore[arg-type]
+        max_request_bytes=65536,
+        shed_shadow=True,
+    )
+    assert shed.comparisons == 0 and shed.predictions == 600
+    # Without the watch (or with a candidate in flight) nothing is compared.
+    plain = st.model_copy(update={"watch": None})
+    quiet = score_batch(
+        recs, {"fraud": DeploymentRoute(plain, v2, None, v1)}, max_request_bytes=65536
+    )  # type: ignore[arg-type]
+    assert quiet.comparisons == 0
+
+
+def test_the_batch_audit_marks_agree_with_in_audit_on_any_request_id(v1: LoadedModel) -> None:
+    """The worker hashes a batch's common prefix once; non-ASCII ids and odd rates too."""
+    recs = [
+        RawRecord(Topic.REQUESTS, 0, i, s.key, encode(s.request))
+        for i, s in enumerate(make_requests(2000, seed=4, run_id="ü-€/\x1f"))
+    ]
+    for rate in (0.37, 0.999, 1e-3):
+        table = route(Mode.MANUAL, v1, None)
+        st = table["fraud"].state
+        st = st.model_copy(update={"policy": Policy(audit_rate=rate)})
+        result = score_batch(recs, {"fraud": DeploymentRoute(st, v1)}, max_request_bytes=65536)
+        preds = outputs(result.outgoing, Topic.PREDICTIONS, Prediction)
+        assert [p.audit for p in preds] == [in_audit("fraud", p.request_id, rate) for p in preds]
