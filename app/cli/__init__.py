@@ -20,6 +20,7 @@ def main() -> None:
         control,
         demo,
         kafka,
+        models,
         schemas,
         serve,
         simulate,
