@@ -160,18 +160,18 @@ def _policy(path: Path | None) -> Policy | None:
 @deployments.command("list")
 def list_command(
     states: Annotated[
-        bool, typer.Option("--states/--no-states", help="Also read deployments.state.")
+        bool, typer.Option("--states/--no-states", help="Also read each deployment's state.")
     ] = True,
 ) -> None:
-    """The deployments of the model store: kind, inputs, outputs, versions, and (from
-    deployments.state) mode and production."""
+    """The deployments of the model store: kind, inputs, outputs, versions, and (from their
+    published states) mode and production."""
     store = _store()
     published: dict[str, DeploymentState] = {}
     if states:
         try:
             published = asyncio.run(asyncio.wait_for(current_states(load_settings()), 15))
         except Exception as error:  # no broker: the store alone
-            console.print(f"[yellow]deployments.state not read[/yellow]: {error}")
+            console.print(f"[yellow]states not read[/yellow]: {error}")
     table = Table("deployment", "kind", "inputs", "outputs", "versions", "mode", "production")
     for name in store.deployments():
         try:
