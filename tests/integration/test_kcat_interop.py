@@ -31,7 +31,7 @@ from app.core.events import DeploymentState, now_ms
 from app.core.topics import Topic
 from app.harness.processes import CONTROLLER_READY, RolloutProcess
 from app.settings import Settings
-from tests import sklearn_models as sm
+from app.training import model_kinds as sm
 from tests.builders import controller_process, running_workers
 from tests.integration.control import cli, reset_fraud
 

@@ -1,7 +1,7 @@
 """Any model a team brings, end to end on the real broker: deployments created with the CLI
 while two workers and a controller run (no restart), published versions rolled out in canary
 and in shadow, served, compared, and promoted or rolled back on ground truth. Models are
-trained here (tests/sklearn_models.py); nothing is hand-written into the store."""
+trained here (app/training/model_kinds.py); nothing is hand-written into the store."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from app.core.events import DeploymentState
 from app.core.topics import Topic
 from app.harness.processes import CONTROLLER_READY, RolloutProcess
 from app.settings import Settings
-from tests import sklearn_models as sm
+from app.training import model_kinds as sm
 from tests.builders import controller_process, running_workers
 from tests.integration.control import cli
 from tests.integration.outputs import Tail

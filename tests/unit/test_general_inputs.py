@@ -18,7 +18,7 @@ from app.core.manifest import RegressionSpec
 from app.core.requests import RawRecord
 from app.core.scoring import BatchResult, DeploymentRoute, agreement, score_batch
 from app.core.topics import Topic
-from tests import sklearn_models as sm
+from app.training import model_kinds as sm
 
 
 @pytest.fixture(scope="module")

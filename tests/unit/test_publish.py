@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from app.adapters.model_store import ModelStore
 from app.adapters.publishing import PublishError, create, publish
 from app.core.tensors import stack, tensor_row
-from tests import sklearn_models as sm
+from app.training import model_kinds as sm
 
 
 @pytest.fixture

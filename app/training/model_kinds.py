@@ -1,7 +1,8 @@
-"""Small models trained here with scikit-learn and exported with skl2onnx (no downloads): the
-kinds a team may bring. Each builder writes ``<name>.onnx`` into a folder and returns the
-path with the scikit-learn estimator and the data it was trained on, so tests can compare
-onnxruntime with scikit-learn and make requests and feedback from the same data.
+"""Small models of every kind a team may bring, trained with scikit-learn on seeded synthetic
+data and exported with skl2onnx (no downloads). Each builder writes ``<name>.onnx`` into a
+folder and returns the path with the scikit-learn estimator and the data it was trained on,
+so that tests can compare onnxruntime with scikit-learn and make requests and feedback from
+the same data; ``rollout bench`` trains two of them at start (``app.bench.kinds``).
 
 - ``iris_like``: a 3-class classifier (classes ``setosa``, ``versicolor``, ``virginica``)
   on one float32 input ``x`` of 4 columns, with ZipMap (skl2onnx's default).
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 from skl2onnx import to_onnx
@@ -40,10 +42,10 @@ class Built:
     path: Path
     estimator: Any
     x: Any  # the features the estimator takes (array or DataFrame-like dict of arrays)
-    y: np.ndarray
+    y: npt.NDArray[Any]
 
 
-def _iris_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _iris_data(n: int, seed: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     rng = np.random.default_rng(seed)
     centers = np.array([[5.0, 3.4, 1.5, 0.2], [5.9, 2.8, 4.3, 1.3], [6.6, 3.0, 5.6, 2.0]])
     y = rng.integers(0, 3, n)
@@ -59,11 +61,11 @@ def iris_like(folder: Path, name: str = "iris", *, good: bool = True, seed: int 
     return Built(_save(onx, folder, name), model, x, y)
 
 
-def iris_requests(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def iris_requests(n: int, seed: int = 7) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     return _iris_data(n, seed)
 
 
-def _regression_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _regression_data(n: int, seed: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     rng = np.random.default_rng(seed)
     x = rng.normal(0, 1, (n, 3)).astype(np.float32)
     y = 3.0 * x[:, 0] - 2.0 * x[:, 1] + 0.5 * x[:, 2] + 10.0 + rng.normal(0, 0.1, n)
@@ -78,11 +80,11 @@ def regressor(folder: Path, name: str = "price", *, good: bool = True, seed: int
     return Built(_save(onx, folder, name), model, x, y)
 
 
-def regression_requests(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def regression_requests(n: int, seed: int = 7) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     return _regression_data(n, seed)
 
 
-def _churn_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _churn_data(n: int, seed: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
     rng = np.random.default_rng(seed)
     tenure = rng.uniform(0, 60, n).astype(np.float32)
     city = np.array(CITIES)[rng.integers(0, len(CITIES), n)]
@@ -122,11 +124,13 @@ def churn(folder: Path, name: str = "churn", *, good: bool = True, seed: int = 0
     return Built(_save(onx, folder, name), model, columns, y)
 
 
-def churn_requests(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def churn_requests(
+    n: int, seed: int = 7
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
     return _churn_data(n, seed)
 
 
-def _digits_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _digits_data(n: int, seed: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """8x8 images: a bright vertical bar (class 0), horizontal bar (1) or diagonal (2)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, n)
@@ -164,7 +168,7 @@ def digits(folder: Path, name: str = "digits", *, good: bool = True, seed: int =
     return Built(_save(merged, folder, name), model, images, y)
 
 
-def digits_requests(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def digits_requests(n: int, seed: int = 7) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     return _digits_data(n, seed)
 
 
