@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     dashboard_port: int = Field(default=8080, ge=0, le=65535)
     http_host: str = "127.0.0.1"
+    # The controller's API tokens (app.controller.access): "name:role:token,..." and/or a
+    # file of "name role token|sha256:<hex>" lines. None at all: loopback only.
+    api_tokens: SecretStr | None = None
+    api_tokens_file: Path | None = None
 
     # Kafka security (every client: app.adapters.kafka_security). The password is a SecretStr:
     # it prints as '**********' and is only unwrapped where a client is built.

@@ -125,13 +125,20 @@ def reader(settings: Settings, **extra: Any) -> AIOKafkaConsumer:
     )
 
 
+class MissingTopicError(LookupError):
+    """A topic Rollout needs does not exist, or this principal may not see it."""
+
+
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of ``topic``, from fresh cluster metadata (aiokafka's consumer has no
     public call for a topic it is not subscribed to; this is its one private access)."""
     cluster = await consumer._client.fetch_all_metadata()
     partitions = cluster.partitions_for_topic(topic)
     if not partitions:
-        raise LookupError(f"topic {topic} does not exist; run `rollout topics apply`")
+        raise MissingTopicError(
+            f"topic {topic} does not exist (or this principal may not describe it); "
+            "run `rollout topics apply`"
+        )
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 

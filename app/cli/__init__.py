@@ -15,10 +15,12 @@ app = typer.Typer(
 def main() -> None:
     from app.adapters.kafka_clients import configure_aiokafka
     from app.cli import (  # noqa: F401
+        api_token,
         bench,
         chaos,
         control,
         demo,
+        history,
         kafka,
         schemas,
         serve,
@@ -27,6 +29,7 @@ def main() -> None:
         traffic,
         train,
     )
+    from app.cli.failures import run
 
     configure_aiokafka()
-    app()
+    run(app)

@@ -9,11 +9,14 @@ Routes (all JSON unless said otherwise):
   its recent decisions with their evidence, newest first.
 - ``GET /api/deployments/{name}`` — one view; 404 if the deployment has no state.
 - ``POST /api/deployments/{name}/commands`` — body ``{"action": "promote" | "rollback" |
-  "pause" | "resume", "reason": str, "issued_by": str}``: writes a ``ControlCommand`` to
+  "pause" | "resume", "reason": str}`` (``Content-Type: application/json``, same origin, an
+  operator's token; ``issued_by`` is the token's identity): writes a ``ControlCommand`` to
   ``deployments.control`` and answers with the controller's ``DecisionEvent`` (200 accepted,
   409 rejected, 504 no answer in time); 400 for an action outside that list or a malformed
   body, 404 for an unknown deployment (nothing is sent in either case).
 - ``GET /metrics`` — Prometheus text format.
+
+Every ``/api`` route needs a token when tokens are configured (``app.controller.access``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from app.adapters.control_client import send_command
 from app.adapters.decision_log import DecisionLog
 from app.adapters.http_server import metrics_handler, start_site
 from app.adapters.state_view import StateView
+from app.controller import access
 from app.controller.analyst import PartitionAnalyst
 from app.core.analysis import RolloutAnalysis
 from app.core.events import Action, ControlCommand, DecisionEvent, DeploymentState, now_ms
@@ -53,14 +57,16 @@ class Dashboard:
         analyses: Callable[[], Mapping[str, RolloutAnalysis]],
         decisions: DecisionLog,
         send: SendCommand,
+        tokens: access.TokenBook | None = None,
     ) -> None:
+        self._tokens = tokens if tokens is not None else access.TokenBook()
         self._states = states
         self._analyses = analyses
         self._decisions = decisions
         self._send = send
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[access.middleware(self._tokens)])
         app.router.add_get("/", self.page)
         app.router.add_get("/api/deployments", self.list_deployments)
         app.router.add_get("/api/deployments/{name}", self.get_deployment)
@@ -108,13 +114,14 @@ class Dashboard:
             command_id=uuid.uuid4().hex,
             deployment=name,
             action=Action(action),
-            issued_by=str(body.get("issued_by") or "dashboard")[:128],
+            issued_by=access.principal_of(request).name[:128],
             reason=str(body.get("reason") or "from the dashboard")[:1000],
         )
         log.info(
-            "dashboard: %s %s",
+            "dashboard: %s %s by %s",
             action,
             name,
+            command.issued_by,
             extra={"deployment": name, "command_id": command.command_id},
         )
         decision = await self._send(command)
@@ -168,7 +175,17 @@ async def start_web(
         async def send(command: ControlCommand) -> DecisionEvent | None:
             return await send_command(settings, command, timeout_s=15.0)
 
-        dashboard = Dashboard(lambda: view.states, analyses, decisions, send)
+        tokens = access.load_tokens(settings)
+        problem = access.bind_problem(settings, tokens)
+        if problem is not None:
+            await decisions.stop()
+            raise access.TokenError(problem)
+        if not tokens:
+            log.warning(
+                "the dashboard API has no tokens: anyone on this host may use it "
+                "(set ROLLOUT_API_TOKENS or ROLLOUT_API_TOKENS_FILE)"
+            )
+        dashboard = Dashboard(lambda: view.states, analyses, decisions, send, tokens)
         try:
             runner = await start_site(dashboard.app(), settings.http_host, settings.dashboard_port)
             log.info("dashboard on http://%s:%d/", settings.http_host, settings.dashboard_port)

@@ -1,7 +1,9 @@
 """The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real
 controller and worker on the real broker: a canary's weight rises on the page as the
 controller advances it, a click on "pause" (confirmed) pauses the rollout, and an automatic
-rollback shows in the timeline with its reason. Also: both processes serve ``/metrics``.
+rollback shows in the timeline with its reason. The controller's API needs a token: the page
+asks for it once, and the pause is issued by the token's identity. Also: both processes serve
+``/metrics`` without one.
 
 The browser is never downloaded: ``ROLLOUT_CHROMIUM`` or ``chromium`` on the PATH. Without
 one the test skips, unless ``ROLLOUT_REQUIRE_BROWSER=1`` (CI) makes that a failure.
@@ -18,6 +20,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -37,6 +40,8 @@ pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
 SMALL_STEPS = {"min_samples_per_step": 40}
+OPERATOR = "dash-operator"
+TOKEN = f"token-{uuid.uuid4().hex}"
 
 
 def chromium_path() -> str:
@@ -82,6 +87,7 @@ def dashboard_controller(
         ROLLOUT_MODEL_STORE=str(model_store),
         ROLLOUT_HOME=str(logs),
         ROLLOUT_DASHBOARD_PORT=str(ports["dashboard"]),
+        ROLLOUT_API_TOKENS=f"{OPERATOR}:operator:{TOKEN}",
     ).start()
     try:
         proc.wait_for(CONTROLLER_READY)
@@ -176,6 +182,11 @@ async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
 
             page.on("dialog", accept)
             await page.goto(url)
+            # 0. The API needs a token: the page asks for it once and keeps it for the tab.
+            await expect(page.get_by_test_id("login")).to_be_visible(timeout=15_000)
+            await page.get_by_test_id("token").fill(TOKEN)
+            await page.get_by_test_id("login-button").click()
+            await expect(page.get_by_test_id("login")).to_be_hidden()
             card = page.get_by_test_id("deployment-fraud")
             weight = card.get_by_test_id("weight")
             await expect(card.get_by_test_id("candidate")).to_have_text("v2", timeout=15_000)
@@ -211,7 +222,7 @@ async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
             assert st.phase is Phase.PAUSED and st.candidate is not None
             assert st.candidate.version == "2"
             paused = await newest(timeline, "pause", deployed.epoch)
-            await expect(paused).to_contain_text("by dashboard")
+            await expect(paused).to_contain_text(f"by {OPERATOR}")
 
             # 3. A degraded candidate is rolled back; the timeline says why.
             assert (await command(settings_, Action.ABORT)).accepted
