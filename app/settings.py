@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     dashboard_port: int = Field(default=8080, ge=0, le=65535)
     http_host: str = "127.0.0.1"
+    # Health probes (/healthz, /readyz): a worker whose loop has not gone round for this long
+    # is not alive; one lagging more than this many records is not ready.
+    health_stale_s: float = Field(default=60.0, gt=0)
+    ready_max_lag: int = Field(default=50_000, ge=0)
     # The controller's API tokens (app.controller.access): "name:role:token,..." and/or a
     # file of "name role token|sha256:<hex>" lines. None at all: loopback only.
     api_tokens: SecretStr | None = None

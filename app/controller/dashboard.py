@@ -15,6 +15,7 @@ Routes (all JSON unless said otherwise):
   409 rejected, 504 no answer in time); 400 for an action outside that list or a malformed
   body, 404 for an unknown deployment (nothing is sent in either case).
 - ``GET /metrics`` — Prometheus text format.
+- ``GET /healthz``, ``GET /readyz`` — the probes (``app.core.health``): 200, or 503 and why.
 
 Every ``/api`` route needs a token when tokens are configured (``app.controller.access``).
 """
@@ -33,12 +34,13 @@ from aiohttp import web
 from app.adapters import metrics
 from app.adapters.control_client import send_command
 from app.adapters.decision_log import DecisionLog
-from app.adapters.http_server import metrics_handler, start_site
+from app.adapters.http_server import ProbeSource, add_probes, metrics_handler, start_site
 from app.adapters.state_view import StateView
 from app.controller import access
 from app.controller.analyst import PartitionAnalyst
 from app.core.analysis import RolloutAnalysis
 from app.core.events import Action, ControlCommand, DecisionEvent, DeploymentState, now_ms
+from app.core.health import Probe
 from app.core.rollout_view import analysis_view, decision_view, deployment_view
 from app.settings import Settings
 
@@ -58,7 +60,9 @@ class Dashboard:
         decisions: DecisionLog,
         send: SendCommand,
         tokens: access.TokenBook | None = None,
+        readiness: ProbeSource | None = None,
     ) -> None:
+        self._readiness = readiness
         self._tokens = tokens if tokens is not None else access.TokenBook()
         self._states = states
         self._analyses = analyses
@@ -72,6 +76,7 @@ class Dashboard:
         app.router.add_get("/api/deployments/{name}", self.get_deployment)
         app.router.add_post("/api/deployments/{name}/commands", self.post_command)
         app.router.add_get("/metrics", metrics_handler)
+        add_probes(app, _alive, self._readiness or _alive)
         return app
 
     def view(self, name: str, now: int) -> dict[str, Any] | None:
@@ -130,6 +135,11 @@ class Dashboard:
         return _json(decision_view(decision), 200 if decision.accepted else 409)
 
 
+def _alive() -> Probe:
+    """The controller answers on the event loop its Kafka work runs on: the loop is alive."""
+    return Probe(True, [], {"loop": "answering"})
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
@@ -153,6 +163,7 @@ async def start_web(
     settings: Settings,
     view: StateView,
     analysts: Callable[[], Mapping[int, PartitionAnalyst]],
+    readiness: ProbeSource | None = None,
 ) -> WebServer:
     def analyses() -> dict[str, RolloutAnalysis]:
         return {
@@ -185,7 +196,7 @@ async def start_web(
                 "the dashboard API has no tokens: anyone on this host may use it "
                 "(set ROLLOUT_API_TOKENS or ROLLOUT_API_TOKENS_FILE)"
             )
-        dashboard = Dashboard(lambda: view.states, analyses, decisions, send, tokens)
+        dashboard = Dashboard(lambda: view.states, analyses, decisions, send, tokens, readiness)
         try:
             runner = await start_site(dashboard.app(), settings.http_host, settings.dashboard_port)
             log.info("dashboard on http://%s:%d/", settings.http_host, settings.dashboard_port)

@@ -18,18 +18,18 @@ import os
 import shutil
 import socket
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from playwright.async_api import Locator
 
 from app.core.events import Action, Mode, Phase
-from app.harness.processes import CONTROLLER_READY, RolloutProcess
+from app.harness.processes import RolloutProcess
 from app.harness.traffic import make_requests, send
 from app.settings import Settings
 from tests.builders import controller_process, running_workers
@@ -90,7 +90,7 @@ def dashboard_controller(
         ROLLOUT_API_TOKENS=f"{OPERATOR}:operator:{TOKEN}",
     ).start()
     try:
-        proc.wait_for(CONTROLLER_READY)
+        proc.wait_ready(ports["dashboard"])
         yield proc
     finally:
         proc.terminate()
@@ -111,6 +111,7 @@ def worker(
         ROLLOUT_MODEL_STORE=str(model_store),
         ROLLOUT_METRICS_PORT=str(ports["metrics"]),
     ) as procs:
+        procs[0].wait_ready(ports["metrics"])
         yield procs[0]
 
 
@@ -258,14 +259,11 @@ async def test_worker_and_controller_serve_metrics(
     ports: dict[str, int],
 ) -> None:
     await send(producer, make_requests(200, seed=1, run_id=f"metrics-{time.time_ns()}"))
+    # The fixtures waited for /readyz: the servers are up, so no read below races them.
     deadline = time.monotonic() + 30
     text = ""
     while time.monotonic() < deadline:
-        try:
-            text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
-        except urllib.error.URLError:  # the worker serves /metrics once its models are loaded
-            await asyncio.sleep(0.5)
-            continue
+        text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
         if 'rollout_predictions_total{deployment="fraud",role="production",version="1"}' in text:
             break
         await asyncio.sleep(0.5)
@@ -282,3 +280,21 @@ async def test_worker_and_controller_serve_metrics(
     controller = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['dashboard']}/metrics")
     assert 'rollout_deployment_mode{deployment="fraud",mode="' in controller
     assert "rollout_decisions_total{" in controller
+
+
+@pytest.mark.parametrize("process", ["worker", "controller"])
+async def test_health_probes_answer_without_a_token(
+    dashboard_controller: RolloutProcess,
+    worker: RolloutProcess,
+    ports: dict[str, int],
+    process: str,
+) -> None:
+    port = ports["metrics" if process == "worker" else "dashboard"]
+    for path in ("/healthz", "/readyz"):
+        body = orjson.loads(await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}{path}"))
+        assert body["ok"] is True and body["reasons"] == [], body
+    ready = orjson.loads(await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/readyz"))
+    if process == "worker":
+        assert ready["joined"] and ready["models_loaded"]
+    else:
+        assert ready["partitions"] == ready["restored"] and ready["partitions"], ready
