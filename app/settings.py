@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     home: Path = Path(".rollout")
     model_store: Path = Path("models")
     topics_file: Path = Path("topics.yaml")
+    acls_file: Path = Path("acls.yaml")
 
     # Worker batching.
     group_id: str = "rollout-workers"

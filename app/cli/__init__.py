@@ -15,6 +15,7 @@ app = typer.Typer(
 def main() -> None:
     from app.adapters.kafka_clients import configure_aiokafka
     from app.cli import (  # noqa: F401
+        acls,
         api_token,
         bench,
         chaos,
