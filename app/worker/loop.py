@@ -282,6 +282,7 @@ class Worker:
             # The transaction was aborted: nothing of this batch is visible. Read it again.
             log.warning("transaction aborted (%s); re-reading %d records", exc, len(records))
             self.stats.aborted_batches += 1
+            metrics.observe_abort()
             for tp, offset in first.items():
                 consumer.seek(tp, offset)
             return False
