@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     model_store: Path = Path("models")
     topics_file: Path = Path("topics.yaml")
     acls_file: Path = Path("acls.yaml")
+    # Every topic's replication factor when `rollout topics apply` creates it (None: as
+    # topics.yaml says); 3 on a production cluster.
+    topic_replication_factor: int | None = Field(default=None, ge=1)
 
     # Worker batching.
     group_id: str = "rollout-workers"

@@ -15,6 +15,7 @@ from app.adapters.kafka_security import client_options
 from app.adapters.topics import TopicsError, apply_topics, load_topics_file
 from app.cli import app
 from app.cli.failures import ExitCode, fail
+from app.core.topic_spec import with_replication
 from app.settings import load_settings
 
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics as code (topics.yaml).")
@@ -35,7 +36,7 @@ def apply(
     settings = load_settings()
     path = file or settings.topics_file
     try:
-        desired = load_topics_file(path)
+        desired = with_replication(load_topics_file(path), settings.topic_replication_factor)
     except TopicsError as exc:
         fail(ExitCode.USAGE, str(exc))
     try:
