@@ -95,7 +95,7 @@ def applied(acl_broker: BrokerConfig) -> BrokerConfig:
     first = cli(acl_broker.bootstrap, "acls", "apply", "--json", env=admin)
     assert first.returncode == 0, first.stderr
     created = orjson.loads(first.stdout)["created"]
-    assert "User:rollout-operator WRITE on TOPIC deployments.control" in created
+    assert f"User:rollout-operator WRITE on TOPIC {Topic.CONTROL}" in created
     again = cli(acl_broker.bootstrap, "acls", "apply", "--json", env=admin)
     assert again.returncode == 0, again.stderr
     report = orjson.loads(again.stdout)
