@@ -23,6 +23,7 @@ def main() -> None:
         demo,
         history,
         kafka,
+        models,
         schemas,
         serve,
         simulate,

@@ -136,6 +136,7 @@ class TableFollower:
         try:
             production = await self._load(state.production)
             candidate = await self._load(state.candidate) if state.candidate else None
+            self._store.spec(state.deployment)  # read again below: fails here, not there
         except ModelRejected as exc:
             self.failures[state.deployment] = f"epoch {state.epoch}: {exc.reason}"
             log.error(
@@ -153,7 +154,12 @@ class TableFollower:
                 log.warning(
                     "deployment %s: rollback target not loadable: %s", state.deployment, exc.reason
                 )
-        return DeploymentRoute(state=state, production=production, candidate=candidate)
+        return DeploymentRoute(
+            state=state,
+            production=production,
+            candidate=candidate,
+            regression=self._store.spec(state.deployment).regression,
+        )
 
     async def _load(self, ref: ModelRef) -> LoadedModel:
         model = self._models.get(_key(ref))

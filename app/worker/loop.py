@@ -36,7 +36,7 @@ from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.core.events import now_ms
 from app.core.requests import RawRecord
-from app.core.scoring import DEFAULT_TOPICS, SHED_HEADERS, BatchResult, BatchScorer, Topics
+from app.core.scoring import DEFAULT_TOPICS, BatchResult, BatchScorer, Topics
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,8 @@ class Worker:
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]
     ) -> BatchResult:
         raw = [
-            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, r.headers)
+            for r in records
         ]
         lag = self.lag = await self._lag(consumer)
         metrics.observe_lag(lag)
@@ -269,8 +270,8 @@ class Worker:
         try:
             async with producer.transaction():
                 await sender.send(
-                    [(o.topic, o.key, o.value, ()) for o in result.outgoing]
-                    + [(o.topic, o.key, o.value, SHED_HEADERS) for o in result.shed_reports]
+                    [(o.topic, o.key, o.value, o.headers) for o in result.outgoing]
+                    + [(o.topic, o.key, o.value, o.headers) for o in result.shed_reports]
                 )
                 await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
         except ProducerFenced:
