@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ROLLOUT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ROLLOUT_", extra="ignore", populate_by_name=True)
 
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     home: Path = Path(".rollout")
     model_store: Path = Path("models")
     topics_file: Path = Path("topics.yaml")
+    acls_file: Path = Path("acls.yaml")
+    # Every topic's replication factor when `rollout topics apply` creates it (None: as
+    # topics.yaml says); 3 on a production cluster.
+    topic_replication_factor: int | None = Field(default=None, ge=1)
 
     # Worker batching.
     group_id: str = "rollout-workers"
@@ -43,6 +47,14 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     dashboard_port: int = Field(default=8080, ge=0, le=65535)
     http_host: str = "127.0.0.1"
+    # Health probes (/healthz, /readyz): a worker whose loop has not gone round for this long
+    # is not alive; one lagging more than this many records is not ready.
+    health_stale_s: float = Field(default=60.0, gt=0)
+    ready_max_lag: int = Field(default=50_000, ge=0)
+    # The controller's API tokens (app.controller.access): "name:role:token,..." and/or a
+    # file of "name role token|sha256:<hex>" lines. None at all: loopback only.
+    api_tokens: SecretStr | None = None
+    api_tokens_file: Path | None = None
 
     # Kafka security (every client: app.adapters.kafka_security). The password is a SecretStr:
     # it prints as '**********' and is only unwrapped where a client is built.

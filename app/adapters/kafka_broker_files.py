@@ -47,13 +47,17 @@ class ScramUser:
 @dataclass(frozen=True)
 class BrokerConfig:
     """Where the local broker lives and which ports it listens on (127.0.0.1 only); with
-    ``scram``, its client listener requires SASL/SCRAM as that user."""
+    ``scram``, its client listener requires SASL/SCRAM as that user, and the broker authorizes
+    every request with KRaft's ``StandardAuthorizer``: ``scram``'s user is a super user (the
+    broker and the admin), ``users`` (more SCRAM users, created at format time: the principals
+    of ``acls.yaml`` for tests) may do only what ACLs allow (``rollout acls apply``)."""
 
     home: Path = Path(".rollout")
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
     scram: ScramUser | None = None
+    users: tuple[ScramUser, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerConfig:
@@ -137,7 +141,15 @@ def _listener_properties(config: BrokerConfig) -> dict[str, str]:
         "advertised.listeners": f"SASL_PLAINTEXT://{config.bootstrap},CONTROLLER://{ctl}",
         "inter.broker.listener.name": "SASL_PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
-        "sasl.enabled.mechanisms": user.mechanism,
+        # KRaft's authorizer: the admin user, and the controller listener's (loopback, plaintext)
+        # ANONYMOUS principal the broker and its controller use between them, are super users;
+        # everyone else gets what ACLs grant, nothing when none match.
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{user.username};User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found": "false",
+        "sasl.enabled.mechanisms": ",".join(
+            sorted({user.mechanism, *(u.mechanism for u in config.users)})
+        ),
         "sasl.mechanism.inter.broker.protocol": user.mechanism,
         f"listener.name.sasl_plaintext.{mechanism}.sasl.jaas.config": jaas,
     }
@@ -233,6 +245,8 @@ def format_storage(config: BrokerConfig) -> None:
     wanted: dict[str, Any] = {"port": config.port, "controller_port": config.controller_port}
     if config.scram is not None:  # a plain broker's stamp stays as it always was
         wanted["scram"] = {"user": config.scram.username, "mechanism": config.scram.mechanism}
+        if config.users:
+            wanted["users"] = sorted(u.username for u in config.users)
     if (config.data_dir / "meta.properties").is_file():
         if stamp.is_file() and json.loads(stamp.read_text()) != wanted:
             raise KafkaLocalError(
@@ -246,8 +260,8 @@ def format_storage(config: BrokerConfig) -> None:
         *jvm_base(config), STORAGE_TOOL, "format", "--standalone",
         f"--cluster-id={cluster_id()}", "-c", str(config.server_properties),
     ]  # fmt: skip
-    if config.scram is not None:
-        user = config.scram
+    users = (config.scram, *config.users) if config.scram is not None else ()
+    for user in users:
         cmd += [
             "--add-scram",
             f"{user.mechanism}=[name={user.username},password={user.password.get_secret_value()}]",
@@ -255,7 +269,7 @@ def format_storage(config: BrokerConfig) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         output = f"{proc.stdout}{proc.stderr}"
-        if config.scram is not None:
-            output = output.replace(config.scram.password.get_secret_value(), "**********")
+        for user in users:
+            output = output.replace(user.password.get_secret_value(), "**********")
         raise KafkaLocalError(f"formatting {config.data_dir} failed:\n{output}")
     stamp.write_text(json.dumps(wanted))

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.errors import TopicAuthorizationFailedError
 from aiokafka.producer import sender as _aiokafka_sender
 from pydantic import BaseModel, ValidationError
 
@@ -125,13 +127,27 @@ def reader(settings: Settings, **extra: Any) -> AIOKafkaConsumer:
     )
 
 
+class MissingTopicError(LookupError):
+    """A topic Rollout needs does not exist, or this principal may not see it."""
+
+
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of ``topic``, from fresh cluster metadata (aiokafka's consumer has no
-    public call for a topic it is not subscribed to; this is its one private access)."""
+    public call for a topic it is not subscribed to; this is its one private access).
+    ``TopicAuthorizationFailedError`` when the principal may not describe it."""
     cluster = await consumer._client.fetch_all_metadata()
     partitions = cluster.partitions_for_topic(topic)
     if not partitions:
-        raise LookupError(f"topic {topic} does not exist; run `rollout topics apply`")
+        # A listing leaves out the topics this principal may not describe: ask for the topic
+        # by name, which says whether it is missing or not authorized.
+        named = ClusterMetadata()
+        await consumer._client._metadata_update(named, [topic])
+        if topic in named.unauthorized_topics:
+            raise TopicAuthorizationFailedError(topic)
+        raise MissingTopicError(
+            f"topic {topic} does not exist (or this principal may not describe it); "
+            "run `rollout topics apply`"
+        )
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 

@@ -149,6 +149,10 @@ CANDIDATE_ERRORS = Counter(
     "rollout_candidate_errors_total", "Requests the candidate failed on (production served)."
 )
 BATCHES = Counter("rollout_batches_total", "Micro-batches committed.")
+TRANSACTIONS_ABORTED = Counter(
+    "rollout_transactions_aborted_total",
+    "Worker transactions aborted (the batch is read again; a broker restart, a timeout).",
+)
 BATCH_SIZE = Histogram(
     "rollout_batch_size_records", "Records per committed micro-batch.", buckets=BATCH_BUCKETS
 )
@@ -255,6 +259,10 @@ def _observe_shadow(result: _BatchCounts) -> None:
         SHADOW_SHED.labels(deployment).inc(shed)
         if sampled:
             SHADOW_SHED_RATIO.labels(deployment).set(shed / sampled)
+
+
+def observe_abort() -> None:
+    TRANSACTIONS_ABORTED.inc()
 
 
 def observe_lag(records: int) -> None:

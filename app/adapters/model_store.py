@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,7 +34,14 @@ import yaml
 from pydantic import ValidationError
 
 from app.core.events import ModelRef
-from app.core.manifest import NAME_PATTERN, DeploymentSpec, ModelManifest, compatible
+from app.core.manifest import (
+    NAME_PATTERN,
+    DeploymentSpec,
+    ModelManifest,
+    Signature,
+    compatible,
+)
+from app.core.tensors import InputBatch, zero_inputs
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
@@ -64,25 +72,66 @@ class LoadedModel:
     session: ort.InferenceSession
 
     @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    @cached_property
+    def _signature(self) -> Signature:
+        return self.manifest.signature
+
+    @property
     def feature_names(self) -> tuple[str, ...]:
-        return self.manifest.feature_names
+        return self.manifest.feature_names or ()
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self.manifest.labels
 
-    def predict(self, x: npt.NDArray[np.float32]) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Score ``x`` ``(n, f)`` float32: the label of each row and its ``(n, k)`` scores,
-        column ``i`` being the score of ``labels[i]``."""
+    @cached_property
+    def _input_name(self) -> str:
+        return self.manifest.inputs[0].name
+
+    @cached_property
+    def _fetch(self) -> list[str]:
         outputs = self.manifest.outputs
-        label_out, scores = self.session.run(
-            [outputs.label, outputs.scores], {self.manifest.input_name: x}
-        )
+        if self.manifest.kind == "regressor":
+            return list(outputs.values)
+        assert outputs.label is not None and outputs.scores is not None
+        return [outputs.label, outputs.scores]
+
+    @cached_property
+    def _label_of(self) -> dict[Any, str] | None:
+        values = self.manifest.class_values
+        if values is None:
+            return None
+        return dict(zip(values, self.labels, strict=True))
+
+    def predict(self, x: InputBatch) -> tuple[list[str] | None, npt.NDArray[Any]]:
+        """Score ``x``: an ``(n, f)`` float32 matrix (a model with one input) or the arrays
+        of every named input, each ``(n, *shape)``. A classifier gives the label of each row
+        and its ``(n, k)`` scores (column ``i`` is ``labels[i]``); a regressor gives ``None``
+        and its ``(n, t)`` values (column ``i`` is ``targets[i]``)."""
+        feeds = {self._input_name: x} if isinstance(x, np.ndarray) else x
+        results = self.session.run(self._fetch, feeds)
+        if self.manifest.kind == "regressor":
+            columns = [np.asarray(r).reshape(len(r), -1) for r in results]
+            values = columns[0] if len(columns) == 1 else np.hstack(columns)
+            return None, values
+        label_out, scores = results
+        if self.manifest.outputs.zipmap:
+            keys = self.manifest.class_values or tuple(range(len(self.labels)))
+            scores = [[row[k] for k in keys] for row in scores]
         return self._label_names(label_out), np.asarray(scores, dtype=np.float32)
 
     def _label_names(self, raw: Any) -> list[str]:
         values = np.asarray(raw).reshape(-1)
         labels = self.labels
+        mapping = self._label_of
+        if mapping is not None:
+            try:
+                return [mapping[v] for v in values.tolist()]
+            except KeyError as error:
+                raise ValueError(f"model returned a class outside {list(mapping)}") from error
         if values.dtype.kind in "iu":
             indices = values.tolist()
             if any(not 0 <= i < len(labels) for i in indices):
@@ -128,7 +177,9 @@ class ModelStore:
     def versions(self, deployment: str) -> list[str]:
         """Versions of ``deployment`` (folders holding a ``model.json``), numerically sorted."""
         folder = self._deployment_dir(deployment)
-        names = [p.parent.name for p in folder.glob(f"*/{MANIFEST_FILE}")]
+        names = [
+            p.parent.name for p in folder.glob(f"*/{MANIFEST_FILE}") if _NAME.match(p.parent.name)
+        ]
         return sorted(names, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
     def spec(self, deployment: str) -> DeploymentSpec:
@@ -172,10 +223,7 @@ class ModelStore:
         reason = compatible(self.spec(ref.name).signature, manifest)
         if reason is not None:
             raise ModelRejected(f"{ref.name} v{ref.version} incompatible: {reason}")
-        model = LoadedModel(ref=ref, manifest=manifest, session=self._session(path, ref))
-        _check_graph(model)
-        _smoke(model)
-        return model
+        return open_model(path, manifest, ref)
 
     # -- internals -------------------------------------------------------------------
 
@@ -221,7 +269,7 @@ class ModelStore:
             raise ModelRejected(f"invalid manifest for {what}: {error}") from error
 
     @staticmethod
-    def _session(path: Path, ref: ModelRef) -> ort.InferenceSession:
+    def session(path: Path, ref: ModelRef) -> ort.InferenceSession:
         try:
             return ort.InferenceSession(
                 str(path), sess_options=session_options(), providers=["CPUExecutionProvider"]
@@ -230,40 +278,74 @@ class ModelStore:
             raise ModelRejected(f"onnxruntime cannot load {ref.uri}: {error}") from error
 
 
+_ORT_TYPES = {
+    "float32": "tensor(float)",
+    "float64": "tensor(double)",
+    "int64": "tensor(int64)",
+    "int32": "tensor(int32)",
+    "string": "tensor(string)",
+    "bool": "tensor(bool)",
+}
+
+
 def _check_graph(model: LoadedModel) -> None:
     manifest = model.manifest
-    inputs = model.session.get_inputs()
-    if [i.name for i in inputs] != [manifest.input_name]:
-        raise ModelRejected(
-            f"graph inputs {[i.name for i in inputs]} != manifest's [{manifest.input_name!r}]"
-        )
-    if inputs[0].type != "tensor(float)":
-        raise ModelRejected(f"graph input type {inputs[0].type} is not tensor(float)")
-    width = inputs[0].shape[-1] if inputs[0].shape else None
-    if width != len(manifest.feature_names):
-        raise ModelRejected(
-            f"graph input width {width} != {len(manifest.feature_names)} manifest features"
-        )
+    inputs = {i.name: i for i in model.session.get_inputs()}
+    declared = [i.name for i in manifest.inputs]
+    if sorted(inputs) != sorted(declared):
+        raise ModelRejected(f"graph inputs {sorted(inputs)} != manifest's {sorted(declared)}")
+    for spec in manifest.inputs:
+        node = inputs[spec.name]
+        if node.type != _ORT_TYPES[spec.dtype]:
+            raise ModelRejected(
+                f"graph input {spec.name!r} is {node.type}, the manifest says {spec.dtype}"
+            )
+        shape = list(node.shape or [])[1:]
+        if len(shape) != len(spec.shape) or any(
+            isinstance(d, int) and d != w for d, w in zip(shape, spec.shape, strict=True)
+        ):
+            raise ModelRejected(
+                f"graph input {spec.name!r} has shape {node.shape}, "
+                f"the manifest says [batch, {', '.join(map(str, spec.shape))}]"
+            )
     outputs = {o.name for o in model.session.get_outputs()}
-    wanted = {manifest.outputs.label, manifest.outputs.scores}
+    wanted = set(model._fetch)
     if not wanted <= outputs:
         raise ModelRejected(f"graph outputs {sorted(outputs)} lack {sorted(wanted - outputs)}")
 
 
+def smoke_inputs(model: LoadedModel, rows: int) -> InputBatch:
+    if model.signature.flat:
+        return np.zeros((rows, len(model.feature_names)), dtype=np.float32)
+    return zero_inputs(model.signature, rows)
+
+
 def _smoke(model: LoadedModel) -> None:
-    zero = np.zeros((1, len(model.feature_names)), dtype=np.float32)
+    width = len(model.labels) or len(model.manifest.targets)
     try:
-        labels, scores = model.predict(zero)
+        labels, values = model.predict(smoke_inputs(model, 1))
     except Exception as error:  # any failure here means the model cannot serve
         raise ModelRejected(f"smoke inference failed for {model.ref.uri}: {error}") from error
-    if len(labels) != 1 or scores.shape != (1, len(model.labels)):
+    if (labels is not None and len(labels) != 1) or values.shape != (1, width):
         raise ModelRejected(
-            f"smoke inference of {model.ref.uri} returned {len(labels)} labels and "
-            f"scores of shape {scores.shape}, expected 1 and (1, {len(model.labels)})"
+            f"smoke inference of {model.ref.uri} returned "
+            f"{'no' if labels is None else len(labels)} labels and "
+            f"{'scores' if labels is not None else 'values'} of shape {values.shape}, "
+            f"expected (1, {width})"
         )
-    if not np.all(np.isfinite(scores)):
-        raise ModelRejected(f"smoke inference of {model.ref.uri} returned non-finite scores")
+    if not np.all(np.isfinite(values)):
+        raise ModelRejected(f"smoke inference of {model.ref.uri} returned non-finite outputs")
     # Warm up: onnxruntime allocates on the first run of each batch shape; do it now, not
     # while serving (and not inside the latency the controller compares).
-    for rows in [*range(2, 65), *range(80, 1025, 16)]:  # ~120 runs, a few ms in all
-        model.predict(np.zeros((rows, len(model.feature_names)), dtype=np.float32))
+    sizes = [*range(2, 65), *range(80, 1025, 16)] if model.signature.flat else [2, 8, 64, 500]
+    for rows in sizes:  # ~120 runs on the fast path, a few ms in all
+        model.predict(smoke_inputs(model, rows))
+
+
+def open_model(path: Path, manifest: ModelManifest, ref: ModelRef) -> LoadedModel:
+    """An onnxruntime session over ``path``, checked against ``manifest`` (inputs, outputs,
+    a smoke inference on inputs made from the signature); ``ModelRejected`` otherwise."""
+    model = LoadedModel(ref=ref, manifest=manifest, session=ModelStore.session(path, ref))
+    _check_graph(model)
+    _smoke(model)
+    return model

@@ -62,7 +62,7 @@ def build_naive_app(settings: Settings, app_id: str, sink: str) -> faust.App:
             prediction = {
                 "request_id": body["request_id"],
                 "deployment": body["deployment"],
-                "label": labels[0],
+                "label": labels[0] if labels else None,
                 "scores": scores[0].tolist(),
             }
             await outputs.send(key=event.message.key, value=orjson.dumps(prediction))

@@ -22,6 +22,21 @@ CANARY = "worker: canary 10% (paired)"
 SHADOW = "worker: shadow 100%"
 
 
+# The other model kinds (``app.bench.kinds``), production only, each on its own backlog.
+MULTI_CLASS = "worker: 3-class classifier (production only)"
+
+
+TENSOR = "worker: 8x8 tensor input (production only)"
+
+
+def ceiling_of(name: str) -> str | None:
+    """The ceiling a line is held to: shadow's is fan-out-2, every other worker line's
+    C_parse; a ceiling has none."""
+    if not name.startswith("worker"):
+        return None
+    return FAN_OUT if "shadow" in name else C_PARSE
+
+
 @dataclass(frozen=True)
 class Line:
     name: str
@@ -104,9 +119,21 @@ class Report:
     def rate(self, name: str) -> float:
         return next((x.per_second for x in self.lines if x.name == name), 0.0)
 
+    def ratio(self, line: Line) -> tuple[str, float] | None:
+        """``line``'s ceiling and its rate as a share of the ceiling's, when both were
+        measured in this run."""
+        ceiling = ceiling_of(line.name)
+        rate = self.rate(ceiling) if ceiling else 0.0
+        return (ceiling, line.per_second / rate) if ceiling and rate else None
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "throughput": [asdict(x) | {"per_second": x.per_second} for x in self.lines],
+            "throughput": [
+                asdict(x)
+                | {"per_second": x.per_second}
+                | dict(zip(("ceiling", "ratio"), self.ratio(x) or (None, None), strict=True))
+                for x in self.lines
+            ],
             "latency": [asdict(x) for x in self.latencies],
             "batch_max_wait_ms": self.wait_ms,
             "naive_peer": asdict(self.naive) | {"per_second": self.naive.per_second}
@@ -202,11 +229,8 @@ def _throughput_rows(r: Report) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for line in r.lines:
-        ratio = ""
-        if line.name.startswith("worker"):
-            ceiling = FAN_OUT if "shadow" in line.name else C_PARSE
-            if by_name.get(ceiling):
-                ratio = f"{line.per_second / by_name[ceiling]:.2f} of {ceiling.split(' ')[0]}"
+        found = r.ratio(line)
+        ratio = f"{found[1]:.2f} of {found[0].split(' ')[0]}" if found else ""
         broker = f"{line.broker_cpu_s:.1f}" if line.broker_cpu_s else ""
         spread = (
             f" ({min(line.rates):,.0f} to {max(line.rates):,.0f})" if len(line.rates) > 1 else ""

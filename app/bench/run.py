@@ -8,7 +8,10 @@ transaction per batch), in this process, on the configured broker:
 - **C_parse**: each request decoded and a small JSON output encoded (the realistic ceiling);
 - **fan-out-2**: C_parse writing two outputs per request (the ceiling for shadow);
 - **C_compute**: onnxruntime alone, rows/s at the worker's batch size (no Kafka);
-- **worker** in production-only, canary 10 % (paired) and shadow 100 % modes.
+- **worker** in production-only, canary 10 % (paired) and shadow 100 % modes;
+- **worker** on two other model kinds (``app.bench.kinds``), production only, each draining
+  a backlog of its own generated requests: a 3-class classifier (4 numbers in a list) and a
+  classifier on an 8x8 tensor (``{"image": 8 lists of 8}``, the general input path).
 
 Rates are records per second between the first and the last committed batch. Absolute
 figures drift from run to run on shared machines; the ratios to the ceilings are the result.
@@ -25,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -33,6 +37,7 @@ from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.model_store import ModelStore
 from app.adapters.process_stats import cpu_seconds
 from app.bench import naive_peer
+from app.bench.kinds import kinds
 from app.bench.latency import latency
 from app.bench.pace import controller_pace
 from app.bench.report import (
@@ -51,7 +56,7 @@ from app.bench.setup import (
     SINK,
     Offsets,
     broker_pid,
-    ensure_sink,
+    ensure_topics,
     fixed_table,
     fixed_table_mode,
     fresh_group,
@@ -62,12 +67,29 @@ from app.core.events import (
     Mode,
 )
 from app.core.requests import RawRecord
-from app.core.scoring import BatchResult, BatchScorer, Outgoing, RoutingTable, table_scorer
+from app.core.scoring import (
+    BatchResult,
+    BatchScorer,
+    Outgoing,
+    RoutingTable,
+    Topics,
+    table_scorer,
+)
 from app.settings import Settings
 from app.worker.loop import Worker
 
 # A ceiling: what it publishes for a batch, in place of scoring.
 Transform = Callable[[Sequence[RawRecord]], list[Outgoing]]
+
+
+class _Planned(NamedTuple):
+    """A drain line: its routing table, or a ceiling's transform in place of scoring, and
+    the backlog it drains."""
+
+    name: str
+    table: RoutingTable
+    transform: Transform | None
+    backlog: Offsets
 
 
 def _passthrough(batch: Sequence[RawRecord]) -> list[Outgoing]:
@@ -102,12 +124,13 @@ async def drain(
     backlog: Offsets | None = None,
 ) -> Line:
     """Time one in-process worker draining ``requests`` records: the backlog that starts at
-    ``backlog``, or a new one written first."""
+    ``backlog`` (on its topic), or a new one of ``fraud`` requests written first."""
     if backlog is None:
         backlog = await write_backlog(settings, requests)
     group = await fresh_group(settings, at=backlog)
     worker_id = f"bench-{uuid.uuid4().hex[:6]}"
-    worker = Worker(group, worker_id, _scorer(group, worker_id, table, transform))
+    topics = Topics(requests=next(iter(backlog)).topic)
+    worker = Worker(group, worker_id, _scorer(group, worker_id, table, transform), topics)
     stop = asyncio.Event()
     cpu0, broker0 = _cpu(), _broker_cpu(settings)
     task = asyncio.create_task(worker.run(stop))
@@ -179,32 +202,40 @@ async def run_bench(
     rounds: int = 3,
 ) -> Report:
     configure_aiokafka()
-    await ensure_sink(settings)
+    progress("training the other model kinds (3-class, 8x8 tensor) …")
+    other_kinds = kinds()
+    await ensure_topics(settings, [SINK, *(k.topic for k in other_kinds)])
     store = ModelStore(settings.model_store)
     prod_only = fixed_table(store, Mode.MANUAL)
-    plan: list[tuple[str, RoutingTable, Transform | None]] = [
-        ("C_io (passthrough)", prod_only, _passthrough),
-        (C_PARSE, prod_only, _parse(1)),
-        (FAN_OUT, prod_only, _parse(2)),
-        (PROD_ONLY, prod_only, None),
-        (CANARY, fixed_table(store, Mode.CANARY), None),
-        (SHADOW, fixed_table(store, Mode.SHADOW), None),
-    ]
     progress("warming up (broker, clients, models) …")
     await drain(settings, "warm-up", min(requests, 5000), prod_only)
-    progress(f"writing a backlog of {requests:,} requests (every line drains the same one) …")
+    progress(f"writing a backlog of {requests:,} requests (the fraud lines drain the same one) …")
     backlog = await write_backlog(settings, requests)
-    runs: dict[str, list[Line]] = {name: [] for name, _, _ in plan}
+    plan: list[_Planned] = [
+        _Planned("C_io (passthrough)", prod_only, _passthrough, backlog),
+        _Planned(C_PARSE, prod_only, _parse(1), backlog),
+        _Planned(FAN_OUT, prod_only, _parse(2), backlog),
+        _Planned(PROD_ONLY, prod_only, None, backlog),
+        _Planned(CANARY, fixed_table(store, Mode.CANARY), None, backlog),
+        _Planned(SHADOW, fixed_table(store, Mode.SHADOW), None, backlog),
+    ]
+    for kind in other_kinds:
+        progress(f"writing a backlog of {requests:,} {kind.deployment} requests …")
+        at = await write_backlog(settings, requests, kind.topic, kind.make)
+        plan.append(_Planned(kind.line, kind.table, None, at))
+    runs: dict[str, list[Line]] = {p.name: [] for p in plan}
     for round_ in range(1, rounds + 1):  # interleaved, so that drift hits every line alike
-        for name, table, transform in plan:
-            line = await drain(settings, name, requests, table, transform, progress, backlog)
-            runs[name].append(line)
-            progress(f"round {round_}/{rounds}: {name}: {line.per_second:,.0f}/s")
-    lines = [median_line(runs[name]) for name, _, _ in plan]
+        for p in plan:
+            line = await drain(
+                settings, p.name, requests, p.table, p.transform, progress, p.backlog
+            )
+            runs[p.name].append(line)
+            progress(f"round {round_}/{rounds}: {p.name}: {line.per_second:,.0f}/s")
+    lines = [median_line(runs[p.name]) for p in plan]
     lines.append(compute_ceiling(store, settings.batch_max_records))
     latencies: list[Latency] = []
-    for line, (name, table, transform) in zip(lines, plan, strict=False):
-        if transform is None:  # the worker's modes: latency at half their sustained rate
+    for line, (name, table, _, _) in zip(lines, plan, strict=False):
+        if name in (PROD_ONLY, CANARY, SHADOW):  # latency at half their sustained rate
             progress(f"{name}: latency at {line.per_second / 2:,.0f}/s …")
             mode = fixed_table_mode(table)
             latencies.append(await latency(settings, name, mode, line.per_second / 2, 10.0))

@@ -1,11 +1,13 @@
-"""What every ``rollout bench`` line stands on: fixed routing tables (no controller), consumer
-groups placed at a backlog, the sink topic of the ceilings, the local broker's pid.
+"""What every ``rollout bench`` line stands on: fixed routing tables (no controller), backlogs
+of generated requests, consumer groups placed at a backlog, the bench's own topics (the
+ceilings' sink), the local broker's pid.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Callable, Sequence
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -27,17 +29,18 @@ from app.core.events import (
 from app.core.policy import Policy
 from app.core.scoring import DeploymentRoute, RoutingTable
 from app.core.topics import Topic
-from app.harness.traffic import make_requests, send
+from app.harness.traffic import SentRequest, make_requests, send
 from app.settings import Settings
 
 SINK = "bench.sink"
 
 
-def fixed_table(store: ModelStore, mode: Mode) -> RoutingTable:
-    production = store.load(store.ref("fraud", "1"))
-    candidate = store.load(store.ref("fraud", "2")) if mode is not Mode.MANUAL else None
+def fixed_table(store: ModelStore, mode: Mode, deployment: str = "fraud") -> RoutingTable:
+    """``deployment`` served by version 1 (candidate 2 unless ``mode`` is manual)."""
+    production = store.load(store.ref(deployment, "1"))
+    candidate = store.load(store.ref(deployment, "2")) if mode is not Mode.MANUAL else None
     state = DeploymentState(
-        deployment="fraud",
+        deployment=deployment,
         epoch=1,
         mode=mode,
         phase=Phase.PROGRESSING if candidate else Phase.STABLE,
@@ -48,58 +51,68 @@ def fixed_table(store: ModelStore, mode: Mode) -> RoutingTable:
         policy=Policy(),
         updated_at=now_ms(),
     )
-    return {"fraud": DeploymentRoute(state, production, candidate)}
+    return {deployment: DeploymentRoute(state, production, candidate)}
 
 
 def fixed_table_mode(table: RoutingTable) -> Mode:
-    return table["fraud"].state.mode
+    return next(iter(table.values())).state.mode
 
 
 Offsets = dict[TopicPartition, int]
 
 
 async def fresh_group(settings: Settings, at: Offsets | None = None) -> Settings:
-    """A consumer group whose committed offsets are ``at``, else the requests topic's end."""
+    """A consumer group whose committed offsets are ``at`` (on their topic), else the requests
+    topic's end."""
     group = f"rollout-bench-{uuid.uuid4().hex[:8]}"
     consumer = group_consumer(settings, group)
     await consumer.start()
     try:
-        partitions = await partitions_of(consumer, Topic.REQUESTS)
         if at is None:
-            at = await consumer.end_offsets(partitions)
-        consumer.assign(partitions)
+            at = await consumer.end_offsets(await partitions_of(consumer, Topic.REQUESTS))
+        consumer.assign(list(at))
         await consumer.commit({TopicPartition(tp.topic, tp.partition): o for tp, o in at.items()})
     finally:
         await consumer.stop()
     return settings.model_copy(update={"group_id": group})
 
 
-async def write_backlog(settings: Settings, requests: int) -> Offsets:
-    """Append ``requests`` generated requests; returns where they start (per partition)."""
+def fraud_requests(n: int, run_id: str) -> list[SentRequest]:
+    return make_requests(n, seed=3, run_id=run_id)
+
+
+async def write_backlog(
+    settings: Settings,
+    requests: int,
+    topic: str = Topic.REQUESTS,
+    make: Callable[[int, str], list[SentRequest]] = fraud_requests,
+) -> Offsets:
+    """Append ``requests`` generated requests (``fraud``'s unless ``make`` says otherwise) to
+    ``topic``; returns where they start (per partition)."""
     consumer = group_consumer(settings, f"rollout-bench-{uuid.uuid4().hex[:8]}")
     await consumer.start()
     try:
-        partitions = await partitions_of(consumer, Topic.REQUESTS)
+        partitions = await partitions_of(consumer, topic)
         start: Offsets = await consumer.end_offsets(partitions)
     finally:
         await consumer.stop()
     producer = plain_producer(settings)
     await producer.start()
     try:
-        await send(
-            producer, make_requests(requests, seed=3, run_id=f"bench-{uuid.uuid4().hex[:6]}")
-        )
+        await send(producer, make(requests, f"bench-{uuid.uuid4().hex[:6]}"), topic=topic)
     finally:
         await producer.stop()
     return start
 
 
-async def ensure_sink(settings: Settings) -> None:
+async def ensure_topics(settings: Settings, names: Sequence[str]) -> None:
+    """Create the bench's own topics (the sink, the other kinds' backlogs): 6 partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([NewTopic(SINK, num_partitions=6, replication_factor=1)])
+        for name in names:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)])
     finally:
         await admin.close()
 

@@ -15,11 +15,15 @@ app = typer.Typer(
 def main() -> None:
     from app.adapters.kafka_clients import configure_aiokafka
     from app.cli import (  # noqa: F401
+        acls,
+        api_token,
         bench,
         chaos,
         control,
         demo,
+        history,
         kafka,
+        models,
         schemas,
         serve,
         simulate,
@@ -27,6 +31,7 @@ def main() -> None:
         traffic,
         train,
     )
+    from app.cli.failures import run
 
     configure_aiokafka()
-    app()
+    run(app)

@@ -1,6 +1,7 @@
 """Operator verbs: ``rollout deploy|promote|rollback|abort|pause|resume|set-weight|set-mode``
 write a ``ControlCommand`` and wait (bounded) for its ``DecisionEvent``; ``rollout status``
-prints the deployments' states. Exit 1 when a command is rejected, 2 when nobody answers."""
+prints the deployments' states. Exit codes: ``app.cli.failures`` (1 rejected, 2 no answer, 3
+broker unreachable, 4 refused); ``--json`` prints the ``DecisionEvent`` (or the states)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from app.adapters.control_client import current_states, send_command
 from app.cli import app
+from app.cli.failures import ExitCode, fail
 from app.core.events import Action, ControlCommand, DecisionEvent, Mode, now_ms
 from app.settings import load_settings
 
@@ -25,9 +27,12 @@ console = Console()
 Wait = Annotated[float, typer.Option("--wait", help="Seconds to wait for the controller's answer.")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")]
 Unit = Annotated[float, typer.Argument(min=0.0, max=1.0)]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
 
-def _issue(deployment: str, action: Action, wait: float, reason: str, **fields: Any) -> None:
+def _issue(
+    deployment: str, action: Action, wait: float, reason: str, as_json: bool, **fields: Any
+) -> None:
     command = ControlCommand(
         command_id=uuid.uuid4().hex,
         deployment=deployment,
@@ -38,23 +43,24 @@ def _issue(deployment: str, action: Action, wait: float, reason: str, **fields: 
     )
     decision = asyncio.run(send_command(load_settings(), command, timeout_s=wait))
     if decision is None:
-        console.print(
-            f"[red]no answer to {action} within {wait:.0f}s[/red]: is `rollout controller` running?"
+        fail(
+            ExitCode.NO_ANSWER,
+            f"no answer to {action} {deployment} within {wait:.0f}s: "
+            "is `rollout controller` running?",
         )
-        raise typer.Exit(2)
-    _print_decision(decision)
+    if as_json:
+        typer.echo(orjson.dumps(decision.model_dump(mode="json", by_alias=True)).decode())
+    elif decision.accepted:
+        _print_decision(decision)
     if not decision.accepted:
-        raise typer.Exit(1)
+        fail(ExitCode.REJECTED, f"rejected {decision.action} {deployment}: {decision.reason}")
 
 
 def _print_decision(d: DecisionEvent) -> None:
-    if d.accepted:
-        to = d.to
-        where = f" → {to.mode}/{to.phase}, weight {to.weight:.0%}" if to else ""
-        console.print(f"[green]accepted[/green] {d.action} {d.deployment} (epoch {d.epoch}){where}")
-        console.print(f"  {d.reason}")
-    else:
-        console.print(f"[red]rejected[/red] {d.action} {d.deployment}: {d.reason}")
+    to = d.to
+    where = f" → {to.mode}/{to.phase}, weight {to.weight:.0%}" if to else ""
+    console.print(f"[green]accepted[/green] {d.action} {d.deployment} (epoch {d.epoch}){where}")
+    console.print(f"  {d.reason}")
 
 
 @app.command()
@@ -73,6 +79,7 @@ def deploy(
     ] = None,
     wait: Wait = 30.0,
     reason: Reason = "",
+    as_json: Json = False,
 ) -> None:
     """Deploy VERSION of DEPLOYMENT as candidate (or, in automatic mode, as production)."""
     overrides = None
@@ -86,6 +93,7 @@ def deploy(
         Action.DEPLOY,
         wait,
         reason,
+        as_json,
         version=version,
         mode=mode,
         weight=weight,
@@ -95,58 +103,63 @@ def deploy(
 
 
 @app.command()
-def promote(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+def promote(deployment: str, wait: Wait = 30.0, reason: Reason = "", as_json: Json = False) -> None:
     """Make the candidate production."""
-    _issue(deployment, Action.PROMOTE, wait, reason)
+    _issue(deployment, Action.PROMOTE, wait, reason, as_json)
 
 
 @app.command()
-def rollback(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+def rollback(
+    deployment: str, wait: Wait = 30.0, reason: Reason = "", as_json: Json = False
+) -> None:
     """Retire the candidate in flight, or else go back to the previous production."""
-    _issue(deployment, Action.ROLLBACK, wait, reason)
+    _issue(deployment, Action.ROLLBACK, wait, reason, as_json)
 
 
 @app.command()
-def abort(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+def abort(deployment: str, wait: Wait = 30.0, reason: Reason = "", as_json: Json = False) -> None:
     """Retire the candidate."""
-    _issue(deployment, Action.ABORT, wait, reason)
+    _issue(deployment, Action.ABORT, wait, reason, as_json)
 
 
 @app.command()
-def pause(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+def pause(deployment: str, wait: Wait = 30.0, reason: Reason = "", as_json: Json = False) -> None:
     """Hold the rollout where it is."""
-    _issue(deployment, Action.PAUSE, wait, reason)
+    _issue(deployment, Action.PAUSE, wait, reason, as_json)
 
 
 @app.command()
-def resume(deployment: str, wait: Wait = 30.0, reason: Reason = "") -> None:
+def resume(deployment: str, wait: Wait = 30.0, reason: Reason = "", as_json: Json = False) -> None:
     """Continue a paused rollout."""
-    _issue(deployment, Action.RESUME, wait, reason)
+    _issue(deployment, Action.RESUME, wait, reason, as_json)
 
 
 @app.command("set-weight")
-def set_weight(deployment: str, weight: Unit, wait: Wait = 30.0, reason: Reason = "") -> None:
+def set_weight(
+    deployment: str, weight: Unit, wait: Wait = 30.0, reason: Reason = "", as_json: Json = False
+) -> None:
     """Set the canary's weight (share of entities on the candidate)."""
-    _issue(deployment, Action.SET_WEIGHT, wait, reason, weight=weight)
+    _issue(deployment, Action.SET_WEIGHT, wait, reason, as_json, weight=weight)
 
 
 @app.command("set-mode")
-def set_mode(deployment: str, mode: Mode, wait: Wait = 30.0, reason: Reason = "") -> None:
+def set_mode(
+    deployment: str, mode: Mode, wait: Wait = 30.0, reason: Reason = "", as_json: Json = False
+) -> None:
     """Switch the rollout's mode."""
-    _issue(deployment, Action.SET_MODE, wait, reason, mode=mode)
+    _issue(deployment, Action.SET_MODE, wait, reason, as_json, mode=mode)
 
 
 @app.command()
 def status(
     deployment: Annotated[str | None, typer.Argument()] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Each deployment's mode, phase, versions, weight, sample rate and epoch."""
     states = asyncio.run(current_states(load_settings()))
     if deployment is not None:
         if deployment not in states:
-            console.print(f"[red]no state for deployment {deployment!r}[/red]")
-            raise typer.Exit(1)
+            fail(ExitCode.REJECTED, f"no state for deployment {deployment!r}")
         states = {deployment: states[deployment]}
     if as_json:
         typer.echo(

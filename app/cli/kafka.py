@@ -1,5 +1,6 @@
 """``rollout kafka start|stop|status``: the local single-node KRaft broker for development and
-tests (see :mod:`app.adapters.kafka_local`). Exit code 1 on failure."""
+tests (see :mod:`app.adapters.kafka_local`). Exit 1 when it cannot be started or stopped, 3 when
+``status`` finds nothing answering, 64 for ``--secure`` without credentials."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 
 from app.adapters import kafka_jars, kafka_local
 from app.cli import app
+from app.cli.failures import ExitCode
 from app.settings import load_settings
 
 kafka_app = typer.Typer(no_args_is_help=True, help="Run a local single-node Kafka broker.")
@@ -47,7 +49,7 @@ def start(
             fg=typer.colors.RED,
             err=True,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.USAGE))
     if not (config.libs_dir / ".fetched").is_file():
         typer.echo(f"Fetching Kafka {kafka_jars.KAFKA_VERSION} jars into {config.libs_dir} ...")
     try:
@@ -106,4 +108,4 @@ def status() -> None:
     typer.echo(f"Kafka {state} on {st.bootstrap} ({owner})")
     typer.echo(f"data: {st.data_dir}  log: {st.log_file}")
     if not st.running:
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.UNREACHABLE))

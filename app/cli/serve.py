@@ -10,6 +10,8 @@ import typer
 
 from app.adapters.logs import setup_logging
 from app.cli import app
+from app.cli.failures import ExitCode, fail
+from app.controller import access
 from app.controller.app import run_controller
 from app.settings import load_settings
 from app.worker.service import default_worker_id, run_worker
@@ -38,5 +40,12 @@ def controller(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Own the deployments' state: apply commands, publish states and decisions."""
+    settings = load_settings()
+    try:
+        problem = access.bind_problem(settings, access.load_tokens(settings))
+    except (access.TokenError, OSError) as exc:
+        fail(ExitCode.USAGE, f"API tokens: {exc}")
+    if problem is not None:
+        fail(ExitCode.USAGE, problem)
     setup_logging(loglevel)
-    run_controller(load_settings(), loglevel=loglevel)
+    run_controller(settings, loglevel=loglevel)

@@ -1,5 +1,6 @@
 """``rollout topics apply``: create the topics declared in ``topics.yaml`` that are missing and
-report differences on existing ones as warnings (exit 1 on them only with ``--strict``)."""
+report differences on existing ones as warnings (exit 1 on them only with ``--strict``; a bad
+file is a usage error, 64; other failures per ``app.cli.failures``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import asyncio
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 
-from app.adapters.kafka_security import SecurityConfigError, client_options
+from app.adapters.kafka_security import client_options
 from app.adapters.topics import TopicsError, apply_topics, load_topics_file
 from app.cli import app
+from app.cli.failures import ExitCode, fail
+from app.core.topic_spec import with_replication
 from app.settings import load_settings
 
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics as code (topics.yaml).")
@@ -26,25 +30,35 @@ def apply(
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when existing topics differ.")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
 ) -> None:
     """Create missing topics idempotently; never alter or delete existing ones."""
     settings = load_settings()
     path = file or settings.topics_file
     try:
-        desired = load_topics_file(path)
+        desired = with_replication(load_topics_file(path), settings.topic_replication_factor)
+    except TopicsError as exc:
+        fail(ExitCode.USAGE, str(exc))
+    try:
         result = asyncio.run(
             apply_topics(settings.bootstrap_servers, desired, security=client_options(settings))
         )
-    except (TopicsError, OSError, SecurityConfigError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
-    except Exception as exc:  # aiokafka connection errors have no common base worth naming
-        typer.secho(
-            f"error: cannot apply topics on {settings.bootstrap_servers}: {exc!r}",
-            fg=typer.colors.RED,
-            err=True,
+    except TopicsError as exc:  # the cluster refused to create a topic
+        fail(ExitCode.REJECTED, str(exc))
+    if as_json:
+        typer.echo(
+            orjson.dumps(
+                {
+                    "bootstrap": settings.bootstrap_servers,
+                    "created": result.created,
+                    "present": result.present,
+                    "differences": [str(d) for d in result.differences],
+                }
+            ).decode()
         )
-        raise typer.Exit(1) from exc
+        if strict and result.differences:
+            raise typer.Exit(int(ExitCode.REJECTED))
+        return
     for name in result.created:
         typer.echo(f"created   {name}")
     for name in result.present:
@@ -56,4 +70,4 @@ def apply(
         f"{len(result.differences)} differences on {settings.bootstrap_servers}"
     )
     if strict and result.differences:
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.REJECTED))

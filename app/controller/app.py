@@ -26,6 +26,7 @@ from app.controller.analyst import PartitionAnalyst
 from app.controller.commands import CommandHandler
 from app.controller.dashboard import WebServer, start_web
 from app.controller.publisher import DecisionPublisher
+from app.core import health
 from app.core.topics import Topic
 from app.settings import Settings
 
@@ -48,13 +49,14 @@ class ControlPlane(Service):
         self.analysts: dict[int, PartitionAnalyst] = {}
         self.ready = asyncio.Event()
         self.web: WebServer | None = None
+        self.partitions: set[int] | None = None  # None until the group assigns some
 
     async def on_start(self) -> None:
         await self.view.start()
         await self.view.catch_up()
         self.ready.set()
         log.info("controller ready: %d deployments known", len(self.view.states))
-        self.web = await start_web(self.settings, self.view, lambda: self.analysts)
+        self.web = await start_web(self.settings, self.view, lambda: self.analysts, self.readiness)
 
     async def on_stop(self) -> None:
         if self.web is not None:
@@ -64,8 +66,16 @@ class ControlPlane(Service):
         await self.publisher.close()
         await self.view.stop()
 
+    def readiness(self) -> health.Probe:
+        return health.controller_readiness(
+            states_loaded=self.ready.is_set(),
+            assigned=self.partitions,
+            restored=set(self.analysts),
+        )
+
     async def assigned(self, partitions: set[int]) -> None:
         """Act for ``partitions`` from now on, and for no others."""
+        self.partitions = set(partitions)
         await self.ready.wait()
         for partition in set(self.analysts) - partitions:
             await self._release(partition)

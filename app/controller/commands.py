@@ -95,6 +95,8 @@ class CommandHandler:
         now = now_ms()
         loose = _loose_fields(value)
         command, problem = _parse(value)
+        if command is not None and command.action is Action.CREATE:
+            return self._create(command, now)
         deployment = command.deployment if command else loose.get("deployment") or _text(key)
         state = self.current(deployment) if deployment else None
         if state is None:
@@ -118,6 +120,42 @@ class CommandHandler:
                     state, command, f"version {command.version}: {exc.reason}", now
                 )
         return apply(state, command, now, candidate, self._store.spec(command.deployment).policy)
+
+    def _create(self, command: ControlCommand, now: int) -> Outcome:
+        """A deployment new to the store gets its first state (epoch 0), once its
+        ``deployment.yaml`` reads and its initial production loads (sha256, signature,
+        smoke run); one that has a state already is refused."""
+        name = command.deployment
+        known = self._view.states.get(name)
+        if known is not None:
+            return reject(
+                known,
+                f"deployment {name!r} exists already (epoch {known.epoch})",
+                now,
+                action=DecisionAction.CREATE,
+                command_id=command.command_id,
+                decided_by=command.issued_by,
+            )
+        loose = {"action": command.action.value, "command_id": command.command_id}
+        loose["issued_by"] = command.issued_by
+        try:
+            spec = self._store.spec(name)
+            ref = self._validated(name, spec.initial_production)
+        except ModelRejected as exc:
+            return _orphan(name, loose, f"cannot create {name!r}: {exc.reason}", now)
+        state = initial_state(spec, ref, now)
+        decision = DecisionEvent(
+            deployment=name,
+            epoch=state.epoch,
+            action=DecisionAction.CREATE,
+            command_id=command.command_id,
+            accepted=True,
+            reason=f"created: {spec.signature.kind}, production {ref.version}; serving",
+            decided_by=command.issued_by,
+            to=None,
+            at=now,
+        )
+        return Outcome(state, decision)
 
     def _validated(self, deployment: str, version: str) -> ModelRef:
         """The version's reference, once its artifact, signature and a smoke run check out."""

@@ -9,11 +9,15 @@ Routes (all JSON unless said otherwise):
   its recent decisions with their evidence, newest first.
 - ``GET /api/deployments/{name}`` — one view; 404 if the deployment has no state.
 - ``POST /api/deployments/{name}/commands`` — body ``{"action": "promote" | "rollback" |
-  "pause" | "resume", "reason": str, "issued_by": str}``: writes a ``ControlCommand`` to
+  "pause" | "resume", "reason": str}`` (``Content-Type: application/json``, same origin, an
+  operator's token; ``issued_by`` is the token's identity): writes a ``ControlCommand`` to
   ``deployments.control`` and answers with the controller's ``DecisionEvent`` (200 accepted,
   409 rejected, 504 no answer in time); 400 for an action outside that list or a malformed
   body, 404 for an unknown deployment (nothing is sent in either case).
 - ``GET /metrics`` — Prometheus text format.
+- ``GET /healthz``, ``GET /readyz`` — the probes (``app.core.health``): 200, or 503 and why.
+
+Every ``/api`` route needs a token when tokens are configured (``app.controller.access``).
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from aiohttp import web
 from app.adapters import metrics
 from app.adapters.control_client import send_command
 from app.adapters.decision_log import DecisionLog
-from app.adapters.http_server import metrics_handler, start_site
+from app.adapters.http_server import ProbeSource, add_probes, metrics_handler, start_site
 from app.adapters.state_view import StateView
+from app.controller import access
 from app.controller.analyst import PartitionAnalyst
 from app.core.analysis import RolloutAnalysis
 from app.core.events import Action, ControlCommand, DecisionEvent, DeploymentState, now_ms
+from app.core.health import Probe
 from app.core.rollout_view import analysis_view, decision_view, deployment_view
 from app.core.watch import WatchAnalysis
 from app.settings import Settings
@@ -54,8 +60,12 @@ class Dashboard:
         analyses: Callable[[], Mapping[str, RolloutAnalysis]],
         decisions: DecisionLog,
         send: SendCommand,
+        tokens: access.TokenBook | None = None,
+        readiness: ProbeSource | None = None,
         watches: Callable[[], Mapping[str, WatchAnalysis]] = dict,
     ) -> None:
+        self._readiness = readiness
+        self._tokens = tokens if tokens is not None else access.TokenBook()
         self._states = states
         self._analyses = analyses
         self._decisions = decisions
@@ -63,12 +73,13 @@ class Dashboard:
         self._watches = watches
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[access.middleware(self._tokens)])
         app.router.add_get("/", self.page)
         app.router.add_get("/api/deployments", self.list_deployments)
         app.router.add_get("/api/deployments/{name}", self.get_deployment)
         app.router.add_post("/api/deployments/{name}/commands", self.post_command)
         app.router.add_get("/metrics", metrics_handler)
+        add_probes(app, _alive, self._readiness or _alive)
         return app
 
     def view(self, name: str, now: int) -> dict[str, Any] | None:
@@ -112,19 +123,25 @@ class Dashboard:
             command_id=uuid.uuid4().hex,
             deployment=name,
             action=Action(action),
-            issued_by=str(body.get("issued_by") or "dashboard")[:128],
+            issued_by=access.principal_of(request).name[:128],
             reason=str(body.get("reason") or "from the dashboard")[:1000],
         )
         log.info(
-            "dashboard: %s %s",
+            "dashboard: %s %s by %s",
             action,
             name,
+            command.issued_by,
             extra={"deployment": name, "command_id": command.command_id},
         )
         decision = await self._send(command)
         if decision is None:
             return _json({"error": "no answer from the controller in time"}, 504)
         return _json(decision_view(decision), 200 if decision.accepted else 409)
+
+
+def _alive() -> Probe:
+    """The controller answers on the event loop its Kafka work runs on: the loop is alive."""
+    return Probe(True, [], {"loop": "answering"})
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -150,6 +167,7 @@ async def start_web(
     settings: Settings,
     view: StateView,
     analysts: Callable[[], Mapping[int, PartitionAnalyst]],
+    readiness: ProbeSource | None = None,
 ) -> WebServer:
     def analyses() -> dict[str, RolloutAnalysis]:
         return {
@@ -179,7 +197,19 @@ async def start_web(
         async def send(command: ControlCommand) -> DecisionEvent | None:
             return await send_command(settings, command, timeout_s=15.0)
 
-        dashboard = Dashboard(lambda: view.states, analyses, decisions, send, watches)
+        tokens = access.load_tokens(settings)
+        problem = access.bind_problem(settings, tokens)
+        if problem is not None:
+            await decisions.stop()
+            raise access.TokenError(problem)
+        if not tokens:
+            log.warning(
+                "the dashboard API has no tokens: anyone on this host may use it "
+                "(set ROLLOUT_API_TOKENS or ROLLOUT_API_TOKENS_FILE)"
+            )
+        dashboard = Dashboard(
+            lambda: view.states, analyses, decisions, send, tokens, readiness, watches
+        )
         try:
             runner = await start_site(dashboard.app(), settings.http_host, settings.dashboard_port)
             log.info("dashboard on http://%s:%d/", settings.http_host, settings.dashboard_port)

@@ -48,10 +48,14 @@ async def replay(
             "policy": new.policy,
         }
     )
-    raw = [RawRecord(r.topic, r.partition, r.offset, r.key, r.value) for r in records]
+    raw = [
+        RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, r.headers)
+        for r in records
+    ]
+    regression = store.spec(before.deployment).regression
     scored = score_batch(
         raw,
-        {before.deployment: DeploymentRoute(shadow, production, candidate)},
+        {before.deployment: DeploymentRoute(shadow, production, candidate, regression=regression)},
         max_request_bytes=settings.max_request_bytes,
     )
     g = new.policy.guardrails

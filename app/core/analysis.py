@@ -439,7 +439,11 @@ class RolloutAnalysis:
         self.expire(now)
 
     def add_feedback(self, f: Feedback, at: int = 0) -> bool:
-        """Join ground truth to a compared request of this rollout; False if none waits for it."""
+        """Join ground truth to a compared request of this rollout; False if none waits for it
+        (or it carries no label: a regressor's value is not judged by a label metric yet, so
+        its pair stays at its worst case and the rollout cannot promote on it)."""
+        if f.label is None:
+            return False
         entry = self.pending.pop(f.request_id, None)
         if entry is None:
             return False
@@ -699,10 +703,14 @@ def _checked(arm: ArmResult) -> Any:
     out = arm.output
     if out is None:
         return None
-    if not all(
+    if out.scores is not None and not all(
         isinstance(s, float | int) and math.isfinite(s) and 0.0 <= s <= 1.0 for s in out.scores
     ):
         return None
+    if out.values is not None and not all(
+        isinstance(v, float | int) and math.isfinite(v) for v in out.values
+    ):
+        return None  # a regressor's values must be finite
     return out
 
 

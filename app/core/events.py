@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.policy import Policy
 
@@ -61,6 +61,7 @@ class Action(StrEnum):
     RESUME = "resume"
     SET_WEIGHT = "set_weight"
     SET_MODE = "set_mode"
+    CREATE = "create"  # a new deployment of the model store: its first state
 
 
 class DecisionAction(StrEnum):
@@ -76,6 +77,7 @@ class DecisionAction(StrEnum):
     RESUME = "resume"
     SET_WEIGHT = "set_weight"
     SET_MODE = "set_mode"
+    CREATE = "create"
     ADVANCE = "advance"
     RETIRE = "retire"
     AWAIT_APPROVAL = "await_approval"
@@ -108,9 +110,17 @@ class DeadLetterCode(StrEnum):
     NON_FINITE = "non_finite"
     WRONG_FEATURE_COUNT = "wrong_feature_count"
     MODEL_ERROR = "model_error"
+    # Named, typed and multi-dimensional inputs (app.core.tensors).
+    MISSING_INPUT = "missing_input"
+    UNKNOWN_INPUT = "unknown_input"
+    WRONG_SHAPE = "wrong_shape"
+    # Open Inference Protocol v2 requests (app.core.oip).
+    DATATYPE_MISMATCH = "datatype_mismatch"
+    MISSING_DEPLOYMENT = "missing_deployment"
 
 
 FeatureValue = float | int
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Features = dict[str, Any] | list[Any]
 
 
@@ -132,8 +142,12 @@ class ModelIdentity(_Event):
 
 
 class ModelOutput(_Event):
-    label: str
-    scores: list[float]
+    """A classifier's ``label`` and per-class ``scores`` (label order), or a regressor's
+    ``values`` (one per target); the other fields are null."""
+
+    label: str | None = None
+    scores: list[float] | None = None
+    values: list[float] | None = None
 
 
 class Prediction(_Event):
@@ -199,10 +213,27 @@ class ShedReport(_Event):
 
 
 class Feedback(_Event):
+    """The truth about one request: a ``label`` (classifiers) or the true ``values`` (a
+    regressor, one per target; a bare number for a single target)."""
+
     request_id: str
     deployment: str
-    label: str
+    label: str | None = None
+    value: FiniteFloat | list[FiniteFloat] | None = None
     observed_at: int
+
+    @model_validator(mode="after")
+    def _one_truth(self) -> Feedback:
+        if (self.label is None) == (self.value is None):
+            raise ValueError("feedback carries exactly one of label (classifier) and value")
+        return self
+
+    @property
+    def values(self) -> list[float] | None:
+        """The true values as a list (``value`` may be a bare number), or None."""
+        if self.value is None:
+            return None
+        return self.value if isinstance(self.value, list) else [self.value]
 
 
 class DeadLetterError(_Event):
@@ -215,6 +246,7 @@ PayloadEncoding = Literal["utf-8", "base64"]
 
 class DeadLetter(_Event):
     error: DeadLetterError
+    request_id: str | None = None  # when the record had a readable one
     source: SourceOffset
     payload: str
     payload_encoding: PayloadEncoding

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -26,6 +27,7 @@ from app.core.events import (
     PayloadEncoding,
     SourceOffset,
 )
+from app.core.oip import OipError, from_oip, is_oip
 
 
 class RawRecord(NamedTuple):
@@ -37,6 +39,7 @@ class RawRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp: int = 0
+    headers: Sequence[tuple[str, bytes]] = ()
 
     @property
     def source(self) -> SourceOffset:
@@ -52,6 +55,8 @@ class ParsedRequest(NamedTuple):
     features: dict[str, Any] | list[Any]
     entity_key: str | None = None
     sent_at: int | None = None
+    # An Open Inference Protocol request: each input's datatype (checked against the model's).
+    datatypes: dict[str, str] | None = None
 
     @classmethod
     def of(cls, request: InferenceRequest) -> ParsedRequest:
@@ -68,6 +73,7 @@ class ParsedRequest(NamedTuple):
 class Rejection:
     code: DeadLetterCode
     message: str
+    request_id: str | None = None  # when the record had a readable one
 
 
 def parse_request(
@@ -94,6 +100,8 @@ def parse_request(
         )
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
+        if is_oip(body):
+            return _oip_request(body, record.headers, known_deployments)
         return Rejection(
             DeadLetterCode.MISSING_REQUEST_ID, "request_id is missing, empty or not a string"
         )
@@ -102,12 +110,37 @@ def parse_request(
         try:
             request = ParsedRequest.of(InferenceRequest.model_validate(body))
         except ValidationError as exc:
-            return Rejection(DeadLetterCode.INVALID_REQUEST, _first_error(exc))
+            return Rejection(
+                DeadLetterCode.INVALID_REQUEST, _first_error(exc), _readable(request_id)
+            )
     if request.deployment not in known_deployments:
         return Rejection(
-            DeadLetterCode.UNKNOWN_DEPLOYMENT, f"no deployment named {request.deployment!r}"
+            DeadLetterCode.UNKNOWN_DEPLOYMENT,
+            f"no deployment named {request.deployment!r}",
+            request.request_id,
         )
     return request
+
+
+def _readable(request_id: str) -> str | None:
+    return request_id if len(request_id) <= MAX_REQUEST_ID_CHARS else None
+
+
+def _oip_request(
+    body: dict[str, Any], headers: Sequence[tuple[str, bytes]], known: frozenset[str]
+) -> ParsedRequest | Rejection:
+    """An Open Inference Protocol v2 request (``app.core.oip``) as a native one."""
+    oip_id = body.get("id")
+    readable = oip_id if isinstance(oip_id, str) and oip_id else None
+    try:
+        request_id, deployment, features, datatypes = from_oip(body, headers)
+    except OipError as exc:
+        return Rejection(exc.code, exc.message, readable and _readable(readable))
+    if deployment not in known:
+        return Rejection(
+            DeadLetterCode.UNKNOWN_DEPLOYMENT, f"no deployment named {deployment!r}", request_id
+        )
+    return ParsedRequest(request_id, deployment, features, None, None, datatypes)
 
 
 def _after_failed_parse(value: bytes, exc: orjson.JSONDecodeError) -> Any:
@@ -176,6 +209,7 @@ def dead_letter(record: RawRecord, rejection: Rejection, now: int) -> DeadLetter
     payload, encoding = _payload_text(record.value or b"")
     return DeadLetter(
         error=DeadLetterError(code=rejection.code, message=rejection.message),
+        request_id=rejection.request_id,
         source=record.source,
         payload=payload,
         payload_encoding=encoding,

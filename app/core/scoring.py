@@ -30,7 +30,8 @@ from app.core.events import (
     encode,
     now_ms,
 )
-from app.core.features import feature_matrix
+from app.core.features import FeatureBatch, FeatureError, feature_matrix
+from app.core.manifest import RegressionSpec, Signature
 from app.core.requests import (
     ParsedRequest,
     RawRecord,
@@ -40,22 +41,28 @@ from app.core.requests import (
     parse_request,
 )
 from app.core.routing import PRODUCTION_ONLY, Assignment, assign, bucket
+from app.core.tensors import InputBatch, TensorBatch, oip_features, select, tensor_batch
 from app.core.topics import Topic
 
 
 class Scorer(Protocol):
-    """What the data plane needs of a loaded model (``app.adapters.model_store.LoadedModel``)."""
+    """What the data plane needs of a loaded model (``app.adapters.model_store.LoadedModel``):
+    ``predict`` gives a classifier's labels and ``(n, k)`` scores, or a regressor's ``None``
+    and ``(n, t)`` values."""
 
     @property
     def ref(self) -> ModelRef: ...
     @property
     def feature_names(self) -> tuple[str, ...]: ...
-    def predict(self, x: np.ndarray) -> tuple[list[str], np.ndarray]: ...
+    @property
+    def signature(self) -> Signature: ...
+    def predict(self, x: InputBatch) -> tuple[list[str] | None, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
 class DeploymentRoute:
-    """A deployment's state together with its loaded models: what a worker routes by."""
+    """A deployment's state together with its loaded models: what a worker routes by.
+    ``regression``: how a regressor's two outputs are compared (``deployment.yaml``)."""
 
     state: DeploymentState
     production: Scorer
@@ -63,6 +70,7 @@ class DeploymentRoute:
     # The previous production while a promotion is watched (``state.watch``): it scores the
     # audit sample beside production (``watch: true`` comparisons).
     previous: Scorer | None = None
+    regression: RegressionSpec | None = None
 
 
 RoutingTable = Mapping[str, DeploymentRoute]
@@ -72,6 +80,7 @@ class Outgoing(NamedTuple):  # a tuple: built for every output record
     topic: str
     key: bytes | None
     value: bytes
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,7 @@ def shed_reports(
                     at=now_ms(),
                 )
             ),
+            SHED_HEADERS,
         )
         for name, shed in result.shadow_shed.items()
     ]
@@ -207,15 +217,20 @@ def score_batch(
             _reject(result, topics, record, parsed, now)
             continue
         parsed_by_deployment.setdefault(parsed.deployment, []).append((record, parsed))
-    for name, parsed_rows in parsed_by_deployment.items():
-        result.requests[name] = len(parsed_rows)
+    for name, all_rows in parsed_by_deployment.items():
+        result.requests[name] = len(all_rows)
         route = table[name]
-        checked = feature_matrix(
-            [req.features for _, req in parsed_rows], route.production.feature_names
+        signature = route.production.signature
+        parsed_rows, features = _native_features(result, topics, all_rows, signature, now)
+        checked: FeatureBatch | TensorBatch = (
+            feature_matrix(features, signature.feature_names or ())
+            if signature.flat
+            else tensor_batch(features, signature)
         )
         for i, error in checked.errors:
-            rejection = Rejection(error.code, error.message)
-            _reject(result, topics, parsed_rows[i][0], rejection, now, name)
+            record, request = parsed_rows[i]
+            rejection = Rejection(error.code, error.message, request.request_id)
+            _reject(result, topics, record, rejection, now, name)
         rows: list[_Row] = []
         for i in checked.valid:
             record, request = parsed_rows[i]
@@ -232,6 +247,36 @@ def score_batch(
     return result
 
 
+def _native_features(
+    result: BatchResult,
+    topics: Topics,
+    rows: list[tuple[RawRecord, ParsedRequest]],
+    signature: Signature,
+    now: int,
+) -> tuple[list[tuple[RawRecord, ParsedRequest]], list[Any]]:
+    """The rows and their features as native requests have them: an Open Inference Protocol
+    request's inputs are converted (and their datatypes checked) here; only those pay."""
+    if all(request.datatypes is None for _, request in rows):
+        return rows, [request.features for _, request in rows]
+    kept: list[tuple[RawRecord, ParsedRequest]] = []
+    features: list[Any] = []
+    for record, request in rows:
+        if request.datatypes is None:
+            kept.append((record, request))
+            features.append(request.features)
+            continue
+        assert isinstance(request.features, dict)
+        try:
+            converted = oip_features(request.features, request.datatypes, signature)
+        except FeatureError as error:
+            rejection = Rejection(error.code, error.message, request.request_id)
+            _reject(result, topics, record, rejection, now, request.deployment)
+            continue
+        kept.append((record, request))
+        features.append(converted)
+    return kept, features
+
+
 _ROLE_NAMES = {role: role.value for role in Role}  # an enum's .value is a slow property
 
 
@@ -240,11 +285,12 @@ def _score_deployment(
     topics: Topics,
     route: DeploymentRoute,
     rows: list[_Row],
-    matrix: np.ndarray,
+    matrix: InputBatch,
     shed_watch: bool = False,
 ) -> None:
-    """``matrix[i]`` is the feature row of ``rows[i]``; ``shed_watch``: a worker behind skips
-    the watch's scoring of the previous production (as it sheds shadow scoring)."""
+    """Row ``i`` of ``matrix`` (of each of its inputs) is the input of ``rows[i]``;
+    ``shed_watch``: a worker behind skips the watch's scoring of the previous production (as
+    it sheds shadow scoring)."""
     wants_candidate = [
         i
         for i, r in enumerate(rows)
@@ -308,7 +354,7 @@ def _score_deployment(
         output = arm.outputs.get(i)
         if output is None:  # production itself failed on this row
             error = production.error or paired.error or "no output"
-            rejection = Rejection(DeadLetterCode.MODEL_ERROR, error)
+            rejection = Rejection(DeadLetterCode.MODEL_ERROR, error, row.request.request_id)
             _reject(result, topics, row.record, rejection, now_ms(), state.deployment)
             continue
         latency = (
@@ -328,7 +374,9 @@ def _score_deployment(
             "audit": audit[i],
         }
         result.outgoing.append(
-            Outgoing(topics.predictions, row.record.key, orjson.dumps(prediction))
+            Outgoing(
+                topics.predictions, row.record.key, orjson.dumps(prediction), row.record.headers
+            )
         )
         result.predictions += 1
         served_key = (state.deployment, scorer.ref.version, _ROLE_NAMES[served_by])
@@ -383,7 +431,7 @@ def _watch(
     rows: list[_Row],
     audit: list[bool],
     production: _ArmRun,
-    matrix: np.ndarray,
+    matrix: InputBatch,
     mode: str,
 ) -> None:
     """A watched promotion: the previous production scores the audit rows (a
@@ -411,6 +459,9 @@ def _watch(
         row = rows[i]
         prod_out = production.outputs[i]
         prev_out = previous.outputs.get(i)
+        agree, delta = False, 0.0
+        if prev_out is not None:
+            agree, delta = agreement(prod_out, prev_out, route.regression)
         comparison = {
             "request_id": row.request.request_id,
             "deployment": name,
@@ -429,10 +480,8 @@ def _watch(
                 previous,
                 None if prev_out is not None else previous.error or "no output",
             ),
-            "agree": prev_out is not None and prev_out["label"] == prod_out["label"],
-            "score_delta": (
-                prev_out["scores"][-1] - prod_out["scores"][-1] if prev_out is not None else 0.0
-            ),
+            "agree": agree,
+            "score_delta": delta,
             "audit": True,
             "watch": True,
         }
@@ -452,8 +501,7 @@ def _compare(
     mode: str,
     audit: bool,
 ) -> None:
-    """Emit the paired record. ``score_delta`` is candidate minus production on the score of
-    the last label (the positive class of a binary model)."""
+    """Emit the paired record: ``agree`` and ``score_delta`` as ``agreement`` says."""
     assert route.candidate is not None
     prod_out = production.outputs.get(i)
     cand_out = candidate.outputs.get(i)
@@ -462,8 +510,7 @@ def _compare(
         result.candidate_errors += 1
     agree, delta = False, 0.0
     if prod_out is not None and cand_out is not None:
-        agree = prod_out["label"] == cand_out["label"]
-        delta = cand_out["scores"][-1] - prod_out["scores"][-1]
+        agree, delta = agreement(prod_out, cand_out, route.regression)
     state = route.state
     comparison = {  # the Comparison contract, built directly: shadow compares every record
         "request_id": row.request.request_id,
@@ -500,38 +547,79 @@ def _arm_result(
     }
 
 
-def _run(scorer: Scorer, matrix: np.ndarray, indices: list[int]) -> _ArmRun:
+def agreement(
+    production: _Output, candidate: _Output, regression: RegressionSpec | None
+) -> tuple[bool, float]:
+    """``(agree, score_delta)`` of two outputs of one request.
+
+    A classifier: the labels are equal; the delta is candidate minus production on the
+    last label's score for two labels (the positive class), and on the label where they
+    differ most for more. A regressor: every value is within the tolerance of
+    ``regression`` (exactly equal without one); the delta is candidate minus production on
+    the target where they differ most."""
+    label = production["label"]
+    if label is not None:
+        prod_scores, cand_scores = production["scores"], candidate["scores"]
+        if len(prod_scores) == 2:
+            return label == candidate["label"], cand_scores[-1] - prod_scores[-1]
+        return label == candidate["label"], _widest(prod_scores, cand_scores)
+    prod_values, cand_values = production["values"], candidate["values"]
+    absolute = regression.absolute_tolerance if regression is not None else 0.0
+    relative = regression.relative_tolerance if regression is not None else 0.0
+    agree = all(
+        abs(c - p) <= absolute + relative * abs(p)
+        for p, c in zip(prod_values, cand_values, strict=True)
+    )
+    return agree, _widest(prod_values, cand_values)
+
+
+def _widest(production: list[float], candidate: list[float]) -> float:
+    return max((c - p for p, c in zip(production, candidate, strict=True)), key=abs)
+
+
+def _outputs(
+    indices: list[int], labels: list[str] | None, values: np.ndarray
+) -> dict[int, _Output]:
+    rows = values.tolist()
+    if labels is None:  # a regressor
+        return {
+            i: {"label": None, "scores": None, "values": row}
+            for i, row in zip(indices, rows, strict=True)
+        }
+    return {
+        i: {"label": labels[n], "scores": row, "values": None}
+        for n, (i, row) in enumerate(zip(indices, rows, strict=True))
+    }
+
+
+def _run(scorer: Scorer, matrix: InputBatch, indices: list[int]) -> _ArmRun:
     """Score rows ``indices`` of ``matrix`` in one model call; on failure, isolate the
     failing rows one by one."""
     if not indices:
         return _ArmRun({}, 0.0, None)
-    selected = matrix if len(indices) == len(matrix) else matrix[indices]
+    selected = select(matrix, indices)
     started = time.perf_counter()
     try:
-        labels, scores = scorer.predict(selected)
+        labels, values = scorer.predict(selected)
     except Exception as exc:  # a model may fail on a batch; find the rows it fails on
         return _run_one_by_one(scorer, matrix, indices, exc)
     per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
-    outputs = {
-        i: {"label": labels[n], "scores": row}
-        for n, (i, row) in enumerate(zip(indices, scores.tolist(), strict=True))
-    }
-    return _ArmRun(outputs, per_row_ms, None, len(indices))
+    return _ArmRun(_outputs(indices, labels, values), per_row_ms, None, len(indices))
 
 
 def _run_one_by_one(
-    scorer: Scorer, matrix: np.ndarray, indices: list[int], first: Exception
+    scorer: Scorer, matrix: InputBatch, indices: list[int], first: Exception
 ) -> _ArmRun:
     outputs: dict[int, _Output] = {}
     error = f"{type(first).__name__}: {first}"
     started = time.perf_counter()
     for i in indices:
         try:
-            labels, scores = scorer.predict(matrix[i : i + 1])
+            labels, values = scorer.predict(select(matrix, [i]))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             continue
-        outputs[i] = {"label": labels[0], "scores": scores[0].tolist()}
+        outputs.update(_outputs([i], labels, values))
     per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
     return _ArmRun(outputs, per_row_ms, error, len(indices))
 
@@ -545,7 +633,7 @@ def _reject(
     deployment: str = "",  # "" until the record named a deployment this worker serves
 ) -> None:
     letter = dead_letter(record, rejection, now)
-    result.outgoing.append(Outgoing(topics.dlq, record.key, encode(letter)))
+    result.outgoing.append(Outgoing(topics.dlq, record.key, encode(letter), record.headers))
     result.dead_letters += 1
     key = (deployment, rejection.code.value)
     result.rejected[key] = result.rejected.get(key, 0) + 1

@@ -42,6 +42,18 @@ class TopicSpec(BaseModel):
         return value
 
 
+def with_replication(desired: TopicsFile, replication_factor: int | None) -> TopicsFile:
+    """``desired`` with every topic at ``replication_factor`` (None: as the file says): the
+    setting ``ROLLOUT_TOPIC_REPLICATION_FACTOR``, so one file serves a one-broker laptop and a
+    three-broker cluster."""
+    if replication_factor is None:
+        return desired
+    topics = tuple(
+        t.model_copy(update={"replication_factor": replication_factor}) for t in desired.topics
+    )
+    return desired.model_copy(update={"topics": topics})
+
+
 class TopicsFile(BaseModel):
     """The whole ``topics.yaml``: topics with unique names, and groups of co-partitioned topics
     (each group's members must be declared and share one partition count)."""

@@ -243,6 +243,8 @@ class WatchAnalysis:
         return True
 
     def add_feedback(self, f: Feedback, at: int = 0) -> bool:
+        if f.label is None:  # a regressor's value: not judged by a label metric
+            return False
         entry = self.pending.pop(f.request_id, None)
         if entry is None:
             return False

@@ -84,7 +84,7 @@ async def show_serving(settings: Settings, seconds: float, rate: float) -> int:
                 detail = ", ".join(f"{k}: {n}" for k, n in sorted(seen.items()))
                 example = (
                     f" — e.g. {last.request_id} card {last.entity_key}: {last.output.label} "
-                    f"({last.output.scores[-1]:.3f}) by v{last.model.version}, "
+                    f"({(last.output.scores or [0.0])[-1]:.3f}) by v{last.model.version}, "
                     f"epoch {last.epoch}"
                     if last
                     else ""

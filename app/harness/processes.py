@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,6 +113,26 @@ class RolloutProcess:
                 raise RuntimeError(f"{self.args} exited:\n{self.log()[-3000:]}")
             time.sleep(0.1)
         raise TimeoutError(f"{self.args}: no {text!r} within {timeout_s}s:\n{self.log()[-3000:]}")
+
+    def wait_ready(self, port: int, timeout_s: float = 60.0) -> None:
+        """Until the process's ``/readyz`` on 127.0.0.1:``port`` answers 200 (a worker in its
+        group with its models loaded; a controller with its partitions and analysis);
+        raises on exit or timeout with the probe's last answer."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:  # 503: not ready, and the body says why
+                last = exc.read().decode(errors="replace")
+            except OSError as exc:  # not serving yet
+                last = str(exc)
+            if not self.alive():
+                raise RuntimeError(f"{self.args} exited:\n{self.log()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.args}: not ready within {timeout_s}s: {last}")
 
 
 def worker(worker_id: str, log_dir: Path, env: Mapping[str, str]) -> RolloutProcess:

@@ -41,14 +41,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from app.core.manifest import (
-    DeploymentSpec,
-    Evaluation,
-    ModelManifest,
-    OutputNames,
-    Signature,
-    TrainingInfo,
-)
+from app.core.manifest import DeploymentSpec, ModelManifest, OutputNames, Signature, TensorSpec
 from app.core.policy import Metric, MetricKind, Policy
 from app.training import stream
 
@@ -107,8 +100,7 @@ class TrainedVersion:
 
 def signature() -> Signature:
     return Signature(
-        input_name=INPUT_NAME,
-        dtype="float32",
+        inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", shape=(len(stream.FEATURE_NAMES),)),),
         feature_names=stream.FEATURE_NAMES,
         labels=stream.LABELS,
     )
@@ -214,27 +206,26 @@ def manifest(recipe: Recipe, pipeline: Pipeline, trained_on: int, sha256: str) -
     return ModelManifest(
         name=DEPLOYMENT,
         version=recipe.version,
-        input_name=INPUT_NAME,
-        input_dtype="float32",
+        inputs=signature().inputs,
         feature_names=stream.FEATURE_NAMES,
         labels=stream.LABELS,
         outputs=OutputNames(label="label", scores="probabilities"),
         sha256=sha256,
-        training=TrainingInfo(
-            first_day=recipe.days.start,
-            last_day=recipe.days.stop - 1,
-            samples=trained_on,
-            seed=recipe.seed,
-            estimator="StandardScaler+LogisticRegression",
-            label_corruption=recipe.corruption_name,
-        ),
-        evaluation=Evaluation(
-            dataset="synthetic current traffic (held out)",
-            first_day=stream.CURRENT_DAYS.start,
-            last_day=stream.CURRENT_DAYS.stop - 1,
-            samples=EVAL_SAMPLES,
-            seed=EVAL_SEED,
-        ),
+        training={
+            "first_day": recipe.days.start,
+            "last_day": recipe.days.stop - 1,
+            "samples": trained_on,
+            "seed": recipe.seed,
+            "estimator": "StandardScaler+LogisticRegression",
+            "label_corruption": recipe.corruption_name,
+        },
+        evaluation={
+            "dataset": "synthetic current traffic (held out)",
+            "first_day": stream.CURRENT_DAYS.start,
+            "last_day": stream.CURRENT_DAYS.stop - 1,
+            "samples": EVAL_SAMPLES,
+            "seed": EVAL_SEED,
+        },
         metrics=current_metrics,
         window_metrics={"old": old_metrics, "current": current_metrics},
         created_by=CREATED_BY,

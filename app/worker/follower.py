@@ -138,6 +138,7 @@ class TableFollower:
         try:
             production = await self._load(state.production)
             candidate = await self._load(state.candidate) if state.candidate else None
+            self._store.spec(state.deployment)  # read again below: fails here, not there
         except ModelRejected as exc:
             self.failures[state.deployment] = f"epoch {state.epoch}: {exc.reason}"
             log.error(
@@ -168,7 +169,11 @@ class TableFollower:
                     exc.reason,
                 )
         return DeploymentRoute(
-            state=state, production=production, candidate=candidate, previous=previous
+            state=state,
+            production=production,
+            candidate=candidate,
+            previous=previous,
+            regression=self._store.spec(state.deployment).regression,
         )
 
     async def _load(self, ref: ModelRef) -> LoadedModel:

@@ -36,7 +36,7 @@ from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.core.events import now_ms
 from app.core.requests import RawRecord
-from app.core.scoring import DEFAULT_TOPICS, SHED_HEADERS, BatchResult, BatchScorer, Topics
+from app.core.scoring import DEFAULT_TOPICS, BatchResult, BatchScorer, Topics
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
         self._worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._worker.joined = False
         async with self._worker.lock:  # waits for the batch in flight to commit
             self._worker.generation += 1
             log.info(
@@ -73,6 +74,7 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions assigned: %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
         if self._worker.on_assigned is not None:
             await self._worker.on_assigned()
+        self._worker.joined = True
 
 
 class Worker:
@@ -94,6 +96,11 @@ class Worker:
         self.lock = asyncio.Lock()
         self.generation = 0
         self.stats = WorkerStats()
+        # For the health probes: when the loop last went round, whether the group has given
+        # this worker its assignment, and its lag then.
+        self.beat_at: float | None = None
+        self.joined = False
+        self.lag = 0
 
     async def run(self, stop: asyncio.Event) -> WorkerStats:
         producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
@@ -114,8 +121,11 @@ class Worker:
         try:
             await consumer.start()
             while not stop.is_set():
+                self.beat_at = time.monotonic()
                 generation = self.generation
                 records = await self._take(consumer, stop)
+                if not records:
+                    self.lag = await self._lag(consumer)
                 # Scored while the previous batch's transaction is still in flight.
                 scored = await self._prepare(consumer, records) if records else None
                 if commit is not None:
@@ -219,9 +229,10 @@ class Worker:
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]
     ) -> BatchResult:
         raw = [
-            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for r in records
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, r.headers)
+            for r in records
         ]
-        lag = await self._lag(consumer)
+        lag = self.lag = await self._lag(consumer)
         metrics.observe_lag(lag)
         return self._score(raw, lag)
 
@@ -259,8 +270,8 @@ class Worker:
         try:
             async with producer.transaction():
                 await sender.send(
-                    [(o.topic, o.key, o.value, ()) for o in result.outgoing]
-                    + [(o.topic, o.key, o.value, SHED_HEADERS) for o in result.shed_reports]
+                    [(o.topic, o.key, o.value, o.headers) for o in result.outgoing]
+                    + [(o.topic, o.key, o.value, o.headers) for o in result.shed_reports]
                 )
                 await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
         except ProducerFenced:
@@ -272,6 +283,7 @@ class Worker:
             # The transaction was aborted: nothing of this batch is visible. Read it again.
             log.warning("transaction aborted (%s); re-reading %d records", exc, len(records))
             self.stats.aborted_batches += 1
+            metrics.observe_abort()
             for tp, offset in first.items():
                 _seek_if_assigned(consumer, tp, offset)
             return False

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 
 from app.adapters import metrics
 from app.adapters.http_server import metrics_app, start_site
@@ -17,6 +18,7 @@ from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.logs import log_context
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
+from app.core import health
 from app.core.scoring import table_scorer
 from app.settings import Settings
 from app.worker.follower import TableFollower
@@ -35,12 +37,33 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
     async with StateView(settings) as view:
         metrics.watch_states(lambda: view.states)
         follower = TableFollower(ModelStore(settings.model_store), view)
-        if not await follower.start(stop):  # stopped while waiting for loadable models
-            return WorkerStats()
+        score = table_scorer(
+            lambda: follower.table,
+            worker_id=worker_id,
+            max_request_bytes=settings.max_request_bytes,
+            shed_lag=settings.shadow_shed_lag,
+        )
+        worker = Worker(settings, worker_id, score, on_assigned=follower.settle)
+        loaded = False
+
+        def live() -> health.Probe:
+            return health.worker_liveness(time.monotonic(), worker.beat_at, settings.health_stale_s)
+
+        def ready() -> health.Probe:
+            return health.worker_readiness(
+                joined=worker.joined, models_loaded=loaded, lag=worker.lag,
+                max_lag=settings.ready_max_lag,
+            )  # fmt: skip
+
         http = None
-        if settings.metrics_port:
-            http = await start_site(metrics_app(), settings.http_host, settings.metrics_port)
+        if settings.metrics_port:  # up while models load: /readyz says so
+            http = await start_site(
+                metrics_app(live, ready), settings.http_host, settings.metrics_port
+            )
         try:
+            if not await follower.start(stop):  # stopped while waiting for loadable models
+                return WorkerStats()
+            loaded = True
             for name, route in follower.table.items():
                 st = route.state
                 log.info(
@@ -53,13 +76,6 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
                     st.candidate.version if st.candidate else "-",
                     extra={"deployment": name, "epoch": st.epoch},
                 )
-            score = table_scorer(
-                lambda: follower.table,
-                worker_id=worker_id,
-                max_request_bytes=settings.max_request_bytes,
-                shed_lag=settings.shadow_shed_lag,
-            )
-            worker = Worker(settings, worker_id, score, on_assigned=follower.settle)
             return await worker.run(stop)
         finally:
             if http is not None:

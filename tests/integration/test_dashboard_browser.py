@@ -1,7 +1,9 @@
 """The dashboard in a real browser (Debian's chromium, driven by Playwright) against a real
 controller and worker on the real broker: a canary's weight rises on the page as the
 controller advances it, a click on "pause" (confirmed) pauses the rollout, and an automatic
-rollback shows in the timeline with its reason. Also: both processes serve ``/metrics``.
+rollback shows in the timeline with its reason. The controller's API needs a token: the page
+asks for it once, and the pause is issued by the token's identity. Also: both processes serve
+``/metrics`` without one.
 
 The browser is never downloaded: ``ROLLOUT_CHROMIUM`` or ``chromium`` on the PATH. Without
 one the test skips, unless ``ROLLOUT_REQUIRE_BROWSER=1`` (CI) makes that a failure.
@@ -16,17 +18,18 @@ import os
 import shutil
 import socket
 import time
-import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from playwright.async_api import Locator
 
 from app.core.events import Action, Mode, Phase
-from app.harness.processes import CONTROLLER_READY, RolloutProcess
+from app.harness.processes import RolloutProcess
 from app.harness.traffic import make_requests, send
 from app.settings import Settings
 from tests.builders import controller_process, running_workers
@@ -37,6 +40,8 @@ pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
 SMALL_STEPS = {"min_samples_per_step": 40}
+OPERATOR = "dash-operator"
+TOKEN = f"token-{uuid.uuid4().hex}"
 
 
 def chromium_path() -> str:
@@ -82,9 +87,10 @@ def dashboard_controller(
         ROLLOUT_MODEL_STORE=str(model_store),
         ROLLOUT_HOME=str(logs),
         ROLLOUT_DASHBOARD_PORT=str(ports["dashboard"]),
+        ROLLOUT_API_TOKENS=f"{OPERATOR}:operator:{TOKEN}",
     ).start()
     try:
-        proc.wait_for(CONTROLLER_READY)
+        proc.wait_ready(ports["dashboard"])
         yield proc
     finally:
         proc.terminate()
@@ -105,6 +111,7 @@ def worker(
         ROLLOUT_MODEL_STORE=str(model_store),
         ROLLOUT_METRICS_PORT=str(ports["metrics"]),
     ) as procs:
+        procs[0].wait_ready(ports["metrics"])
         yield procs[0]
 
 
@@ -176,6 +183,11 @@ async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
 
             page.on("dialog", accept)
             await page.goto(url)
+            # 0. The API needs a token: the page asks for it once and keeps it for the tab.
+            await expect(page.get_by_test_id("login")).to_be_visible(timeout=15_000)
+            await page.get_by_test_id("token").fill(TOKEN)
+            await page.get_by_test_id("login-button").click()
+            await expect(page.get_by_test_id("login")).to_be_hidden()
             card = page.get_by_test_id("deployment-fraud")
             weight = card.get_by_test_id("weight")
             await expect(card.get_by_test_id("candidate")).to_have_text("v2", timeout=15_000)
@@ -211,7 +223,7 @@ async def test_dashboard_follows_a_canary_pauses_it_and_shows_a_rollback(
             assert st.phase is Phase.PAUSED and st.candidate is not None
             assert st.candidate.version == "2"
             paused = await newest(timeline, "pause", deployed.epoch)
-            await expect(paused).to_contain_text("by dashboard")
+            await expect(paused).to_contain_text(f"by {OPERATOR}")
 
             # 3. A degraded candidate is rolled back; the timeline says why.
             assert (await command(settings_, Action.ABORT)).accepted
@@ -247,14 +259,11 @@ async def test_worker_and_controller_serve_metrics(
     ports: dict[str, int],
 ) -> None:
     await send(producer, make_requests(200, seed=1, run_id=f"metrics-{time.time_ns()}"))
+    # The fixtures waited for /readyz: the servers are up, so no read below races them.
     deadline = time.monotonic() + 30
     text = ""
     while time.monotonic() < deadline:
-        try:
-            text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
-        except urllib.error.URLError:  # the worker serves /metrics once its models are loaded
-            await asyncio.sleep(0.5)
-            continue
+        text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['metrics']}/metrics")
         if 'rollout_predictions_total{deployment="fraud",role="production",version="1"}' in text:
             break
         await asyncio.sleep(0.5)
@@ -271,3 +280,21 @@ async def test_worker_and_controller_serve_metrics(
     controller = await asyncio.to_thread(http_get, f"http://127.0.0.1:{ports['dashboard']}/metrics")
     assert 'rollout_deployment_mode{deployment="fraud",mode="' in controller
     assert "rollout_decisions_total{" in controller
+
+
+@pytest.mark.parametrize("process", ["worker", "controller"])
+async def test_health_probes_answer_without_a_token(
+    dashboard_controller: RolloutProcess,
+    worker: RolloutProcess,
+    ports: dict[str, int],
+    process: str,
+) -> None:
+    port = ports["metrics" if process == "worker" else "dashboard"]
+    for path in ("/healthz", "/readyz"):
+        body = orjson.loads(await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}{path}"))
+        assert body["ok"] is True and body["reasons"] == [], body
+    ready = orjson.loads(await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/readyz"))
+    if process == "worker":
+        assert ready["joined"] and ready["models_loaded"]
+    else:
+        assert ready["partitions"] == ready["restored"] and ready["partitions"], ready

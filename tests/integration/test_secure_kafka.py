@@ -74,8 +74,18 @@ async def test_cli_worker_and_controller_serve_over_scram(
     applied = cli(secure_broker.bootstrap, "topics", "apply", env=env)
     assert applied.returncode == 0, applied.stderr
     assert "differences on" in applied.stdout
-    refused = cli(secure_broker.bootstrap, "topics", "apply", env={"ROLLOUT_SASL_PASSWORD": ""})
-    assert refused.returncode == 1
+    no_password = cli(
+        secure_broker.bootstrap, "topics", "apply", env={**env, "ROLLOUT_SASL_PASSWORD": ""}
+    )
+    assert no_password.returncode == 64, no_password.stderr  # a usage error: SASL, no password
+    wrong = cli(
+        secure_broker.bootstrap, "topics", "apply", env={**env, "ROLLOUT_SASL_PASSWORD": "nope"}
+    )
+    assert wrong.returncode == 4, wrong.stderr  # authentication refused
+    assert "authentication refused" in wrong.stderr and "nope" not in wrong.stderr
+    # A PLAINTEXT client: the SASL listener closes the connection, which is all it can see.
+    plain = cli(secure_broker.bootstrap, "topics", "apply")
+    assert plain.returncode == 3, plain.stderr
 
     settings = Settings().model_copy(
         update={

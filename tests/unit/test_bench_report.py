@@ -6,9 +6,12 @@ import pytest
 
 from app.bench.report import (
     C_PARSE,
+    CANARY,
     FAN_OUT,
+    MULTI_CLASS,
     PROD_ONLY,
     SHADOW,
+    TENSOR,
     Latency,
     Line,
     NaiveLine,
@@ -65,3 +68,38 @@ def test_markdown_carries_ratios_and_the_goals_table() -> None:
     assert "worker is 16.0x" in text
     assert "lost 0; duplicated 0" in text
     assert "| production-only >= 10 x the naive peer | 16.0x | yes |" in text
+
+
+def with_kinds() -> Report:
+    base = report(16_000, 9_600, 30.0, 1000.0, 0)
+    extra = [Line(CANARY, 15_000, 1.0, 1.0), Line(MULTI_CLASS, 17_000, 2.0, 1.0)]
+    extra.append(Line(TENSOR, 2_500, 1.0, 1.0))
+    return Report(base.lines + extra, base.latencies, base.wait_ms, base.naive)
+
+
+@pytest.mark.parametrize(
+    ("name", "row", "ceiling", "ratio"),
+    [
+        (C_PARSE, f"| {C_PARSE} | 20,000 |  |", None, None),
+        (FAN_OUT, f"| {FAN_OUT} | 12,000 |  |", None, None),
+        (PROD_ONLY, f"| {PROD_ONLY} | 16,000 | 0.80 of C_parse |", C_PARSE, 0.8),
+        (CANARY, f"| {CANARY} | 15,000 | 0.75 of C_parse |", C_PARSE, 0.75),
+        (SHADOW, f"| {SHADOW} | 9,600 | 0.80 of fan-out-2 |", FAN_OUT, 0.8),
+        (MULTI_CLASS, f"| {MULTI_CLASS} | 8,500 | 0.42 of C_parse |", C_PARSE, 0.425),
+        (TENSOR, f"| {TENSOR} | 2,500 | 0.12 of C_parse |", C_PARSE, 0.125),
+    ],
+)  # fmt: skip
+def test_every_line_has_its_ratio_to_its_ceiling_in_markdown_and_json(
+    name: str, row: str, ceiling: str | None, ratio: float | None
+) -> None:
+    r = with_kinds()
+    assert row in markdown(r)
+    (found,) = [x for x in r.to_json()["throughput"] if x["name"] == name]
+    assert found["ceiling"] == ceiling
+    assert found["ratio"] == (pytest.approx(ratio) if ratio is not None else None)
+
+
+def test_no_ratio_without_its_ceiling_in_the_same_run() -> None:
+    r = Report([Line(MULTI_CLASS, 8_000, 1.0, 1.0)], [], 20)
+    assert r.to_json()["throughput"][0]["ratio"] is None
+    assert f"| {MULTI_CLASS} | 8,000 |  |" in markdown(r)

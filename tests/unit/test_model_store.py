@@ -143,11 +143,11 @@ def test_rejects_a_signature_mismatch(tmp_store: ModelStore) -> None:
 def test_rejects_a_manifest_that_lies_about_the_graph(tmp_store: ModelStore) -> None:
     manifest_path = tmp_store.root / "fraud" / "1" / "model.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["input_name"] = "x"
+    manifest["inputs"][0]["name"] = "x"
     manifest_path.write_text(json.dumps(manifest))
     spec_path = tmp_store.root / "fraud" / "deployment.yaml"
     spec = yaml.safe_load(spec_path.read_text())
-    spec["signature"]["input_name"] = "x"
+    spec["signature"]["inputs"][0]["name"] = "x"
     spec_path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ModelRejected, match="graph inputs"):
         tmp_store.load(tmp_store.ref("fraud", "1"))
