@@ -100,11 +100,7 @@ def parse_request(
         )
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
-        if is_oip(body):
-            return _oip_request(body, record.headers, known_deployments)
-        return Rejection(
-            DeadLetterCode.MISSING_REQUEST_ID, "request_id is missing, empty or not a string"
-        )
+        return _without_request_id(body, record, known_deployments)
     request = _well_formed(body, request_id)
     if request is None:  # pydantic judges the rest, and names what is wrong
         try:
@@ -120,6 +116,17 @@ def parse_request(
             request.request_id,
         )
     return request
+
+
+def _without_request_id(
+    body: dict[str, Any], record: RawRecord, known: frozenset[str]
+) -> ParsedRequest | Rejection:
+    """A body with no usable ``request_id``: an OIP v2 request (its ``id``), or a rejection."""
+    if is_oip(body):
+        return _oip_request(body, record.headers, known)
+    return Rejection(
+        DeadLetterCode.MISSING_REQUEST_ID, "request_id is missing, empty or not a string"
+    )
 
 
 def _readable(request_id: str) -> str | None:

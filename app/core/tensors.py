@@ -56,30 +56,40 @@ def _check_element(spec: TensorSpec, where: str, value: Any) -> None:
     dtype = spec.dtype
     kind = type(value)
     if dtype in ("float32", "float64"):
-        if kind is not int and kind is not float:
-            _wrong_type(spec, where, value, "a number")
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number) or abs(number) > _LIMITS[dtype]:
-            raise FeatureError(
-                DeadLetterCode.NON_FINITE,
-                f"input {spec.name!r}{where} = {value!r} is not a finite {dtype}",
-            )
+        _check_float(spec, where, value)
     elif dtype in ("int64", "int32"):
-        if kind is not int:
-            _wrong_type(spec, where, value, "an integer")
-        limit = _LIMITS[dtype]
-        if not -limit <= value < limit:
-            raise FeatureError(
-                DeadLetterCode.WRONG_TYPE, f"input {spec.name!r}{where} = {value} overflows {dtype}"
-            )
+        _check_int(spec, where, value)
     elif dtype == "string":
         if kind is not str:
             _wrong_type(spec, where, value, "a string")
     elif kind is not bool:
         _wrong_type(spec, where, value, "true or false")
+
+
+def _check_float(spec: TensorSpec, where: str, value: Any) -> None:
+    kind = type(value)
+    if kind is not int and kind is not float:
+        _wrong_type(spec, where, value, "a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > _LIMITS[spec.dtype]:
+        raise FeatureError(
+            DeadLetterCode.NON_FINITE,
+            f"input {spec.name!r}{where} = {value!r} is not a finite {spec.dtype}",
+        )
+
+
+def _check_int(spec: TensorSpec, where: str, value: Any) -> None:
+    if type(value) is not int:
+        _wrong_type(spec, where, value, "an integer")
+    limit = _LIMITS[spec.dtype]
+    if not -limit <= value < limit:
+        raise FeatureError(
+            DeadLetterCode.WRONG_TYPE,
+            f"input {spec.name!r}{where} = {value} overflows {spec.dtype}",
+        )
 
 
 def _wrong_type(spec: TensorSpec, where: str, value: Any, wanted: str) -> None:
