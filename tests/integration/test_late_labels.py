@@ -32,7 +32,7 @@ from tests.integration.outputs import Tail
 pytestmark = pytest.mark.kafka
 
 # Two steps, so that the canary reaches 100% within seconds; the fraud deployment's own
-# criterion (per-class recall) and guardrails otherwise.
+# criterion (its policy's metric: expected cost) and guardrails otherwise.
 FAST_STEPS: dict[str, Any] = {"canary_steps": [0.25, 1.0], "min_samples_per_step": 200}
 HOLD_S = 8.0  # how long the canary is kept at 100% without labels
 RATE = 400.0
@@ -147,8 +147,8 @@ async def test_a_good_candidate_waits_at_100_percent_for_its_labels_then_is_prom
     final = run.final
     assert final is not None and final.action == "promote", final and final.reason
     assert final.evidence.tests["criterion"] == "non_inferiority"  # on labels, not agreement
-    assert "recall non-inferior" in final.reason
     st = await state(settings_)
+    assert f"{st.policy.metric.kind.value} non-inferior" in final.reason  # the policy's metric
     assert st.production.version == "2" and st.candidate is None
     print(f"\nv2: promoted {run.seconds:.0f} s in: {final.reason}")
 
