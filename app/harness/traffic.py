@@ -55,11 +55,6 @@ def make_requests(
     ]
 
 
-def _topic(topic: Topic) -> str:
-    """``topic``'s cluster name by the process's settings (``ROLLOUT_TOPIC_PREFIX``)."""
-    return Settings().topics.name(topic)
-
-
 async def send(
     producer: AIOKafkaProducer,
     requests: Sequence[SentRequest],
@@ -68,7 +63,7 @@ async def send(
 ) -> None:
     """Send ``requests`` (stamping ``sent_at``), at ``rate`` per second (0: as fast as possible)
     to ``topic`` (None: the requests topic by the environment's settings)."""
-    topic = topic or _topic(Topic.REQUESTS)
+    topic = topic or Settings().topics.name(Topic.REQUESTS)
     started = time.monotonic()
     pending: list[asyncio.Future[object]] = []
     for i, sent in enumerate(requests):
@@ -92,7 +87,7 @@ async def send_raw(
     topic: str | None = None,
 ) -> None:
     """Send ``(key, value)`` pairs as they are (malformed input for tests)."""
-    topic = topic or _topic(Topic.REQUESTS)
+    topic = topic or Settings().topics.name(Topic.REQUESTS)
     pending = [await producer.send(topic, value=value, key=key) for key, value in values]
     await asyncio.gather(*pending)
 
@@ -110,7 +105,7 @@ async def send_feedback(
     ``audit_rate`` (the deployment policy's), and for an ``others`` share of the remaining
     requests (chosen by a seeded draw), as a fraud team's reviews would report it. Returns
     how many were sent."""
-    topic = topic or _topic(Topic.FEEDBACK)
+    topic = topic or Settings().topics.name(Topic.FEEDBACK)
     rng = random.Random(seed)
     pending = []
     for sent in requests:
