@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.topics import TOPIC_PREFIX_PATTERN, TopicNames
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROLLOUT_", extra="ignore", populate_by_name=True)
@@ -24,6 +26,9 @@ class Settings(BaseSettings):
     # Every topic's replication factor when `rollout topics apply` creates it (None: as
     # topics.yaml says); 3 on a production cluster.
     topic_replication_factor: int | None = Field(default=None, ge=1)
+    # Put in front of every topic's name (e.g. "staging."), so several environments share one
+    # cluster; every client resolves names through `topics` (app.core.topics.TopicNames).
+    topic_prefix: str = Field(default="", pattern=TOPIC_PREFIX_PATTERN)
 
     # Worker batching.
     group_id: str = "rollout-workers"
@@ -63,6 +68,11 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None  # CA bundle for SSL / SASL_SSL (default: the system's)
+
+    @property
+    def topics(self) -> TopicNames:
+        """The cluster names of the topics: ``settings.topics.name(Topic.REQUESTS)``."""
+        return TopicNames(self.topic_prefix)
 
     def bootstrap_is_default(self) -> bool:
         return self.bootstrap_servers == "127.0.0.1:9092"

@@ -22,7 +22,7 @@ import pytest
 
 from app.adapters import kafka_local
 from app.adapters.kafka_clients import configure_aiokafka
-from app.adapters.topics import apply_topics, load_topics_file
+from app.adapters.topics import apply_topics, desired_topics
 from app.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def kafka_bootstrap(kafka_local_config: kafka_local.BrokerConfig | None) -> str:
         if kafka_local_config is not None
         else settings.bootstrap_servers
     )
-    desired = load_topics_file(settings.topics_file)
+    desired = desired_topics(settings)  # under ROLLOUT_TOPIC_PREFIX, when set
     kafka_local.run_sync(apply_topics(bootstrap, desired))
     return bootstrap
 

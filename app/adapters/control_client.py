@@ -21,12 +21,16 @@ async def send_command(
     consumer = reader(settings, client_id="rollout-cli")
     await consumer.start()
     try:
-        partitions = await assign_at_end(consumer, Topic.EVENTS)  # before the command goes
+        partitions = await assign_at_end(
+            consumer, settings.topics.name(Topic.EVENTS)
+        )  # before the command goes
         producer = plain_producer(settings)
         await producer.start()
         try:
             await producer.send_and_wait(
-                Topic.CONTROL, encode(command), key=command.deployment.encode("utf-8")
+                settings.topics.name(Topic.CONTROL),
+                encode(command),
+                key=command.deployment.encode("utf-8"),
             )
         finally:
             await producer.stop()

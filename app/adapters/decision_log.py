@@ -19,10 +19,10 @@ from app.settings import Settings
 
 
 class DecisionLog:
-    def __init__(self, settings: Settings, depth: int = 200, topic: str = Topic.EVENTS) -> None:
+    def __init__(self, settings: Settings, depth: int = 200) -> None:
         self._settings = settings
         self._depth = depth
-        self._topic = topic
+        self._topic = settings.topics.name(Topic.EVENTS)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._by_deployment: dict[str, deque[DecisionEvent]] = {}

@@ -24,9 +24,9 @@ from app.settings import Settings
 
 
 class StateView:
-    def __init__(self, settings: Settings, topic: str = Topic.STATE) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._topic = topic
+        self._topic = settings.topics.name(Topic.STATE)
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
         self._task: asyncio.Task[None] | None = None

@@ -26,7 +26,10 @@ from app.core.topic_spec import (
     diff_topic,
     parse_topics,
     plan,
+    with_names,
+    with_replication,
 )
+from app.settings import Settings
 
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -43,6 +46,16 @@ class ApplyResult:
     created: tuple[str, ...]
     present: tuple[str, ...]
     differences: tuple[Difference, ...]
+
+
+def desired_topics(settings: Settings, path: Path | None = None) -> TopicsFile:
+    """The topics ``path`` (default: ``settings.topics_file``) declares, as this environment
+    creates them: under their cluster names (``ROLLOUT_TOPIC_PREFIX``) and at
+    ``ROLLOUT_TOPIC_REPLICATION_FACTOR``."""
+    declared = load_topics_file(path or settings.topics_file)
+    return with_names(
+        with_replication(declared, settings.topic_replication_factor), settings.topics
+    )
 
 
 def load_topics_file(path: Path) -> TopicsFile:

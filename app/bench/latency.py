@@ -25,7 +25,7 @@ from app.core.events import (
     Mode,
     encode,
 )
-from app.core.scoring import table_scorer
+from app.core.scoring import Topics, table_scorer
 from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
 from app.harness.traffic import make_requests
@@ -78,12 +78,13 @@ async def latency(
                         seen.setdefault(orjson.loads(record.value)["request_id"], now)
 
     try:
-        await assign_at_end(tail, Topic.PREDICTIONS)
+        await assign_at_end(tail, settings.topics.name(Topic.PREDICTIONS))
+        requests_topic = settings.topics.name(Topic.REQUESTS)
         collector = asyncio.create_task(collect())
         probe = make_requests(1, seed=9, run_id=f"{run}-probe")[0]
         deadline = time.monotonic() + 60
         while f"{run}-probe-0" not in seen and time.monotonic() < deadline:  # worker ready?
-            await producer.send_and_wait(Topic.REQUESTS, encode(probe.request), key=probe.key)
+            await producer.send_and_wait(requests_topic, encode(probe.request), key=probe.key)
             await asyncio.sleep(1.0)
         started, i = time.monotonic(), 0
         while i < len(requests):  # open loop: each tick sends what is due by now
@@ -91,7 +92,7 @@ async def latency(
             now = time.time() * 1000
             for request_id, key, value in requests[i:due]:
                 sent[request_id] = now
-                await producer.send(Topic.REQUESTS, value, key=key)
+                await producer.send(requests_topic, value, key=key)
             i = max(i, due)
             await asyncio.sleep(0.001)
         deadline = time.monotonic() + 30
@@ -127,6 +128,7 @@ async def _serve_fixed(mode: Mode, worker_id: str) -> None:
         worker_id=worker_id,
         max_request_bytes=settings.max_request_bytes,
         shed_lag=settings.shadow_shed_lag,
+        topics=Topics.of(settings.topics),
     )
     await Worker(settings, worker_id, score).run(stop)
 

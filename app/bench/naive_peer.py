@@ -50,7 +50,7 @@ def build_naive_app(settings: Settings, app_id: str, sink: str) -> faust.App:
         datadir=str(settings.home / "naive-peer" / app_id),
         web_enabled=False,
     )
-    requests = app.topic(Topic.REQUESTS, key_type=bytes, value_type=bytes)
+    requests = app.topic(settings.topics.name(Topic.REQUESTS), key_type=bytes, value_type=bytes)
     outputs = app.topic(sink, key_type=bytes, value_type=bytes)
 
     @app.agent(requests)
@@ -83,7 +83,11 @@ async def measure(
     producer = plain_producer(settings)
     await producer.start()
     try:
-        await send(producer, make_requests(requests, seed=3, run_id=run))
+        await send(
+            producer,
+            make_requests(requests, seed=3, run_id=run),
+            topic=settings.topics.name(Topic.REQUESTS),
+        )
     finally:
         await producer.stop()
     tail = reader(settings)
@@ -92,6 +96,7 @@ async def measure(
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "ROLLOUT_MODEL_STORE": str(settings.model_store),
+        "ROLLOUT_TOPIC_PREFIX": settings.topic_prefix,
     }
     peer = RolloutProcess([group.group_id, sink], None, env, module="app.bench.naive_peer")
     peer.start()

@@ -41,9 +41,10 @@ async def controller_pace(
     consumer = reader(settings)
     await consumer.start()
     try:
-        comparisons = await partitions_of(consumer, Topic.COMPARISONS)
-        tp = TopicPartition(Topic.COMPARISONS, partition_for("fraud", len(comparisons)))
-        analysis = await partitions_of(consumer, Topic.ANALYSIS)
+        comparisons_topic = settings.topics.name(Topic.COMPARISONS)
+        comparisons = await partitions_of(consumer, comparisons_topic)
+        tp = TopicPartition(comparisons_topic, partition_for("fraud", len(comparisons)))
+        analysis = await partitions_of(consumer, settings.topics.name(Topic.ANALYSIS))
         consumer.assign([tp, *analysis])
         start_offset = (await consumer.end_offsets([tp]))[tp]
         await consumer.seek_to_end(*analysis)
@@ -68,7 +69,9 @@ async def _write_backlog(settings: Settings, requests: int) -> None:
     await producer.start()
     try:
         await send(
-            producer, make_requests(requests, seed=11, run_id=f"pace-{uuid.uuid4().hex[:6]}")
+            producer,
+            make_requests(requests, seed=11, run_id=f"pace-{uuid.uuid4().hex[:6]}"),
+            topic=settings.topics.name(Topic.REQUESTS),
         )
     finally:
         await producer.stop()

@@ -27,6 +27,7 @@ import resource
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -129,7 +130,7 @@ async def drain(
         backlog = await write_backlog(settings, requests)
     group = await fresh_group(settings, at=backlog)
     worker_id = f"bench-{uuid.uuid4().hex[:6]}"
-    topics = Topics(requests=next(iter(backlog)).topic)
+    topics = replace(Topics.of(settings.topics), requests=next(iter(backlog)).topic)
     worker = Worker(group, worker_id, _scorer(group, worker_id, table, transform), topics)
     stop = asyncio.Event()
     cpu0, broker0 = _cpu(), _broker_cpu(settings)
@@ -165,6 +166,7 @@ def _scorer(
             worker_id=worker_id,
             max_request_bytes=settings.max_request_bytes,
             shed_lag=settings.shadow_shed_lag,
+            topics=Topics.of(settings.topics),
         )
     return lambda records, lag: BatchResult(outgoing=transform(records))
 

@@ -69,7 +69,9 @@ async def fresh_group(settings: Settings, at: Offsets | None = None) -> Settings
     await consumer.start()
     try:
         if at is None:
-            at = await consumer.end_offsets(await partitions_of(consumer, Topic.REQUESTS))
+            at = await consumer.end_offsets(
+                await partitions_of(consumer, settings.topics.name(Topic.REQUESTS))
+            )
         consumer.assign(list(at))
         await consumer.commit({TopicPartition(tp.topic, tp.partition): o for tp, o in at.items()})
     finally:
@@ -84,11 +86,12 @@ def fraud_requests(n: int, run_id: str) -> list[SentRequest]:
 async def write_backlog(
     settings: Settings,
     requests: int,
-    topic: str = Topic.REQUESTS,
+    topic: str | None = None,
     make: Callable[[int, str], list[SentRequest]] = fraud_requests,
 ) -> Offsets:
     """Append ``requests`` generated requests (``fraud``'s unless ``make`` says otherwise) to
-    ``topic``; returns where they start (per partition)."""
+    ``topic`` (None: the requests topic); returns where they start (per partition)."""
+    topic = topic or settings.topics.name(Topic.REQUESTS)
     consumer = group_consumer(settings, f"rollout-bench-{uuid.uuid4().hex[:8]}")
     await consumer.start()
     try:

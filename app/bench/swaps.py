@@ -91,7 +91,7 @@ class _Predictions:
     async def start(self) -> None:
         self._consumer = reader(self._settings)
         await self._consumer.start()
-        await assign_at_end(self._consumer, Topic.PREDICTIONS)
+        await assign_at_end(self._consumer, self._settings.topics.name(Topic.PREDICTIONS))
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -160,7 +160,7 @@ async def ready(settings: Settings, services: Services, timeout_s: float = 60.0)
             services.check()
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker answered no probe request")
-            await send(producer, probe)
+            await send(producer, probe, topic=settings.topics.name(Topic.REQUESTS))
             await asyncio.sleep(0.5)
     finally:
         await producer.stop()
@@ -182,7 +182,7 @@ async def swaps_under_load(
         chunk = 0
         while not stop.is_set():
             batch = make_requests(max(int(rate / 2), 1), seed=chunk, run_id=f"{run}-{chunk}")
-            await send(producer, batch, rate=rate)
+            await send(producer, batch, rate=rate, topic=settings.topics.name(Topic.REQUESTS))
             sent.extend(r.request.request_id for r in batch)
             chunk += 1
 

@@ -33,11 +33,12 @@ from app.adapters.control_client import send_command
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.kafka_security import client_options
 from app.adapters.partitioning import partition_for
-from app.adapters.topics import apply_topics, load_topics_file
+from app.adapters.topics import apply_topics, desired_topics
 from app.chaos.load import Load, Outputs, read_outputs
 from app.chaos.own_broker import dedicated_broker, remove_broker_home
 from app.chaos.tally import Tally, recovery_ms, tally
 from app.core.events import Action, ControlCommand, DecisionEvent, Mode, now_ms
+from app.core.topics import Topic
 from app.harness import processes
 from app.harness.processes import RolloutProcess
 from app.harness.rollout_scenarios import Scenario, ScenarioResult, reset, run_scenario
@@ -88,7 +89,7 @@ async def _under_load(
     run_id = f"chaos-{name}-{uuid.uuid4().hex[:6]}"
     producer: AIOKafkaProducer = plain_producer(settings)
     await producer.start()
-    load = Load(producer, run_id, rate=env.rate)
+    load = Load(producer, run_id, settings.topics.name(Topic.REQUESTS), rate=env.rate)
     stop = asyncio.Event()
     sender = asyncio.create_task(load.run(stop), name=f"load-{name}")
     try:
@@ -219,7 +220,7 @@ async def broker_restart(env: ChaosEnv) -> ChaosResult:
     await asyncio.to_thread(kafka_local.start, config)
     settings = env.settings.model_copy(update={"bootstrap_servers": config.bootstrap})
     await apply_topics(
-        config.bootstrap, load_topics_file(settings.topics_file), security=client_options(settings)
+        config.bootstrap, desired_topics(settings), security=client_options(settings)
     )
     tag = uuid.uuid4().hex[:6]
     logs = env.work_dir / "broker-restart"

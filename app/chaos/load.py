@@ -52,6 +52,7 @@ class Load:
 
     producer: AIOKafkaProducer
     run_id: str
+    requests_topic: str  # the cluster's name: settings.topics.name(Topic.REQUESTS)
     rate: float = 300.0
     chunk: int = 30
     valid: dict[str, int] = field(default_factory=dict)  # acknowledged: request id → sent ms
@@ -69,13 +70,15 @@ class Load:
                 if n % BAD_EVERY == BAD_EVERY - 1:
                     key = f"{self.run_id}-bad-{n}"
                     value = _malformed(n, self.run_id)
-                    fut = await self.producer.send(Topic.REQUESTS, value=value, key=key.encode())
+                    fut = await self.producer.send(
+                        self.requests_topic, value=value, key=key.encode()
+                    )
                     pending.append((key, False, now_ms(), fut))
                 else:
                     at = now_ms()
                     stamped = sent.request.model_copy(update={"sent_at": at})
                     fut = await self.producer.send(
-                        Topic.REQUESTS, value=encode(stamped), key=sent.key
+                        self.requests_topic, value=encode(stamped), key=sent.key
                     )
                     pending.append((sent.request.request_id, True, at, fut))
                 n += 1
@@ -139,7 +142,9 @@ async def read_outputs(
     await consumer.start()
     try:
         partitions: list[TopicPartition] = []
-        for topic in (Topic.PREDICTIONS, Topic.DLQ):
+        predictions = settings.topics.name(Topic.PREDICTIONS)
+        dlq = settings.topics.name(Topic.DLQ)
+        for topic in (predictions, dlq):
             partitions += await partitions_of(consumer, topic)
         consumer.assign(partitions)
         found = await consumer.offsets_for_times({tp: load.started_ms - 1000 for tp in partitions})
@@ -153,12 +158,12 @@ async def read_outputs(
             batch = await consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for r in records:
-                    if tp.topic == Topic.PREDICTIONS and r.value and needle in r.value:
+                    if tp.topic == predictions and r.value and needle in r.value:
                         p = orjson.loads(r.value)
                         out.predicted.append(p["request_id"])
                         out.served_at.setdefault(p["request_id"], p["served_at"])
                         out.epochs.append((p["served_at"], p["epoch"]))
-                    elif tp.topic == Topic.DLQ and r.key and r.key.startswith(needle):
+                    elif tp.topic == dlq and r.key and r.key.startswith(needle):
                         key = r.key.decode()
                         out.dead_letters.append(key)
                         out.codes[key] = orjson.loads(r.value)["error"]["code"]

@@ -39,7 +39,12 @@ def apply(
         fail(ExitCode.USAGE, str(exc))
     try:
         result = asyncio.run(
-            apply_acls(settings.bootstrap_servers, desired, security=client_options(settings))
+            apply_acls(
+                settings.bootstrap_servers,
+                desired,
+                topic_name=settings.topics.declared,
+                security=client_options(settings),
+            )
         )
     except AclsError as exc:
         fail(ExitCode.REJECTED, str(exc))

@@ -63,7 +63,10 @@ def decision_at(decisions: list[DecisionEvent], epoch: int) -> DecisionEvent | N
 
 def _load(deployment: str, since_s: float | None) -> list[DecisionEvent]:
     since_ms = None if since_s is None else now_ms() - int(since_s * 1000)
-    records = asyncio.run(read_to_end(load_settings(), Topic.EVENTS, since_ms=since_ms))
+    settings = load_settings()
+    records = asyncio.run(
+        read_to_end(settings, settings.topics.name(Topic.EVENTS), since_ms=since_ms)
+    )
     return decisions_of(deployment, [r.value for r in records])
 
 

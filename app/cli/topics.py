@@ -12,10 +12,9 @@ import orjson
 import typer
 
 from app.adapters.kafka_security import client_options
-from app.adapters.topics import TopicsError, apply_topics, load_topics_file
+from app.adapters.topics import TopicsError, apply_topics, desired_topics
 from app.cli import app
 from app.cli.failures import ExitCode, fail
-from app.core.topic_spec import with_replication
 from app.settings import load_settings
 
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics as code (topics.yaml).")
@@ -34,9 +33,8 @@ def apply(
 ) -> None:
     """Create missing topics idempotently; never alter or delete existing ones."""
     settings = load_settings()
-    path = file or settings.topics_file
     try:
-        desired = with_replication(load_topics_file(path), settings.topic_replication_factor)
+        desired = desired_topics(settings, file)
     except TopicsError as exc:
         fail(ExitCode.USAGE, str(exc))
     try:

@@ -10,6 +10,7 @@ import typer
 
 from app.adapters.kafka_clients import plain_producer
 from app.cli import app
+from app.core.topics import Topic
 from app.harness.traffic import make_requests, send
 from app.settings import Settings, load_settings
 
@@ -24,7 +25,7 @@ async def _send(settings: Settings, rate: float, seconds: float, chunk_s: float 
             batch = make_requests(
                 max(1, int(rate * chunk_s)), seed=chunk, run_id=f"{run_id}-{chunk}"
             )
-            await send(producer, batch, rate=rate)
+            await send(producer, batch, rate=rate, topic=settings.topics.name(Topic.REQUESTS))
             sent += len(batch)
             chunk += 1
     finally:

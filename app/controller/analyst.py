@@ -43,9 +43,6 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_TOPIC = Topic.ANALYSIS
-COMPARISONS_TOPIC = Topic.COMPARISONS
-FEEDBACK_TOPIC = Topic.FEEDBACK
 SNAPSHOT_EVERY_S = 2.0
 
 
@@ -128,6 +125,9 @@ class PartitionAnalyst:
         self._view = view
         self._publisher = publisher
         self._owns = owns  # deployment name -> bool: is it on this partition
+        self._analysis_topic = settings.topics.name(Topic.ANALYSIS)
+        self._comparisons_topic = settings.topics.name(Topic.COMPARISONS)
+        self._feedback_topic = settings.topics.name(Topic.FEEDBACK)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.snapshot = PartitionSnapshot(partition)
@@ -138,8 +138,8 @@ class PartitionAnalyst:
         self.snapshot = await self._restore()
         consumer = reader(self._settings, client_id=f"rollout-analyst-p{self.partition}")
         await consumer.start()
-        comparisons = TopicPartition(COMPARISONS_TOPIC, self.partition)
-        feedback = TopicPartition(FEEDBACK_TOPIC, self.partition)
+        comparisons = TopicPartition(self._comparisons_topic, self.partition)
+        feedback = TopicPartition(self._feedback_topic, self.partition)
         consumer.assign([comparisons, feedback])
         consumer.seek(comparisons, self.snapshot.comparisons_offset)
         consumer.seek(feedback, self.snapshot.feedback_offset)
@@ -170,7 +170,7 @@ class PartitionAnalyst:
         consumer = reader(self._settings, client_id=f"rollout-analyst-restore-p{self.partition}")
         await consumer.start()
         try:
-            tp = TopicPartition(ANALYSIS_TOPIC, self.partition)
+            tp = TopicPartition(self._analysis_topic, self.partition)
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             end = (await consumer.end_offsets([tp]))[tp]
@@ -250,7 +250,7 @@ class PartitionAnalyst:
         analysis applies a record whole or not at all."""
         snap = self.snapshot
         self._dirty = True
-        if record.topic == FEEDBACK_TOPIC:
+        if record.topic == self._feedback_topic:
             snap.feedback_offset = record.offset + 1
         else:
             snap.comparisons_offset = record.offset + 1
@@ -263,7 +263,7 @@ class PartitionAnalyst:
 
     def _apply(self, record: ConsumerRecord) -> None:
         snap = self.snapshot
-        if record.topic == FEEDBACK_TOPIC:
+        if record.topic == self._feedback_topic:
             feedback = decode(Feedback, record.value)
             tracked = snap.rollouts.get(feedback.deployment)
             if tracked is not None:
@@ -368,7 +368,7 @@ class PartitionAnalyst:
             )
 
     async def _publish(self, decision: Any, state: DeploymentState | None) -> None:
-        extra = [(ANALYSIS_TOPIC, f"p{self.partition}".encode(), self.snapshot.encode())]
+        extra = [(self._analysis_topic, f"p{self.partition}".encode(), self.snapshot.encode())]
         await self._publisher.publish(self.partition, decision, state, extra=extra)
         self._dirty = False
         self._last_snapshot = time.monotonic()

@@ -121,12 +121,13 @@ def build_app(settings: Settings) -> faust.App:
     )
     plane = ControlPlane(settings)
     app.add_dependency(plane)
-    control = app.topic(Topic.CONTROL, key_type=bytes, value_type=bytes, allow_empty=True)
+    control_topic = settings.topics.name(Topic.CONTROL)
+    control = app.topic(control_topic, key_type=bytes, value_type=bytes, allow_empty=True)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's stub is narrower
     async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
-        await plane.assigned({tp.partition for tp in assigned if tp.topic == Topic.CONTROL})
+        await plane.assigned({tp.partition for tp in assigned if tp.topic == control_topic})
 
     @app.agent(control)
     async def commands(stream: faust.StreamT[bytes]) -> None:

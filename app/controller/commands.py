@@ -77,7 +77,9 @@ class CommandHandler:
                 before = self.current(outcome.decision.deployment)  # not yet replaced
                 assert before is not None
                 outcome = await replay(self._settings, self._store, before, outcome)
-            consumed = {TopicPartition(Topic.CONTROL, partition): offset + 1}
+            consumed = {
+                TopicPartition(self._settings.topics.name(Topic.CONTROL), partition): offset + 1
+            }
             await self._publisher.publish(partition, outcome.decision, outcome.state, consumed)
             if outcome.state is not None:
                 self._view.offer(outcome.state)

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 class DecisionPublisher:
     def __init__(self, settings: Settings, group_id: str) -> None:
         self._settings = settings
+        self._state = settings.topics.name(Topic.STATE)
+        self._events = settings.topics.name(Topic.EVENTS)
         self._group_id = group_id
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._locks: dict[int, asyncio.Lock] = {}
@@ -70,10 +72,10 @@ class DecisionPublisher:
         async with producer.transaction():
             if state is not None:
                 key = state.deployment.encode("utf-8")
-                await producer.send(Topic.STATE, encode(state), key=key, partition=partition)
+                await producer.send(self._state, encode(state), key=key, partition=partition)
             if decision is not None:
                 key = decision.deployment.encode("utf-8")
-                await producer.send(Topic.EVENTS, encode(decision), key=key, partition=partition)
+                await producer.send(self._events, encode(decision), key=key, partition=partition)
             for topic, key, value in extra:
                 await producer.send(topic, value, key=key, partition=partition)
             if consumed:

@@ -36,7 +36,9 @@ async def replay(
     version beside the current production before it is let through."""
     new = outcome.state
     assert new is not None
-    records = await read_tail(settings, Topic.REQUESTS, new.policy.replay_gate)
+    records = await read_tail(
+        settings, settings.topics.name(Topic.REQUESTS), new.policy.replay_gate
+    )
     production = store.load(before.production)
     candidate = store.load(new.production)
     shadow = before.model_copy(

@@ -42,7 +42,7 @@ from app.core.requests import (
 )
 from app.core.routing import PRODUCTION_ONLY, Assignment, assign, bucket
 from app.core.tensors import InputBatch, TensorBatch, oip_features, select, tensor_batch
-from app.core.topics import Topic
+from app.core.topics import Topic, TopicNames
 
 
 class Scorer(Protocol):
@@ -85,13 +85,25 @@ class Outgoing(NamedTuple):  # a tuple: built for every output record
 
 @dataclass(frozen=True)
 class Topics:
-    requests: str = Topic.REQUESTS
-    predictions: str = Topic.PREDICTIONS
-    comparisons: str = Topic.COMPARISONS
-    dlq: str = Topic.DLQ
+    """The cluster names of the data plane's topics (``Topics.of(settings.topics)``)."""
+
+    requests: str
+    predictions: str
+    comparisons: str
+    dlq: str
+
+    @classmethod
+    def of(cls, names: TopicNames) -> Topics:
+        return cls(
+            requests=names.name(Topic.REQUESTS),
+            predictions=names.name(Topic.PREDICTIONS),
+            comparisons=names.name(Topic.COMPARISONS),
+            dlq=names.name(Topic.DLQ),
+        )
 
 
-DEFAULT_TOPICS = Topics()
+# Unprefixed: for pure uses (tests, the simulation); a worker uses its settings' names.
+DEFAULT_TOPICS = Topics.of(TopicNames())
 
 
 @dataclass
@@ -130,7 +142,7 @@ def table_scorer(
     worker_id: str,
     max_request_bytes: int,
     shed_lag: int,
-    topics: Topics = DEFAULT_TOPICS,
+    topics: Topics,
 ) -> BatchScorer:
     """Scoring by the routing table ``table()`` returns at each batch; shadow scoring is shed
     while the worker is more than ``shed_lag`` records behind, and each shed is reported."""

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.topics import TopicNames
+
 _TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 
 
@@ -52,6 +54,14 @@ def with_replication(desired: TopicsFile, replication_factor: int | None) -> Top
         t.model_copy(update={"replication_factor": replication_factor}) for t in desired.topics
     )
     return desired.model_copy(update={"topics": topics})
+
+
+def with_names(desired: TopicsFile, names: TopicNames) -> TopicsFile:
+    """``desired`` with every topic (and co-partitioned group) under its cluster name: the
+    setting ``ROLLOUT_TOPIC_PREFIX``, so several environments share one cluster."""
+    topics = tuple(t.model_copy(update={"name": names.declared(t.name)}) for t in desired.topics)
+    groups = tuple(tuple(names.declared(n) for n in g) for g in desired.co_partitioned)
+    return TopicsFile(topics=topics, co_partitioned=groups)
 
 
 class TopicsFile(BaseModel):

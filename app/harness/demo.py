@@ -22,7 +22,7 @@ from app.adapters import kafka_local
 from app.adapters.control_client import current_states
 from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
 from app.adapters.kafka_security import client_options
-from app.adapters.topics import apply_topics, load_topics_file
+from app.adapters.topics import apply_topics, desired_topics
 from app.core.events import Prediction, decode
 from app.core.topics import Topic
 from app.harness.processes import Services
@@ -48,7 +48,7 @@ async def ensure_kafka(settings: Settings) -> None:
         console.print(f"  {result.action} on {result.status.bootstrap} in {result.seconds:.1f}s")
     applied = await apply_topics(
         settings.bootstrap_servers,
-        load_topics_file(settings.topics_file),
+        desired_topics(settings),
         security=client_options(settings),
     )
     console.print(
@@ -66,8 +66,9 @@ async def show_serving(settings: Settings, seconds: float, rate: float) -> int:
     requests = make_requests(int(seconds * rate), seed=int(time.time()) % 1000, run_id=run_id)
     seen: Counter[str] = Counter()
     try:
-        await assign_at_end(consumer, Topic.PREDICTIONS)
-        sender = asyncio.create_task(send(producer, requests, rate=rate))
+        await assign_at_end(consumer, settings.topics.name(Topic.PREDICTIONS))
+        requests_topic = settings.topics.name(Topic.REQUESTS)
+        sender = asyncio.create_task(send(producer, requests, rate=rate, topic=requests_topic))
         started = time.monotonic()
         last: Prediction | None = None
         with Live(console=console, refresh_per_second=4) as live:

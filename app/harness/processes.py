@@ -160,9 +160,11 @@ def running(procs: Sequence[RolloutProcess]) -> Iterator[list[RolloutProcess]]:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that points a child process at the same cluster and model store."""
+    """The environment that points a child process at the same cluster (and topic names)
+    and model store."""
     return {
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "ROLLOUT_TOPIC_PREFIX": settings.topic_prefix,
         "ROLLOUT_MODEL_STORE": str(Path(settings.model_store).resolve()),
     }
 

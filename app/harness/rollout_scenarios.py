@@ -72,7 +72,7 @@ async def run_scenario(
     started = time.monotonic()
     result = ScenarioResult(scenario, None, [], 0, 0, 0.0)
     try:
-        await assign_at_end(events, Topic.EVENTS)
+        await assign_at_end(events, settings.topics.name(Topic.EVENTS))
         deployed = await send_command(
             settings,
             ControlCommand(
@@ -96,10 +96,15 @@ async def run_scenario(
         n = 0
         while time.monotonic() - started < timeout_s and result.final is None:
             batch = make_requests(chunk, seed=n, run_id=f"{run}-{n}")
-            await send(producer, batch, rate=rate)
+            await send(producer, batch, rate=rate, topic=settings.topics.name(Topic.REQUESTS))
             result.requests += len(batch)
             result.feedback += await send_feedback(
-                producer, previous, audit_rate=audit_rate, others=others, seed=n
+                producer,
+                previous,
+                audit_rate=audit_rate,
+                others=others,
+                seed=n,
+                topic=settings.topics.name(Topic.FEEDBACK),
             )
             previous = batch
             n += 1

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from app.core.audit import in_audit
 from app.core.events import Feedback, InferenceRequest, encode, now_ms
 from app.core.topics import Topic
+from app.settings import Settings
 from app.training.stream import LABELS, current_traffic
 
 
@@ -58,9 +59,11 @@ async def send(
     producer: AIOKafkaProducer,
     requests: Sequence[SentRequest],
     rate: float = 0.0,
-    topic: str = Topic.REQUESTS,
+    topic: str | None = None,
 ) -> None:
-    """Send ``requests`` (stamping ``sent_at``), at ``rate`` per second (0: as fast as possible)."""
+    """Send ``requests`` (stamping ``sent_at``), at ``rate`` per second (0: as fast as possible)
+    to ``topic`` (None: the requests topic by the environment's settings)."""
+    topic = topic or Settings().topics.name(Topic.REQUESTS)
     started = time.monotonic()
     pending: list[asyncio.Future[object]] = []
     for i, sent in enumerate(requests):
@@ -81,9 +84,10 @@ async def send(
 async def send_raw(
     producer: AIOKafkaProducer,
     values: Sequence[tuple[bytes | None, bytes]],
-    topic: str = Topic.REQUESTS,
+    topic: str | None = None,
 ) -> None:
     """Send ``(key, value)`` pairs as they are (malformed input for tests)."""
+    topic = topic or Settings().topics.name(Topic.REQUESTS)
     pending = [await producer.send(topic, value=value, key=key) for key, value in values]
     await asyncio.gather(*pending)
 
@@ -95,11 +99,13 @@ async def send_feedback(
     audit_rate: float,
     others: float = 0.0,
     seed: int = 0,
+    topic: str | None = None,
 ) -> int:
     """Ground truth for every request of the audit sample of inclusion probability
     ``audit_rate`` (the deployment policy's), and for an ``others`` share of the remaining
     requests (chosen by a seeded draw), as a fraud team's reviews would report it. Returns
     how many were sent."""
+    topic = topic or Settings().topics.name(Topic.FEEDBACK)
     rng = random.Random(seed)
     pending = []
     for sent in requests:
@@ -117,6 +123,6 @@ async def send_feedback(
             observed_at=now_ms(),
         )
         key = request.deployment.encode("utf-8")
-        pending.append(await producer.send(Topic.FEEDBACK, value=encode(feedback), key=key))
+        pending.append(await producer.send(topic, value=encode(feedback), key=key))
     await asyncio.gather(*pending)
     return len(pending)

@@ -29,13 +29,13 @@ from app.core.events import (
 from app.core.promotion import decide
 from app.core.sequential import staked_pair
 from app.core.state_machine import controller_step
-from app.core.topics import Topic
+from app.core.topics import Topic, TopicNames
 from app.core.verdict import Verdict
 from app.simulation.situations import PREVALENCE, PRODUCTION, Model, Situation
 
 V1 = ModelRef(name="sim", version="1", uri="sim/1/model.onnx", sha256="1" * 64)
 V2 = ModelRef(name="sim", version="2", uri="sim/2/model.onnx", sha256="2" * 64)
-_SOURCE = SourceOffset(topic=Topic.REQUESTS, partition=0, offset=0)
+_SOURCE = SourceOffset(topic=TopicNames().name(Topic.REQUESTS), partition=0, offset=0)
 _MS = 1000  # one compared request per simulated second
 _OUT = {
     "fraud": ModelOutput.model_construct(label="fraud", scores=[0.2, 0.8]),

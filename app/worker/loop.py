@@ -36,7 +36,7 @@ from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.core.events import now_ms
 from app.core.requests import RawRecord
-from app.core.scoring import DEFAULT_TOPICS, BatchResult, BatchScorer, Topics
+from app.core.scoring import BatchResult, BatchScorer, Topics
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,15 @@ class Worker:
         settings: Settings,
         worker_id: str,
         score: BatchScorer,
-        topics: Topics = DEFAULT_TOPICS,
+        topics: Topics | None = None,
         on_assigned: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``score`` turns each batch (and the worker's lag) into what to publish
-        (``app.core.scoring.table_scorer`` in production); ``topics.requests`` is consumed."""
+        (``app.core.scoring.table_scorer`` in production); ``topics.requests`` is consumed
+        (None: the settings' topic names)."""
         self.settings = settings
         self.worker_id = worker_id
-        self.topics = topics
+        self.topics = topics if topics is not None else Topics.of(settings.topics)
         self._score = score
         self.on_assigned = on_assigned
         self.lock = asyncio.Lock()

@@ -19,7 +19,7 @@ from app.adapters.logs import log_context
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
 from app.core import health
-from app.core.scoring import table_scorer
+from app.core.scoring import Topics, table_scorer
 from app.settings import Settings
 from app.worker.follower import TableFollower
 from app.worker.loop import Worker, WorkerStats
@@ -42,6 +42,7 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
             worker_id=worker_id,
             max_request_bytes=settings.max_request_bytes,
             shed_lag=settings.shadow_shed_lag,
+            topics=Topics.of(settings.topics),
         )
         worker = Worker(settings, worker_id, score, on_assigned=follower.settle)
         loaded = False

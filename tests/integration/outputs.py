@@ -45,7 +45,13 @@ async def predictions(
 ) -> list[tuple[ConsumerRecord, Prediction]]:
     """Committed predictions whose request id starts with ``prefix`` (with their records)."""
     return await _matching(
-        settings, Topic.PREDICTIONS, Prediction, prefix, expect, settle_s, timeout_s
+        settings,
+        settings.topics.name(Topic.PREDICTIONS),
+        Prediction,
+        prefix,
+        expect,
+        settle_s,
+        timeout_s,
     )
 
 
@@ -53,7 +59,13 @@ async def comparisons(
     settings: Settings, prefix: str, expect: int, settle_s: float = 3.0, timeout_s: float = 120
 ) -> list[Comparison]:
     found = await _matching(
-        settings, Topic.COMPARISONS, Comparison, prefix, expect, settle_s, timeout_s
+        settings,
+        settings.topics.name(Topic.COMPARISONS),
+        Comparison,
+        prefix,
+        expect,
+        settle_s,
+        timeout_s,
     )
     return [c for _, c in found]
 
@@ -101,9 +113,10 @@ async def _matching(
 class Tail:
     """Follows a topic from its end at ``start()``: what gets committed from then on."""
 
-    def __init__(self, settings: Settings, topic: str = Topic.PREDICTIONS) -> None:
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        """``topic``: a cluster name (None: the predictions topic)."""
         self._consumer = reader(settings)
-        self._topic = topic
+        self._topic = topic or settings.topics.name(Topic.PREDICTIONS)
         self.records: list[ConsumerRecord] = []
 
     async def start(self) -> Tail:

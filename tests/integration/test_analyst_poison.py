@@ -46,7 +46,9 @@ def comparison(epoch: int, i: int, score: float = 0.9, agree: bool = False) -> b
             deployment="fraud",
             mode=Mode.CANARY,
             epoch=epoch,
-            source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
+            source=SourceOffset(
+                topic=Settings().topics.name(Topic.REQUESTS), partition=0, offset=i
+            ),
             served_by=Role.CANDIDATE,
             production=ArmResult(version="1", sha256="1" * 64, output=prod, latency_ms=0.02),
             candidate=ArmResult(version="2", sha256="2" * 64, output=cand, latency_ms=0.02),
@@ -70,7 +72,7 @@ def poisons(epoch: int) -> list[bytes]:
 
 async def send(producer: AIOKafkaProducer, values: list[bytes]) -> None:
     for value in values:
-        await producer.send(Topic.COMPARISONS, value=value, key=b"fraud")
+        await producer.send(Settings().topics.name(Topic.COMPARISONS), value=value, key=b"fraud")
     await producer.flush()
 
 
@@ -79,7 +81,7 @@ async def controller_rollback(settings: Settings, after_epoch: int, timeout_s: f
     events = reader(settings, client_id="poison-test")
     await events.start()
     try:
-        await assign_at_end(events, Topic.EVENTS)
+        await assign_at_end(events, settings.topics.name(Topic.EVENTS))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             batch = await events.getmany(timeout_ms=500)

@@ -14,6 +14,7 @@ import pytest
 from app.cli.failures import ExitCode
 from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
+from app.settings import Settings
 from tests.integration.control import cli
 
 pytestmark = pytest.mark.kafka
@@ -111,7 +112,7 @@ def test_a_rejected_command_is_exit_1_and_json_prints_the_decision(
 def test_status_and_topics_print_json(kafka_bootstrap: str) -> None:
     applied = cli(kafka_bootstrap, "topics", "apply", "--json")
     assert applied.returncode == ExitCode.OK, applied.stderr
-    assert Topic.CONTROL in orjson.loads(applied.stdout)["present"]
+    assert Settings().topics.name(Topic.CONTROL) in orjson.loads(applied.stdout)["present"]
     status = cli(kafka_bootstrap, "status", "--json")
     assert status.returncode == ExitCode.OK
     assert "fraud" in orjson.loads(status.stdout)

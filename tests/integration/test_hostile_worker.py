@@ -54,12 +54,12 @@ async def _roundtrip(
     needle = run.encode()
     letters_raw, preds_raw = await asyncio.gather(
         read_topic(
-            settings_, Topic.DLQ,
+            settings_, settings_.topics.name(Topic.DLQ),
             lambda rs: sum(1 for r in rs if r.key and r.key.startswith(needle)) >= invalid,
             timeout_s=60, settle_s=1.0, since_ms=SESSION_START_MS,
         ),
         read_topic(
-            settings_, Topic.PREDICTIONS,
+            settings_, settings_.topics.name(Topic.PREDICTIONS),
             lambda rs: sum(1 for r in rs if r.key and r.key.startswith(needle)) >= valid,
             timeout_s=60, settle_s=1.0, since_ms=SESSION_START_MS,
         ),

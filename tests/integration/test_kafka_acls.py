@@ -107,7 +107,7 @@ async def write_control(settings: Settings) -> None:
     producer: AIOKafkaProducer = plain_producer(settings)
     await producer.start()
     try:
-        await producer.send_and_wait(Topic.CONTROL, b"{}", key=b"acl-test")
+        await producer.send_and_wait(settings.topics.name(Topic.CONTROL), b"{}", key=b"acl-test")
     finally:
         await producer.stop()
 

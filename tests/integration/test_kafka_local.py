@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app.adapters import kafka_local
 from app.adapters.kafka_local import BrokerConfig
 from app.core.topics import Topic
+from app.settings import Settings
 
 pytestmark = pytest.mark.kafka
 
@@ -50,7 +51,7 @@ async def test_broker_answers_metadata(kafka_bootstrap: str) -> None:
     try:
         cluster = await admin.describe_cluster()
         assert len(cluster["brokers"]) >= 1
-        assert Topic.REQUESTS in await admin.list_topics()
+        assert Settings().topics.name(Topic.REQUESTS) in await admin.list_topics()
     finally:
         await admin.close()
     assert kafka_local.answers(kafka_bootstrap)  # also from inside a running loop

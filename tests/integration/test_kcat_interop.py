@@ -122,7 +122,16 @@ class Sent:
 def _produce(kcat: str, bootstrap: str, sent: Sent) -> None:
     """``kcat -P``: one record, its key and headers, with the Java client's partitioner
     (murmur2) so that its prediction lands on the same partition number."""
-    args = [kcat, "-P", "-b", bootstrap, "-t", Topic.REQUESTS, "-k", sent.key]
+    args = [
+        kcat,
+        "-P",
+        "-b",
+        bootstrap,
+        "-t",
+        Settings().topics.name(Topic.REQUESTS),
+        "-k",
+        sent.key,
+    ]
     args += ["-X", "partitioner=murmur2_random", "-X", "enable.idempotence=true"]
     for name, value in sent.headers.items():
         args += ["-H", f"{name}={value}"]
@@ -262,11 +271,13 @@ async def test_kcat_requests_served_and_read_back_with_kcat(
     while True:
         predictions = [
             (e, orjson.loads(e["payload"]))
-            for e in _consume(kcat, kafka_bootstrap, Topic.PREDICTIONS, since)
+            for e in _consume(
+                kcat, kafka_bootstrap, Settings().topics.name(Topic.PREDICTIONS), since
+            )
         ]
         dead = [
             (e, orjson.loads(e["payload"]))
-            for e in _consume(kcat, kafka_bootstrap, Topic.DLQ, since)
+            for e in _consume(kcat, kafka_bootstrap, Settings().topics.name(Topic.DLQ), since)
         ]
         predictions = [(e, p) for e, p in predictions if p["request_id"] in by_id]
         dead = [(e, d) for e, d in dead if d.get("request_id") in by_id]
@@ -276,7 +287,7 @@ async def test_kcat_requests_served_and_read_back_with_kcat(
         await asyncio.sleep(1.0)
     requests = {
         orjson.loads(e["payload"]).get("request_id") or orjson.loads(e["payload"]).get("id"): e
-        for e in _consume(kcat, kafka_bootstrap, Topic.REQUESTS, since)
+        for e in _consume(kcat, kafka_bootstrap, Settings().topics.name(Topic.REQUESTS), since)
         if e["key"] and e["key"].startswith("entity-") and f"kcat-{RUN}" in e["payload"]
     }
     assert set(requests) == set(by_id)
@@ -318,7 +329,7 @@ async def test_kcat_requests_served_and_read_back_with_kcat(
         assert _headers(envelope) == list(s.headers.items())
         request = requests[s.request_id]
         assert d["source"] == {
-            "topic": Topic.REQUESTS,
+            "topic": Settings().topics.name(Topic.REQUESTS),
             "partition": request["partition"],
             "offset": request["offset"],
         }

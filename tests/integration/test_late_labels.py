@@ -73,7 +73,7 @@ async def waiting_for(settings: Settings) -> tuple[WaitingFor, Criterion, int, f
     snapshot on ``deployments.analysis``, judged by the same pure criterion)."""
     st = await state(settings)
     latest = None
-    for record in await read_to_end(settings, Topic.ANALYSIS):
+    for record in await read_to_end(settings, settings.topics.name(Topic.ANALYSIS)):
         snap = PartitionSnapshot.decode(record.value)
         if "fraud" in snap.rollouts:
             latest = snap.rollouts["fraud"].analysis
@@ -85,7 +85,7 @@ async def waiting_for(settings: Settings) -> tuple[WaitingFor, Criterion, int, f
 async def canary_with_late_labels(
     settings: Settings, producer: AIOKafkaProducer, version: str, policy: dict[str, Any]
 ) -> Run:
-    events = await Tail(settings, Topic.EVENTS).start()
+    events = await Tail(settings, settings.topics.name(Topic.EVENTS)).start()
     run = Run()
     started = time.monotonic()
     tag = f"late-{version}-{uuid.uuid4().hex[:6]}"

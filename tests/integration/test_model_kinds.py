@@ -115,7 +115,10 @@ async def _send(
         rid = f"{prefix}-{RUN}-{n}"
         body = {"request_id": rid, "deployment": name, "features": features}
         await producer.send(
-            Topic.REQUESTS, orjson.dumps(body), key=f"e{n}".encode(), headers=headers
+            Settings().topics.name(Topic.REQUESTS),
+            orjson.dumps(body),
+            key=f"e{n}".encode(),
+            headers=headers,
         )
         ids.append(rid)
     await producer.flush()
@@ -132,7 +135,7 @@ async def _until_decided(
     timeout_s: float = 150.0,
 ) -> DeploymentState:
     """Send requests (and, once compared, their ground truth) until the rollout ends."""
-    comparisons = await Tail(settings, Topic.COMPARISONS).start()
+    comparisons = await Tail(settings, settings.topics.name(Topic.COMPARISONS)).start()
     sent: dict[str, Any] = {}
     labelled: set[str] = set()
     deadline = time.monotonic() + timeout_s
@@ -164,7 +167,11 @@ async def _until_decided(
                         truth_field: sent[rid],
                         "observed_at": int(time.time() * 1000),
                     }
-                    await producer.send(Topic.FEEDBACK, orjson.dumps(feedback), key=name.encode())
+                    await producer.send(
+                        Settings().topics.name(Topic.FEEDBACK),
+                        orjson.dumps(feedback),
+                        key=name.encode(),
+                    )
                     labelled.add(rid)
             await producer.flush()
         raise AssertionError(f"{name}: no decision within {timeout_s}s")
@@ -279,7 +286,7 @@ async def test_regressor_shadow_comparisons_agree_within_the_tolerance(
         str(sm.regressor(tmp_path / "p2", good=False).path),
     )
     _rollout(kafka_bootstrap, store, "deploy", price, "2", "--mode", "shadow")
-    comparisons = await Tail(settings, Topic.COMPARISONS).start()
+    comparisons = await Tail(settings, settings.topics.name(Topic.COMPARISONS)).start()
     x, _ = sm.regression_requests(100)
     ids = set(await _send(producer, price, [r.tolist() for r in x], "cmp"))
     found: list[dict[str, Any]] = []

@@ -198,7 +198,10 @@ async def test_shadow_scores_the_candidate_only_into_comparisons(
         assert c.served_by is Role.PRODUCTION and c.candidate.version == "2"
         assert c.candidate.output is not None and c.candidate.output.label == labels[i]
         np.testing.assert_allclose(c.candidate.output.scores, scores[i], atol=1e-6)
-        assert c.source.topic == Topic.REQUESTS and c.production.latency_ms is not None
+        assert (
+            c.source.topic == settings_.topics.name(Topic.REQUESTS)
+            and c.production.latency_ms is not None
+        )
 
     # A sample rate below 1: exactly the requests the deterministic sample picks.
     decision = await command(settings_, Action.ABORT)
@@ -333,7 +336,9 @@ async def test_malformed_json_on_the_control_topic_is_answered_and_changes_nothi
 ) -> None:
     before = await state(settings_)
     events_before = await _events(settings_)
-    await producer.send_and_wait(Topic.CONTROL, b'{"action": "promote", ', key=b"fraud")
+    await producer.send_and_wait(
+        settings_.topics.name(Topic.CONTROL), b'{"action": "promote", ', key=b"fraud"
+    )
     # A valid command after it is still served: the controller did not stop on garbage.
     decision = await command(settings_, Action.PAUSE)
     assert not decision.accepted and "no candidate" in decision.reason
@@ -347,7 +352,7 @@ async def _send_raw_command(
     settings: Settings, producer: AIOKafkaProducer, body: bytes, command_id: str
 ) -> DecisionEvent | None:
     events_before = len(await _events(settings))
-    await producer.send_and_wait(Topic.CONTROL, body, key=b"fraud")
+    await producer.send_and_wait(settings.topics.name(Topic.CONTROL), body, key=b"fraud")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for e in (await _events(settings))[events_before:]:
@@ -358,7 +363,9 @@ async def _send_raw_command(
 
 
 async def _events(settings: Settings) -> list[DecisionEvent]:
-    records = await read_to_end(settings, Topic.EVENTS, since_ms=SESSION_START_MS)
+    records = await read_to_end(
+        settings, settings.topics.name(Topic.EVENTS), since_ms=SESSION_START_MS
+    )
     return [
         decode(DecisionEvent, r.value)
         for r in sorted(records, key=lambda r: (r.partition, r.offset))
@@ -456,7 +463,7 @@ async def test_a_worker_behind_sheds_shadow_scoring_first_and_reports_it(
     d = await command(settings_, Action.DEPLOY, policy=HANDS_OFF, version="2", mode=Mode.SHADOW)
     assert d.accepted
     sent = make_requests(4000, seed=41, run_id=run)
-    tail = await Tail(settings_, Topic.COMPARISONS).start()
+    tail = await Tail(settings_, settings_.topics.name(Topic.COMPARISONS)).start()
     await send(producer, sent)  # a backlog before any worker runs
     with running_workers(
         kafka_bootstrap,

@@ -82,8 +82,8 @@ async def drive(
     or with the previous production's output (so every disagreement is the new production's
     loss). Returns the controller's watch decision (rollback or watch_ended), the watch
     comparisons seen and the labels sent."""
-    compared = Tail(settings, Topic.COMPARISONS)
-    events = Tail(settings, Topic.EVENTS)
+    compared = Tail(settings, settings.topics.name(Topic.COMPARISONS))
+    events = Tail(settings, settings.topics.name(Topic.EVENTS))
     await compared.start()
     await events.start()
     truth: dict[str, str] = {}
@@ -109,7 +109,9 @@ async def drive(
                     request_id=c.request_id, deployment="fraud", label=label, observed_at=now_ms()
                 )
                 pending.append(
-                    await producer.send(Topic.FEEDBACK, value=encode(feedback), key=b"fraud")
+                    await producer.send(
+                        settings.topics.name(Topic.FEEDBACK), value=encode(feedback), key=b"fraud"
+                    )
                 )
             for p in pending:
                 await p

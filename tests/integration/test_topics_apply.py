@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.adapters.topics import apply_topics, describe_topics, load_topics_file
+from app.adapters.topics import apply_topics, describe_topics, desired_topics, load_topics_file
 from app.core.topic_spec import Difference, TopicsFile, TopicSpec
 from app.core.topics import Topic
 from app.settings import Settings
@@ -36,14 +36,14 @@ def _renamed(desired: TopicsFile, prefix: str) -> TopicsFile:
 async def test_repo_topics_are_applied(
     kafka_bootstrap: str, settings: Settings, admin: AIOKafkaAdminClient
 ) -> None:
-    desired = load_topics_file(settings.topics_file)
+    desired = desired_topics(settings)
     result = await apply_topics(kafka_bootstrap, desired)  # the session fixture applied it once
     assert result.created == ()
     assert set(result.present) == set(desired.by_name())
     assert result.differences == ()
     live = await describe_topics(admin, desired.by_name())
-    assert live[Topic.STATE].configs["cleanup.policy"] == "compact"
-    assert live[Topic.EVENTS].configs["retention.ms"] == "-1"
+    assert live[settings.topics.name(Topic.STATE)].configs["cleanup.policy"] == "compact"
+    assert live[settings.topics.name(Topic.EVENTS)].configs["retention.ms"] == "-1"
 
 
 async def test_apply_creates_declared_topics_then_nothing(

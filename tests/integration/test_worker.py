@@ -119,7 +119,7 @@ async def test_malformed_records_get_dead_letters_and_valid_ones_are_served(
         predictions = await _predictions(settings, run_id, len(valid))
         letters_raw = await read_topic(
             settings,
-            Topic.DLQ,
+            settings.topics.name(Topic.DLQ),
             lambda rs: (
                 sum(1 for r in rs if r.key and r.key.startswith(f"bad-{run_id}".encode()))
                 >= len(bad_cases)
@@ -141,7 +141,7 @@ async def test_malformed_records_get_dead_letters_and_valid_ones_are_served(
         letter = letters[f"bad-{run_id}-{i}"]
         assert letter.error.code == expected_code, (expected_code, letter.error.message)
         assert letter.error.message
-        assert letter.source.topic == Topic.REQUESTS
+        assert letter.source.topic == settings.topics.name(Topic.REQUESTS)
         if letter.payload_encoding == "utf-8":
             assert letter.payload.encode() == payload
         else:
