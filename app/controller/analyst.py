@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
 from app.core.analysis import OldSnapshot, RolloutAnalysis
 from app.core.events import Comparison, DeploymentState, Feedback, ShedReport, decode, now_ms
+from app.core.manifest import DeploymentSpec
 from app.core.promotion import decide
 from app.core.state_machine import controller_step, watch_step
 from app.core.topics import Topic
@@ -122,12 +124,15 @@ class PartitionAnalyst:
         view: StateView,
         publisher: DecisionPublisher,
         owns: Any,
+        specs: Callable[[str], DeploymentSpec | None] | None = None,
     ) -> None:
         self.partition = partition
         self._settings = settings
         self._view = view
         self._publisher = publisher
         self._owns = owns  # deployment name -> bool: is it on this partition
+        # deployment name -> its deployment.yaml (kind, regression), None when unreadable
+        self._specs = specs or (lambda _name: None)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.snapshot = PartitionSnapshot(partition)
@@ -237,11 +242,22 @@ class PartitionAnalyst:
             watches[name] = WatchAnalysis.for_state(state)
             self._dirty = True
 
-    @staticmethod
-    def _fresh(state: DeploymentState) -> RolloutAnalysis:
+    def _fresh(self, state: DeploymentState) -> RolloutAnalysis:
+        """A new rollout's analysis, of the deployment's kind: a regressor's criterion needs
+        the error cap of its deployment.yaml (without one it holds, never promoting on
+        feedback it cannot bound)."""
         assert state.candidate is not None
+        spec = self._specs(state.deployment)
+        kind = spec.signature.kind if spec is not None else "classifier"
+        cap = spec.regression.error_cap if spec is not None and spec.regression else None
         return RolloutAnalysis.for_policy(
-            state.deployment, state.candidate.version, state.epoch, state.policy, state.updated_at
+            state.deployment,
+            state.candidate.version,
+            state.epoch,
+            state.policy,
+            state.updated_at,
+            kind=kind,
+            error_cap=cap,
         )
 
     def _take(self, record: ConsumerRecord) -> None:
