@@ -49,6 +49,7 @@ ANALYSIS_TOPIC = Topic.ANALYSIS
 COMPARISONS_TOPIC = Topic.COMPARISONS
 FEEDBACK_TOPIC = Topic.FEEDBACK
 SNAPSHOT_EVERY_S = 2.0
+_MISROUTED_LOGGED = 1000  # deployments whose misrouted feedback is logged (once each)
 
 
 @dataclass
@@ -138,6 +139,10 @@ class PartitionAnalyst:
         self.snapshot = PartitionSnapshot(partition)
         self._dirty = False
         self._last_snapshot = time.monotonic()
+        # Feedback read here that belongs to another partition's deployment, re-keyed to it
+        # in the next transaction (with the offset past it).
+        self._rekeyed: list[tuple[str, bytes, bytes]] = []
+        self._misrouted_logged: set[str] = set()
 
     async def start(self) -> None:
         self.snapshot = await self._restore()
@@ -207,7 +212,8 @@ class PartitionAnalyst:
                     for record in records:
                         self._take(record)
                 await self._decide()
-                if self._dirty and time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S:
+                due = time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S
+                if self._rekeyed or (self._dirty and due):
                     await self._publish(None, None)
 
     def _sync_with_states(self) -> None:
@@ -281,6 +287,9 @@ class PartitionAnalyst:
         snap = self.snapshot
         if record.topic == FEEDBACK_TOPIC:
             feedback = decode(Feedback, record.value)
+            if not self._owns(feedback.deployment):
+                self._misrouted(feedback, record)
+                return
             tracked = snap.rollouts.get(feedback.deployment)
             if tracked is not None:
                 tracked.analysis.add_feedback(feedback, at=record.timestamp)
@@ -304,6 +313,23 @@ class PartitionAnalyst:
         tracked = snap.rollouts.get(comparison.deployment)
         if tracked is not None:
             tracked.analysis.add_comparison(comparison, at=record.timestamp)
+
+    def _misrouted(self, feedback: Feedback, record: ConsumerRecord) -> None:
+        """Feedback keyed by something other than its deployment (issue 12): counted, logged
+        once per deployment, and produced again keyed by its deployment, in the transaction
+        that moves this partition's offset past it, so its analyst gets it exactly once."""
+        metrics.observe_misrouted_feedback()
+        name = feedback.deployment
+        if name not in self._misrouted_logged and len(self._misrouted_logged) < _MISROUTED_LOGGED:
+            self._misrouted_logged.add(name)
+            log.warning(
+                "analyst p%d: feedback for %s keyed %r (not by its deployment): re-keyed to"
+                " its deployment's partition (logged once per deployment)",
+                self.partition,
+                name,
+                record.key,
+            )
+        self._rekeyed.append((FEEDBACK_TOPIC, name.encode("utf-8"), record.value))
 
     def _skipped(self, record: ConsumerRecord, reason: str, exc: Exception) -> None:
         metrics.observe_skipped(record.topic, reason)
@@ -385,6 +411,13 @@ class PartitionAnalyst:
 
     async def _publish(self, decision: Any, state: DeploymentState | None) -> None:
         extra = [(ANALYSIS_TOPIC, f"p{self.partition}".encode(), self.snapshot.encode())]
-        await self._publisher.publish(self.partition, decision, state, extra=extra)
+        rekeyed, self._rekeyed = self._rekeyed, []
+        try:
+            await self._publisher.publish(
+                self.partition, decision, state, extra=extra, keyed=rekeyed
+            )
+        except BaseException:
+            self._rekeyed = rekeyed + self._rekeyed  # not committed: sent with the next one
+            raise
         self._dirty = False
         self._last_snapshot = time.monotonic()
