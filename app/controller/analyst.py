@@ -245,17 +245,23 @@ class PartitionAnalyst:
                 del watches[name]
                 self._dirty = True
         elif tracked is None or tracked.start_epoch != state.watch.epoch:
-            watches[name] = WatchAnalysis.for_state(state)
+            kind, cap = self._kind(state.deployment)
+            watches[name] = WatchAnalysis.for_state(state, kind, cap)
             self._dirty = True
+
+    def _kind(self, deployment: str) -> tuple[str, float | None]:
+        """The deployment's model kind and a regressor's error cap (its deployment.yaml)."""
+        spec = self._specs(deployment)
+        kind = spec.signature.kind if spec is not None else "classifier"
+        cap = spec.regression.error_cap if spec is not None and spec.regression else None
+        return kind, cap
 
     def _fresh(self, state: DeploymentState) -> RolloutAnalysis:
         """A new rollout's analysis, of the deployment's kind: a regressor's criterion needs
         the error cap of its deployment.yaml (without one it holds, never promoting on
         feedback it cannot bound)."""
         assert state.candidate is not None
-        spec = self._specs(state.deployment)
-        kind = spec.signature.kind if spec is not None else "classifier"
-        cap = spec.regression.error_cap if spec is not None and spec.regression else None
+        kind, cap = self._kind(state.deployment)
         return RolloutAnalysis.for_policy(
             state.deployment,
             state.candidate.version,

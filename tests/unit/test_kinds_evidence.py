@@ -12,6 +12,7 @@ from app.core.events import ArmResult, Comparison, Feedback, Mode, ModelOutput, 
 from app.core.metric import RegressionRule, bound
 from app.core.policy import Policy
 from app.core.promotion import Criterion, Verdict, criterion, decide
+from app.core.watch import WatchAnalysis
 from tests import builders
 
 RULE = RegressionRule(error_cap=2.0, margin=0.05)
@@ -228,3 +229,51 @@ def test_an_earlier_snapshot_is_refused() -> None:
     data["version"] = SNAPSHOT_VERSION - 1
     with pytest.raises(OldSnapshot):
         RolloutAnalysis.from_json(data)
+
+
+def _watch(cap: float | None) -> WatchAnalysis:
+    return WatchAnalysis(
+        deployment="price",
+        production="2",
+        previous="1",
+        start_epoch=10,
+        started_at=0,
+        until=10**12,
+        alpha=0.01,
+        margin=0.05,
+        disagreement_ceiling=1.0,
+        kind="regressor",
+        error_cap=cap,
+    )
+
+
+def _watch_comparison(i: int, new: float, old: float, agree: bool) -> Comparison:
+    c = _comparison(i, [new], [old], agree)
+    production = c.production.model_copy(update={"version": "2"})
+    candidate = c.candidate.model_copy(update={"version": "1"})
+    return c.model_copy(update={"watch": True, "production": production, "candidate": candidate})
+
+
+@pytest.mark.parametrize(("new_noise", "alarmed"), [(0.3, False), (3.0, True)])
+def test_a_promoted_regressor_is_watched_on_value_feedback(new_noise: float, alarmed: bool) -> None:
+    w = _watch(1.0)
+    rng = random.Random(4)
+    for i in range(1500):
+        truth = rng.uniform(0, 20)
+        new, old = truth + rng.gauss(0, new_noise), truth + rng.gauss(0, 0.3)
+        assert w.add_comparison(_watch_comparison(i, new, old, abs(new - old) <= 0.1), at=i)
+        assert w.add_feedback(
+            Feedback(request_id=f"r{i}", deployment="price", value=truth, observed_at=0)
+        )
+    assert w.production_errors == 0 and w.paired == 1500
+    assert bool(w.alarms) is alarmed, w.alarms
+    back = WatchAnalysis.from_json(w.to_json())
+    assert (back.kind, back.error_cap, back.labelled) == ("regressor", 1.0, 1500)
+
+
+def test_a_watched_regressor_without_a_cap_ignores_value_feedback() -> None:
+    w = _watch(None)
+    w.add_comparison(_watch_comparison(0, 1.0, 1.0, True), at=0)
+    assert not w.add_feedback(
+        Feedback(request_id="r0", deployment="price", value=1.0, observed_at=0)
+    )
