@@ -12,6 +12,7 @@ from app.core.events import ArmResult, Comparison, Feedback, Mode, ModelOutput, 
 from app.core.metric import RegressionRule, bound
 from app.core.policy import Policy
 from app.core.promotion import Criterion, Verdict, criterion, decide
+from app.core.topics import Topic
 from app.core.watch import WatchAnalysis
 from tests import builders
 
@@ -68,7 +69,7 @@ def _comparison(i: int, prod: list[float], cand: list[float], agree: bool) -> Co
         deployment="price",
         mode=Mode.CANARY,
         epoch=10,
-        source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+        source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
         served_by=Role.PRODUCTION,
         production=arm("1", prod),
         candidate=arm("2", cand),
@@ -176,7 +177,7 @@ def _classifier_comparison(i: int, prod: list[float], cand: list[float]) -> Comp
         deployment="fraud",
         mode=Mode.CANARY,
         epoch=10,
-        source=SourceOffset(topic="inference.requests", partition=0, offset=i),
+        source=SourceOffset(topic=Topic.REQUESTS, partition=0, offset=i),
         served_by=Role.PRODUCTION,
         production=p,
         candidate=c,
