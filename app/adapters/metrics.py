@@ -202,6 +202,17 @@ ANALYST_SKIPPED = Counter(
 )
 
 
+FEEDBACK_MISROUTED = Counter(
+    "rollout_feedback_misrouted_total",
+    "Feedback records read on a partition that is not their deployment's (keyed by something"
+    " else): the analyst re-keys each to its deployment's partition.",
+)
+
+
+def observe_misrouted_feedback() -> None:
+    FEEDBACK_MISROUTED.inc()
+
+
 def observe_skipped(topic: str, reason: str) -> None:
     ANALYST_SKIPPED.labels(topic, reason).inc()
 

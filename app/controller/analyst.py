@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
 from app.core.analysis import OldSnapshot, RolloutAnalysis
 from app.core.events import Comparison, DeploymentState, Feedback, ShedReport, decode, now_ms
+from app.core.manifest import DeploymentSpec
 from app.core.promotion import decide
 from app.core.state_machine import controller_step, watch_step
 from app.core.topics import Topic
@@ -44,6 +46,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY_S = 2.0
+_MISROUTED_LOGGED = 1000  # deployments whose misrouted feedback is logged (once each)
 
 
 @dataclass
@@ -119,6 +122,7 @@ class PartitionAnalyst:
         view: StateView,
         publisher: DecisionPublisher,
         owns: Any,
+        specs: Callable[[str], DeploymentSpec | None] | None = None,
     ) -> None:
         self.partition = partition
         self._settings = settings
@@ -128,11 +132,17 @@ class PartitionAnalyst:
         self._analysis_topic = settings.topics.name(Topic.ANALYSIS)
         self._comparisons_topic = settings.topics.name(Topic.COMPARISONS)
         self._feedback_topic = settings.topics.name(Topic.FEEDBACK)
+        # deployment name -> its deployment.yaml (kind, regression), None when unreadable
+        self._specs = specs or (lambda _name: None)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.snapshot = PartitionSnapshot(partition)
         self._dirty = False
         self._last_snapshot = time.monotonic()
+        # Feedback read here that belongs to another partition's deployment, re-keyed to it
+        # in the next transaction (with the offset past it).
+        self._rekeyed: list[tuple[str, bytes, bytes]] = []
+        self._misrouted_logged: set[str] = set()
 
     async def start(self) -> None:
         self.snapshot = await self._restore()
@@ -202,7 +212,8 @@ class PartitionAnalyst:
                     for record in records:
                         self._take(record)
                 await self._decide()
-                if self._dirty and time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S:
+                due = time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S
+                if self._rekeyed or (self._dirty and due):
                     await self._publish(None, None)
 
     def _sync_with_states(self) -> None:
@@ -234,14 +245,31 @@ class PartitionAnalyst:
                 del watches[name]
                 self._dirty = True
         elif tracked is None or tracked.start_epoch != state.watch.epoch:
-            watches[name] = WatchAnalysis.for_state(state)
+            kind, cap = self._kind(state.deployment)
+            watches[name] = WatchAnalysis.for_state(state, kind, cap)
             self._dirty = True
 
-    @staticmethod
-    def _fresh(state: DeploymentState) -> RolloutAnalysis:
+    def _kind(self, deployment: str) -> tuple[str, float | None]:
+        """The deployment's model kind and a regressor's error cap (its deployment.yaml)."""
+        spec = self._specs(deployment)
+        kind = spec.signature.kind if spec is not None else "classifier"
+        cap = spec.regression.error_cap if spec is not None and spec.regression else None
+        return kind, cap
+
+    def _fresh(self, state: DeploymentState) -> RolloutAnalysis:
+        """A new rollout's analysis, of the deployment's kind: a regressor's criterion needs
+        the error cap of its deployment.yaml (without one it holds, never promoting on
+        feedback it cannot bound)."""
         assert state.candidate is not None
+        kind, cap = self._kind(state.deployment)
         return RolloutAnalysis.for_policy(
-            state.deployment, state.candidate.version, state.epoch, state.policy, state.updated_at
+            state.deployment,
+            state.candidate.version,
+            state.epoch,
+            state.policy,
+            state.updated_at,
+            kind=kind,
+            error_cap=cap,
         )
 
     def _take(self, record: ConsumerRecord) -> None:
@@ -265,6 +293,9 @@ class PartitionAnalyst:
         snap = self.snapshot
         if record.topic == self._feedback_topic:
             feedback = decode(Feedback, record.value)
+            if not self._owns(feedback.deployment):
+                self._misrouted(feedback, record)
+                return
             tracked = snap.rollouts.get(feedback.deployment)
             if tracked is not None:
                 tracked.analysis.add_feedback(feedback, at=record.timestamp)
@@ -288,6 +319,23 @@ class PartitionAnalyst:
         tracked = snap.rollouts.get(comparison.deployment)
         if tracked is not None:
             tracked.analysis.add_comparison(comparison, at=record.timestamp)
+
+    def _misrouted(self, feedback: Feedback, record: ConsumerRecord) -> None:
+        """Feedback keyed by something other than its deployment (issue 12): counted, logged
+        once per deployment, and produced again keyed by its deployment, in the transaction
+        that moves this partition's offset past it, so its analyst gets it exactly once."""
+        metrics.observe_misrouted_feedback()
+        name = feedback.deployment
+        if name not in self._misrouted_logged and len(self._misrouted_logged) < _MISROUTED_LOGGED:
+            self._misrouted_logged.add(name)
+            log.warning(
+                "analyst p%d: feedback for %s keyed %r (not by its deployment): re-keyed to"
+                " its deployment's partition (logged once per deployment)",
+                self.partition,
+                name,
+                record.key,
+            )
+        self._rekeyed.append((self._feedback_topic, name.encode("utf-8"), record.value))
 
     def _skipped(self, record: ConsumerRecord, reason: str, exc: Exception) -> None:
         metrics.observe_skipped(record.topic, reason)
@@ -369,6 +417,13 @@ class PartitionAnalyst:
 
     async def _publish(self, decision: Any, state: DeploymentState | None) -> None:
         extra = [(self._analysis_topic, f"p{self.partition}".encode(), self.snapshot.encode())]
-        await self._publisher.publish(self.partition, decision, state, extra=extra)
+        rekeyed, self._rekeyed = self._rekeyed, []
+        try:
+            await self._publisher.publish(
+                self.partition, decision, state, extra=extra, keyed=rekeyed
+            )
+        except BaseException:
+            self._rekeyed = rekeyed + self._rekeyed  # not committed: sent with the next one
+            raise
         self._dirty = False
         self._last_snapshot = time.monotonic()

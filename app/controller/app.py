@@ -19,7 +19,7 @@ from mode import Service
 
 from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.kafka_security import faust_credentials
-from app.adapters.model_store import ModelStore
+from app.adapters.model_store import ModelRejected, ModelStore
 from app.adapters.partitioning import partition_for
 from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
@@ -27,6 +27,7 @@ from app.controller.commands import CommandHandler
 from app.controller.dashboard import WebServer, start_web
 from app.controller.publisher import DecisionPublisher
 from app.core import health
+from app.core.manifest import DeploymentSpec
 from app.core.topics import Topic
 from app.settings import Settings
 
@@ -89,10 +90,19 @@ class ControlPlane(Service):
                 self.view,
                 self.publisher,
                 owns=lambda name, p=partition: partition_for(name, count) == p,
+                specs=self._spec,
             )
             await analyst.start()
             self.analysts[partition] = analyst
         log.info("acting for control partitions %s", sorted(partitions))
+
+    def _spec(self, deployment: str) -> DeploymentSpec | None:
+        """``deployment``'s deployment.yaml, or None (logged) when it cannot be read."""
+        try:
+            return self.store.spec(deployment)
+        except ModelRejected as exc:
+            log.warning("no deployment spec for %s (%s): analysed as a classifier", deployment, exc)
+            return None
 
     async def _release(self, partition: int) -> None:
         analyst = self.analysts.pop(partition, None)

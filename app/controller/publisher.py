@@ -47,16 +47,18 @@ class DecisionPublisher:
         state: DeploymentState | None,
         consumed: dict[TopicPartition, int] | None = None,
         extra: Sequence[tuple[str, bytes, bytes]] = (),
+        keyed: Sequence[tuple[str, bytes, bytes]] = (),
     ) -> None:
         """Commit ``state`` (if any), ``decision`` (if any), ``extra`` records (topic, key,
         value) and the ``consumed`` offsets (next offset to read) in one transaction on
-        ``partition``. A fenced producer is replaced once: that happens when this controller
-        owns the partition again after another one did."""
+        ``partition``; ``keyed`` records go in the same transaction to the partition their
+        key chooses (Kafka's default partitioner). A fenced producer is replaced once: that
+        happens when this controller owns the partition again after another one did."""
         try:
-            await self._publish(partition, decision, state, consumed, extra)
+            await self._publish(partition, decision, state, consumed, extra, keyed)
         except ProducerFenced:
             await self.release(partition)
-            await self._publish(partition, decision, state, consumed, extra)
+            await self._publish(partition, decision, state, consumed, extra, keyed)
         if decision is not None:
             metrics.observe_decision(decision)
 
@@ -67,6 +69,7 @@ class DecisionPublisher:
         state: DeploymentState | None,
         consumed: dict[TopicPartition, int] | None,
         extra: Sequence[tuple[str, bytes, bytes]],
+        keyed: Sequence[tuple[str, bytes, bytes]] = (),
     ) -> None:
         producer = await self._producer(partition)
         async with producer.transaction():
@@ -78,6 +81,8 @@ class DecisionPublisher:
                 await producer.send(self._events, encode(decision), key=key, partition=partition)
             for topic, key, value in extra:
                 await producer.send(topic, value, key=key, partition=partition)
+            for topic, key, value in keyed:
+                await producer.send(topic, value, key=key)
             if consumed:
                 await producer.send_offsets_to_transaction(consumed, self._group_id)
 

@@ -54,7 +54,8 @@ async def replay(
         RawRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, r.headers)
         for r in records
     ]
-    regression = store.spec(before.deployment).regression
+    spec = store.spec(before.deployment)
+    regression = spec.regression
     scored = score_batch(
         raw,
         {before.deployment: DeploymentRoute(shadow, production, candidate, regression=regression)},
@@ -69,6 +70,9 @@ async def replay(
         margin=new.policy.non_inferiority_margin,
         disagreement_ceiling=g.max_disagreement,
         error_ceiling=max(g.max_candidate_error_rate, 1e-4),
+        # A regressor's disagreement is by the tolerance (not label equality).
+        kind=spec.signature.kind,
+        error_cap=regression.error_cap if regression is not None else None,
     )
     for out in scored.outgoing:
         if out.topic == DEFAULT_TOPICS.comparisons:

@@ -34,7 +34,7 @@ Pure: no I/O, no clock (times are passed in).
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -42,7 +42,7 @@ from typing import Any
 
 from app.core.audit import in_audit
 from app.core.events import ArmResult, Comparison, Feedback, Role
-from app.core.metric import MetricRule, bound
+from app.core.metric import MetricRule, Outcome, RegressionRule, Rule, bound
 from app.core.policy import Metric, Policy
 from app.core.sequential import BettingTest, Side, StakedTest, rate_tests, staked_pair, staked_worse
 
@@ -50,7 +50,9 @@ from app.core.sequential import BettingTest, Side, StakedTest, rate_tests, stake
 _LAT_EDGES = [10 ** (k / 10) / 1000 for k in range(0, 81)]
 _PSI_BINS = 10
 _PENDING_LIMIT = 100_000  # compared requests awaiting ground truth (they ride in snapshots)
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4  # 4: per-class / per-target score shift, regressors' value feedback
+# A regressor's shift bins: the deciles of production's first values (per target).
+_EDGE_SAMPLES = 200
 # The in-order promote test (``step_frontier``) holds at most this many audit requests at a
 # worst case that costs it evidence (label still missing); later ones wait in compared order.
 OPEN_LIMIT = 0
@@ -83,19 +85,29 @@ class ArmStats:
     errors: int = 0
     served: int = 0
     latency: list[int] = field(default_factory=lambda: [0] * (len(_LAT_EDGES) + 1))
-    scores: list[int] = field(default_factory=lambda: [0] * _PSI_BINS)
+    # One histogram per column (a class's score, a regressor's target): the score shift.
+    shift: list[list[int]] = field(default_factory=list)
     labelled: int = 0
     correct: int = 0
+    abs_error: float = 0.0  # a regressor's: sum over labelled requests of the mean |error|
 
-    def add(self, latency_ms: float | None, score: float | None, error: bool) -> None:
+    def add(self, latency_ms: float | None, bins: list[int] | None, error: bool) -> None:
         if error:
             self.errors += 1
             return
         self.scored += 1
         if latency_ms is not None:
             self.latency[_bucket(latency_ms)] += 1
-        if score is not None:
-            self.scores[min(int(score * _PSI_BINS), _PSI_BINS - 1)] += 1
+        self.count(bins)
+
+    def count(self, bins: list[int] | None, width: int = _PSI_BINS) -> None:
+        """Count one output's bin per column (histograms made on first use)."""
+        if bins is None:
+            return
+        if not self.shift:
+            self.shift = [[0] * width for _ in bins]
+        for histogram, b in zip(self.shift, bins, strict=False):
+            histogram[b] += 1
 
     @property
     def error_rate(self) -> float:
@@ -140,6 +152,10 @@ class RolloutAnalysis:
     disagreement_ceiling: float
     error_ceiling: float
     metric: Metric = field(default_factory=Metric)
+    # "classifier" or "regressor" (the deployment's signature); a regressor's criterion is
+    # the capped absolute error (``error_cap``, RegressionSpec; None: no feedback criterion).
+    kind: str = "classifier"
+    error_cap: float | None = None
     audit_rate: float = 1.0
     latency_ratio_limit: float = 2.0
     latency_slack_ms: float = 1.0
@@ -173,8 +189,8 @@ class RolloutAnalysis:
     # request_id -> (production label, candidate label, compared at, step epoch, audit,
     # bet sizes per test or None once its tests know its value), in the order compared,
     # awaiting ground truth for at most ``horizon_ms``.
-    pending: OrderedDict[str, tuple[str | None, str | None, int, int, bool, list[float] | None]] = (
-        field(default_factory=OrderedDict)
+    pending: OrderedDict[str, tuple[Outcome, Outcome, int, int, bool, list[float] | None]] = field(
+        default_factory=OrderedDict
     )
     expired_pending: int = 0
     dropped_pending: int = 0
@@ -187,7 +203,11 @@ class RolloutAnalysis:
     # test name -> [observations known, sum of squares]: the second moment the bets use.
     moments: dict[str, list[float]] = field(default_factory=dict)
     worse_seen: list[str] = field(default_factory=list)
-    rule: MetricRule = field(init=False)
+    # A regressor's shift: per target the bin edges (fixed from production's first
+    # ``_EDGE_SAMPLES`` values), and until then both arms' values ([production, candidate]).
+    value_edges: list[list[float]] | None = None
+    value_warmup: list[list[list[float]]] = field(default_factory=lambda: [[], []])
+    rule: Rule = field(init=False)
     step_better: dict[str, StakedTest] = field(init=False)
     step_frontier: dict[str, StakedTest] = field(init=False)
     rollout_worse: dict[str, StakedTest] = field(init=False)
@@ -198,7 +218,10 @@ class RolloutAnalysis:
     latency_under: BettingTest = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rule = MetricRule(self.metric, self.margin)
+        if self.regressor:
+            self.rule = RegressionRule(self.error_cap or 1.0, self.margin)
+        else:
+            self.rule = MetricRule(self.metric, self.margin)
         self._fresh_step_tests()
         # One "worse" test per metric test over the whole rollout, the level split between
         # them (Bonferroni): a candidate no worse than the margin is rolled back on labels
@@ -215,7 +238,14 @@ class RolloutAnalysis:
 
     @classmethod
     def for_policy(
-        cls, deployment: str, candidate: str, start_epoch: int, policy: Policy, started_at: int
+        cls,
+        deployment: str,
+        candidate: str,
+        start_epoch: int,
+        policy: Policy,
+        started_at: int,
+        kind: str = "classifier",
+        error_cap: float | None = None,
     ) -> RolloutAnalysis:
         g = policy.guardrails
         return cls(
@@ -227,6 +257,8 @@ class RolloutAnalysis:
             disagreement_ceiling=g.max_disagreement,
             error_ceiling=max(g.max_candidate_error_rate, 1e-4),
             metric=policy.metric,
+            kind=kind,
+            error_cap=error_cap,
             audit_rate=policy.audit_rate,
             latency_ratio_limit=g.max_latency_ratio,
             latency_slack_ms=g.min_latency_regression_ms,
@@ -235,6 +267,16 @@ class RolloutAnalysis:
             step_started_at=started_at,
             clock=started_at,
         )
+
+    @property
+    def regressor(self) -> bool:
+        return self.kind == "regressor"
+
+    @property
+    def unbounded(self) -> bool:
+        """A regressor without an error cap: its feedback cannot be bounded, so it is not
+        used, and the criterion cannot pass on labels."""
+        return self.regressor and self.error_cap is None
 
     @property
     def agreement_route(self) -> bool:
@@ -278,8 +320,7 @@ class RolloutAnalysis:
             cand is None and c.candidate.output is not None
         )
         audit = prod is not None and in_audit(self.deployment, c.request_id, self.audit_rate)
-        p_label = prod.label if prod is not None else None
-        c_label = cand.label if cand is not None else None
+        p_label, c_label = self._outcome(prod), self._outcome(cand)
         plan = self._plan(p_label, c_label) if audit else None
         latency = _latency_exceeds(
             c.production, c.candidate, self.latency_ratio_limit, self.latency_slack_ms
@@ -292,8 +333,9 @@ class RolloutAnalysis:
         self.compared += 1
         if c.epoch >= self.step_epoch:
             self.step_samples += 1
-        self.production.add(c.production.latency_ms, _score(prod), prod is None)
-        self.candidate_arm.add(c.candidate.latency_ms, _score(cand), cand is None)
+        self.production.add(c.production.latency_ms, self._bins(prod, 0), prod is None)
+        self.candidate_arm.add(c.candidate.latency_ms, self._bins(cand, 1), cand is None)
+        self._fix_edges()
         failed = 1.0 if cand is None else 0.0
         self.errors_over.update(failed)
         self.errors_under.update(failed)
@@ -302,7 +344,9 @@ class RolloutAnalysis:
         arm = self.candidate_arm if c.served_by is Role.CANDIDATE else self.production
         arm.served += 1
         if prod is not None and cand is not None:
-            disagree = 0.0 if p_label == c_label else 1.0
+            # A regressor's pair agrees within the tolerance (the worker's ``agree``).
+            same = c.agree if self.regressor else p_label == c_label
+            disagree = 0.0 if same else 1.0
             self.paired += 1
             self.disagreements += int(disagree)
             self.disagree_over.update(disagree)
@@ -328,6 +372,52 @@ class RolloutAnalysis:
         self._admit()
         return True
 
+    def _outcome(self, output: Any) -> Outcome:
+        if output is None:
+            return None
+        if self.regressor:
+            return [float(v) for v in output.values] if output.values is not None else None
+        return output.label  # type: ignore[no-any-return]
+
+    # -- the score shift ------------------------------------------------------------------
+
+    def _bins(self, output: Any, arm: int) -> list[int] | None:
+        """The bin of each column of ``output`` (None: counted later, or nothing to count).
+        A classifier: each class's score in tenths (two classes: the last only, the first
+        being its mirror). A regressor: each target's value in the edges fixed from
+        production's first values; before they are fixed the values wait in the warm-up."""
+        if output is None:
+            return None
+        if output.values is not None:
+            if self.value_edges is None:
+                warmup = self.value_warmup[arm]
+                if len(warmup) < 2 * _EDGE_SAMPLES:
+                    warmup.append([float(v) for v in output.values])
+                return None
+            return _value_bins(output.values, self.value_edges)
+        if not output.scores:
+            return None
+        columns = output.scores if len(output.scores) > 2 else output.scores[-1:]
+        return [min(int(float(s) * _PSI_BINS), _PSI_BINS - 1) for s in columns]
+
+    def _fix_edges(self) -> None:
+        """Fix a regressor's bin edges once production has ``_EDGE_SAMPLES`` values: each
+        target's deciles (distinct ones) over them; the warm-up is then counted."""
+        first = self.value_warmup[0]
+        if self.value_edges is not None or len(first) < _EDGE_SAMPLES:
+            return
+        width = min(len(row) for row in first)
+        edges = []
+        for j in range(width):
+            column = sorted(row[j] for row in first)
+            n = len(column)
+            edges.append(sorted({column[k * n // _PSI_BINS] for k in range(1, _PSI_BINS)}))
+        self.value_edges = edges
+        for arm, stats in ((0, self.production), (1, self.candidate_arm)):
+            for row in self.value_warmup[arm]:
+                stats.count(_value_bins(row, edges), _PSI_BINS)
+        self.value_warmup = [[], []]
+
     # -- the criterion's tests ------------------------------------------------------------
 
     def _spread(self, test: str) -> float:
@@ -337,9 +427,7 @@ class RolloutAnalysis:
         prior = (self.disagreements + 1) / (self.paired + 2)
         return (sq + 10 * prior) / (n + 10)
 
-    def _plan(
-        self, prod: str | None, cand: str | None
-    ) -> dict[str, tuple[float, list[float | None]]]:
+    def _plan(self, prod: Outcome, cand: Outcome) -> dict[str, tuple[float, list[float | None]]]:
         return {t: (self._spread(t), self.rule.possible(t, prod, cand)) for t in self.rule.tests}
 
     def _enter(
@@ -362,7 +450,7 @@ class RolloutAnalysis:
                 self._moment(t, values[0])
         return [spread for spread, _ in plan.values()] if open_ else None
 
-    def _costly(self, prod: str | None, cand: str | None) -> bool:
+    def _costly(self, prod: Outcome, cand: Outcome) -> bool:
         """Whether an open request's worst case costs the promote test evidence (a factor
         below 1 in some test): the ones ``OPEN_LIMIT`` counts."""
         for t, test in self.step_frontier.items():
@@ -419,7 +507,7 @@ class RolloutAnalysis:
     def _closed(
         self,
         request_id: str,
-        entry: tuple[str | None, str | None, int, int, bool, list[float] | None],
+        entry: tuple[Outcome, Outcome, int, int, bool, list[float] | None],
     ) -> None:
         """No label will be joined to ``request_id`` any more (it came, or is given up)."""
         prod, cand, _, step, audit, spreads = entry
@@ -439,48 +527,82 @@ class RolloutAnalysis:
         self.expire(now)
 
     def add_feedback(self, f: Feedback, at: int = 0) -> bool:
-        """Join ground truth to a compared request of this rollout; False if none waits for it
-        (or it carries no label: a regressor's value is not judged by a label metric yet, so
-        its pair stays at its worst case and the rollout cannot promote on it)."""
-        if f.label is None:
+        """Join ground truth to a compared request of this rollout; False if none waits for it,
+        or it is not this kind's truth (a label for a classifier; for a regressor as many
+        values as it predicts, and only with an error cap: unbounded, its pair stays at its
+        worst case and the rollout cannot promote on it)."""
+        truth: Outcome = f.values if self.regressor else f.label
+        if truth is None or (self.regressor and self.error_cap is None):
             return False
-        entry = self.pending.pop(f.request_id, None)
+        entry = self.pending.get(f.request_id)
         if entry is None:
             return False
         prod_label, cand_label, _, step, audit, spreads = entry
+        wrong_width = isinstance(prod_label, list) and len(truth) != len(prod_label)
+        if wrong_width:
+            return False  # not this deployment's targets: bad feedback, nothing changes
+        del self.pending[f.request_id]
         current = audit and step == self.step_epoch
         queued = current and f.request_id in self.queue
         in_test = current and f.request_id in self.in_test
         self._closed(f.request_id, entry)
         self.clock = max(self.clock, at)
-        self.labelled += 1
-        if prod_label is not None:
-            self.production.labelled += 1
-            self.production.correct += int(prod_label == f.label)
-        # A failed candidate counts as wrong: errors are not a way to dodge the test.
-        self.candidate_arm.labelled += int(prod_label is not None)
-        self.candidate_arm.correct += int(cand_label == f.label and prod_label is not None)
-        if audit:
-            self.audit_labelled += 1
-            self.step_audit_labelled += int(step == self.step_epoch)
-            self.audit_correct_production += int(prod_label == f.label)
-            self.audit_correct_candidate += int(cand_label == f.label)
+        self._count_truth(prod_label, cand_label, truth, audit, step)
         if queued:
-            self.queue[f.request_id][3:5] = [f.label, False]
+            self.queue[f.request_id][3:5] = [truth, False]
         self.tested_labelled += int(in_test)
         if audit and spreads is not None:
-            for (test, worse), spread in zip(self.rollout_worse.items(), spreads, strict=True):
-                values = self.rule.possible(test, prod_label, cand_label)
-                x = self.rule.value(test, prod_label, cand_label, f.label)
-                worse.revise(None, x, worse.stakes(spread))
-                promote = [self.step_better[test]] if current else []
-                promote += [self.step_frontier[test]] if in_test else []
-                for better in promote:
-                    better.revise(bound(values, better.m, True), x, better.stakes(spread))
-                self._moment(test, x)
+            self._revise_tests(prod_label, cand_label, truth, spreads, current, in_test)
         if current:
             self._admit()
         return True
+
+    def _count_truth(
+        self, prod_label: Any, cand_label: Any, truth: Outcome, audit: bool, step: int
+    ) -> None:
+        """The shown figures: labelled, correct and absolute error per arm, audit counts."""
+        self.labelled += 1
+        if prod_label is not None:
+            self.production.labelled += 1
+            self.production.correct += int(prod_label == truth)
+        # A failed candidate counts as wrong: errors are not a way to dodge the test.
+        self.candidate_arm.labelled += int(prod_label is not None)
+        self.candidate_arm.correct += int(cand_label == truth and prod_label is not None)
+        if (
+            isinstance(self.rule, RegressionRule)
+            and isinstance(truth, list)
+            and isinstance(prod_label, list)
+        ):
+            cap = self.rule.error_cap
+            self.production.abs_error += self.rule.loss(prod_label, truth) * cap
+            self.candidate_arm.abs_error += (
+                self.rule.loss(cand_label if isinstance(cand_label, list) else None, truth) * cap
+            )
+        if audit:
+            self.audit_labelled += 1
+            self.step_audit_labelled += int(step == self.step_epoch)
+            self.audit_correct_production += int(prod_label == truth)
+            self.audit_correct_candidate += int(cand_label == truth)
+
+    def _revise_tests(
+        self,
+        prod_label: Any,
+        cand_label: Any,
+        truth: Outcome,
+        spreads: Any,
+        current: bool,
+        in_test: bool,
+    ) -> None:
+        """A labelled audit pair: its worst case in every test it entered becomes its value."""
+        for (test, worse), spread in zip(self.rollout_worse.items(), spreads, strict=True):
+            values = self.rule.possible(test, prod_label, cand_label)
+            x = self.rule.value(test, prod_label, cand_label, truth)
+            worse.revise(None, x, worse.stakes(spread))
+            promote = [self.step_better[test]] if current else []
+            promote += [self.step_frontier[test]] if in_test else []
+            for better in promote:
+                better.revise(bound(values, better.m, True), x, better.stakes(spread))
+            self._moment(test, x)
 
     def new_step(self, epoch: int, at: int = 0) -> None:
         """A canary step begins (weight changed at ``epoch``): the criterion starts afresh on
@@ -533,7 +655,13 @@ class RolloutAnalysis:
 
     @property
     def score_shift(self) -> float:
-        return psi(self.production.scores, self.candidate_arm.scores)
+        """The largest PSI over the columns (classes' scores, or targets' values)."""
+        shifts = [
+            psi(p, c)
+            for p, c in zip(self.production.shift, self.candidate_arm.shift, strict=False)
+            if len(p) == len(c)
+        ]
+        return max(shifts, default=0.0)
 
     @property
     def latency_ratio(self) -> float:
@@ -566,11 +694,19 @@ class RolloutAnalysis:
                 "production": self._audit_accuracy(self.audit_correct_production),
                 "candidate": self._audit_accuracy(self.audit_correct_candidate),
             },
+            # A regressor's mean absolute error (each target's capped at ``error_cap``).
+            "mean_capped_absolute_error": {
+                "production": self._mae(self.production),
+                "candidate": self._mae(self.candidate_arm),
+            },
             "feedback_coverage": self.coverage,
             "step_feedback_coverage": self.step_coverage,
             "tested_feedback_coverage": self.tested_coverage,
             "shed_fraction": self.shed / self.shed_sampled if self.shed_sampled else 0.0,
         }
+
+    def _mae(self, arm: ArmStats) -> float:
+        return arm.abs_error / arm.labelled if self.regressor and arm.labelled else float("nan")
 
     def _audit_accuracy(self, correct: int) -> float:
         return correct / self.audit_labelled if self.audit_labelled else float("nan")
@@ -605,6 +741,8 @@ class RolloutAnalysis:
         "margin",
         "disagreement_ceiling",
         "error_ceiling",
+        "kind",
+        "error_cap",
         "audit_rate",
         "latency_ratio_limit",
         "latency_slack_ms",
@@ -645,6 +783,8 @@ class RolloutAnalysis:
             "metric": self.metric.model_dump(mode="json"),
             "moments": self.moments,
             "worse_seen": self.worse_seen,
+            "value_edges": self.value_edges,
+            "value_warmup": self.value_warmup,
             "production": vars(self.production),
             "candidate_arm": vars(self.candidate_arm),
             "pending": [[k, *v] for k, v in self.pending.items()],
@@ -667,6 +807,8 @@ class RolloutAnalysis:
         )
         analysis.moments = {k: list(v) for k, v in data["moments"].items()}
         analysis.worse_seen = list(data["worse_seen"])
+        analysis.value_edges = data["value_edges"]
+        analysis.value_warmup = data["value_warmup"]
         analysis.production = ArmStats(**data["production"])
         analysis.candidate_arm = ArmStats(**data["candidate_arm"])
         analysis.pending = OrderedDict(
@@ -714,8 +856,8 @@ def _checked(arm: ArmResult) -> Any:
     return out
 
 
-def _score(output: Any) -> float | None:
-    return float(output.scores[-1]) if output is not None and output.scores else None
+def _value_bins(values: list[float], edges: list[list[float]]) -> list[int]:
+    return [bisect_right(e, float(v)) for v, e in zip(values, edges, strict=False)]
 
 
 def _latency_exceeds(

@@ -131,11 +131,21 @@ def criterion(state: DeploymentState, a: RolloutAnalysis) -> Judgement:
             f"candidate worse than production by more than the margin on {', '.join(worse)}; "
             f"accuracy {_accuracies(a)}",
         )
+    if a.unbounded:
+        return Judgement(
+            Criterion.PENDING,
+            kind,
+            "a regressor without regression.error_cap in its deployment.yaml: its value "
+            "feedback cannot be bounded, so it cannot promote on it (set the cap, or promote "
+            "by hand)",
+            WaitingFor.LABELS,
+        )
     if _labels_show_it(a, p.min_feedback_coverage):
         return Judgement(
             Criterion.PASSED,
             kind,
-            f"{p.metric.kind.value} non-inferior within the margin on {_tested(a)} of this "
+            f"{_metric_name(a, p.metric.kind.value)} non-inferior within the margin on "
+            f"{_tested(a)} of this "
             f"step's audit sample (coverage {_coverage(a):.0%}, alpha {a.alpha_labels:g}); "
             f"accuracy {_accuracies(a)}",
         )
@@ -201,7 +211,18 @@ def _tested(a: RolloutAnalysis) -> str:
     )
 
 
+def _metric_name(a: RolloutAnalysis, name: str) -> str:
+    return "capped absolute error" if a.regressor else name
+
+
 def _accuracies(a: RolloutAnalysis) -> str:
+    if a.regressor:
+        m = a.metrics()["mean_capped_absolute_error"]
+        return (
+            f"mean absolute error (capped at {a.error_cap}) candidate {m['candidate']:.4g} vs "
+            f"production {m['production']:.4g} on all {a.labelled} labelled requests of the "
+            "rollout (shown, not tested)"
+        )
     return (
         f"candidate {a.candidate_arm.accuracy:.2%} vs production {a.production.accuracy:.2%} "
         f"on all {a.labelled} labelled requests of the rollout (audit sample or not; shown, "

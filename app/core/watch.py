@@ -41,15 +41,15 @@ from enum import StrEnum
 from typing import Any
 
 from app.core.audit import in_audit
-from app.core.events import Comparison, DeploymentState, Evidence, Feedback
-from app.core.metric import MetricRule
+from app.core.events import Comparison, DeploymentState, Evidence, Feedback, ModelOutput
+from app.core.metric import MetricRule, Outcome, RegressionRule, Rule
 from app.core.policy import Metric, Policy
 
 # Stakes, as shares of the largest safe bet 1 / (m - lo): a small grid mixed with equal
 # weights, so that both small and large degradations are detected without tuning.
 STAKES = (0.1, 0.25, 0.5, 0.75)
 _PENDING_LIMIT = 100_000
-WATCH_SNAPSHOT_VERSION = 1
+WATCH_SNAPSHOT_VERSION = 2  # 2: regressors (kind, error_cap, values pending)
 
 
 @dataclass
@@ -138,8 +138,8 @@ class WatchDecision:
     evidence: Evidence = field(default_factory=Evidence)
 
 
-# request_id -> (new production's label, previous production's label, compared at)
-_Pending = OrderedDict[str, tuple[str | None, str | None, int]]
+# request_id -> (new production's label or values, previous production's, compared at)
+_Pending = OrderedDict[str, tuple[Outcome, Outcome, int]]
 
 
 @dataclass
@@ -157,6 +157,10 @@ class WatchAnalysis:
     margin: float
     disagreement_ceiling: float
     metric: Metric = field(default_factory=Metric)
+    # A regressor is watched on its capped absolute error (``error_cap``; without one its
+    # value feedback is not used and only the disagreement is watched).
+    kind: str = "classifier"
+    error_cap: float | None = None
     audit_rate: float = 1.0
     window_requests: int = 0
     clock: int = 0
@@ -167,12 +171,15 @@ class WatchAnalysis:
     correct_previous: int = 0
     production_errors: int = 0
     pending: _Pending = field(default_factory=OrderedDict)
-    rule: MetricRule = field(init=False)
+    rule: Rule = field(init=False)
     worse: dict[str, ChangeDetector] = field(init=False)
     disagree: ChangeDetector | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rule = MetricRule(self.metric, self.margin)
+        if self.kind == "regressor":
+            self.rule = RegressionRule(self.error_cap or 1.0, self.margin)
+        else:
+            self.rule = MetricRule(self.metric, self.margin)
         tests = self.rule.tests
         # Half of alpha for the metric's tests (split between them), half for disagreement;
         # all of it for the metric when there is no disagreement ceiling to watch.
@@ -190,7 +197,9 @@ class WatchAnalysis:
         self.clock = max(self.clock, self.started_at)
 
     @classmethod
-    def for_state(cls, state: DeploymentState) -> WatchAnalysis:
+    def for_state(
+        cls, state: DeploymentState, kind: str = "classifier", error_cap: float | None = None
+    ) -> WatchAnalysis:
         watch = state.watch
         if watch is None:
             raise ValueError(f"{state.deployment} is not being watched")
@@ -208,6 +217,8 @@ class WatchAnalysis:
             metric=p.metric,
             audit_rate=p.audit_rate,
             window_requests=p.watch.window_requests,
+            kind=kind,
+            error_cap=error_cap,
         )
 
     def counts(self, c: Comparison) -> bool:
@@ -226,13 +237,13 @@ class WatchAnalysis:
         if not self.counts(c):
             return False
         self.clock = max(self.clock, at)
-        new = c.production.output.label if c.production.output is not None else None
-        old = c.candidate.output.label if c.candidate.output is not None else None
+        new, old = self._outcome(c.production.output), self._outcome(c.candidate.output)
         if new is None:
             self.production_errors += 1
         if new is not None and old is not None:
             self.paired += 1
-            differ = new != old
+            # A regressor's pair agrees within the tolerance (the worker's ``agree``).
+            differ = not c.agree if self.kind == "regressor" else new != old
             self.disagreements += int(differ)
             if self.disagree is not None:
                 self.disagree.update(1.0 if differ else 0.0)
@@ -242,21 +253,34 @@ class WatchAnalysis:
                 self.pending.popitem(last=False)
         return True
 
+    def _outcome(self, output: ModelOutput | None) -> Outcome:
+        if output is None:
+            return None
+        if self.kind == "regressor":
+            return list(output.values) if output.values is not None else None
+        return output.label
+
     def add_feedback(self, f: Feedback, at: int = 0) -> bool:
-        if f.label is None:  # a regressor's value: not judged by a label metric
+        """Join the truth of this kind (a regressor's only with an error cap, and with as many
+        values as it predicts); False otherwise or when no pair waits for it."""
+        truth: Outcome = f.values if self.kind == "regressor" else f.label
+        if truth is None or (self.kind == "regressor" and self.error_cap is None):
             return False
-        entry = self.pending.pop(f.request_id, None)
+        entry = self.pending.get(f.request_id)
         if entry is None:
             return False
         new, old, _ = entry
+        if isinstance(old, list) and len(old) != len(truth):
+            return False
+        del self.pending[f.request_id]
         self.clock = max(self.clock, at)
         self.labelled += 1
-        self.correct_production += int(new == f.label)
-        self.correct_previous += int(old == f.label)
+        self.correct_production += int(new == truth)
+        self.correct_previous += int(old == truth)
         for t, detector in self.worse.items():
             # value(): "candidate minus production"; here the new production plays the
             # candidate and the previous production the baseline, so degradation is -value.
-            value = self.rule.value(t, old, new, f.label)
+            value = self.rule.value(t, old, new, truth)
             if value is not None:
                 detector.update(-value)
         return True
@@ -332,6 +356,8 @@ class WatchAnalysis:
         "disagreement_ceiling",
         "audit_rate",
         "window_requests",
+        "kind",
+        "error_cap",
         "clock",
         "paired",
         "disagreements",

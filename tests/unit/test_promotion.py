@@ -287,7 +287,7 @@ def test_a_slow_tail_alone_does_not_trip_the_latency_guardrail() -> None:
     hiccups = analysis(st)
     feed(hiccups, 600)
     for _ in range(12):
-        hiccups.candidate_arm.add(5.0, 0.3, False)
+        hiccups.candidate_arm.add(5.0, [3], False)  # score 0.3: bin 3
     assert decide(st, hiccups).verdict is Verdict.ADVANCE
     slow = analysis(st)
     feed(slow, 600, cand_latency=5.0)
