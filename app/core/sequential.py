@@ -95,15 +95,20 @@ class BettingTest:
             self.update(x)
 
     def summary(self) -> dict[str, float | int | bool | str]:
-        return {
-            "null": f"mean {'<=' if self.side is Side.ABOVE else '>='} {self.m:g}",
-            "n": self.n,
-            "mean": self.mean if self.n else 0.0,
-            "log_evidence": self.log_wealth,
-            "max_log_evidence": self.max_log_wealth,
-            "threshold": self.threshold,
-            "rejected": self.rejected,
-        }
+        return summary(self)
+
+
+def summary(test: BettingTest | StakedTest) -> dict[str, float | int | bool | str]:
+    """What a test says, for evidence and the dashboard (the same for both kinds of test)."""
+    return {
+        "null": f"mean {'<=' if test.side is Side.ABOVE else '>='} {test.m:g}",
+        "n": test.n,
+        "mean": test.mean if test.n else 0.0,
+        "log_evidence": test.log_wealth,
+        "max_log_evidence": test.max_log_wealth,
+        "threshold": test.threshold,
+        "rejected": test.rejected,
+    }
 
 
 # Policies may put a ceiling or margin on the edge of its range (a disagreement ceiling of 1,
@@ -218,15 +223,7 @@ class StakedTest:
         self.max_log_wealth = max(self.max_log_wealth, self.log_wealth)
 
     def summary(self) -> dict[str, float | int | bool | str]:
-        return {
-            "null": f"mean {'<=' if self.side is Side.ABOVE else '>='} {self.m:g}",
-            "n": self.n,
-            "mean": self.mean if self.n else 0.0,
-            "log_evidence": self.log_wealth,
-            "max_log_evidence": self.max_log_wealth,
-            "threshold": self.threshold,
-            "rejected": self.rejected,
-        }
+        return summary(self)
 
     def state(self) -> dict[str, object]:
         return {

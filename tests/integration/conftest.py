@@ -1,5 +1,6 @@
 """Integration fixtures: a model store the tests may tamper with, settings pointed at it and
-the session's broker, a producer, and a controller process."""
+the session's broker, a producer, a controller process, and `clean` (fraud at v1, nothing
+in flight, before and after a test)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from app.adapters.kafka_clients import plain_producer
 from app.harness.processes import CONTROLLER_READY, RolloutProcess
 from app.settings import Settings
 from tests.builders import controller_process
+from tests.integration.control import reset_fraud
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,3 +68,11 @@ def controller(
         yield proc
     finally:
         proc.terminate()
+
+
+@pytest.fixture
+async def clean(controller: RolloutProcess, settings_: Settings) -> AsyncIterator[None]:
+    """Each test starts, and leaves the deployment, with production v1 and no candidate."""
+    await reset_fraud(settings_)
+    yield
+    await reset_fraud(settings_)

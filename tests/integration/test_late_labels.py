@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from app.harness.processes import RolloutProcess
 from app.harness.traffic import SentRequest, make_requests, send, send_feedback
 from app.settings import Settings
 from tests.builders import running_workers
-from tests.integration.control import command, reset_fraud, state
+from tests.integration.control import command, state
 from tests.integration.outputs import Tail
 
 pytestmark = pytest.mark.kafka
@@ -48,13 +48,6 @@ def workers(
         kafka_bootstrap, ["late-1"], logs, ROLLOUT_MODEL_STORE=str(model_store)
     ) as procs:
         yield procs
-
-
-@pytest.fixture
-async def clean(controller: RolloutProcess, settings_: Settings) -> AsyncIterator[None]:
-    await reset_fraud(settings_)
-    yield
-    await reset_fraud(settings_)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from app.harness.rollout_scenarios import HANDS_OFF
 from app.harness.traffic import SentRequest, make_requests, send
 from app.settings import Settings
 from tests.builders import running_workers
-from tests.integration.control import cli, command, reset_fraud, state, status
+from tests.integration.control import cli, command, state, status
 from tests.integration.outputs import (
     SESSION_START_MS,
     Tail,
@@ -38,14 +38,6 @@ pytestmark = pytest.mark.kafka
 
 # These tests steer rollouts by hand (v2 passes every guardrail against v1 anyway).
 HANDS_OFF_JSON = orjson.dumps(HANDS_OFF).decode()
-
-
-@pytest.fixture
-async def clean(controller: RolloutProcess, settings_: Settings) -> AsyncIterator[None]:
-    """Each test starts, and leaves the deployment, with production v1 and no candidate."""
-    await reset_fraud(settings_)
-    yield
-    await reset_fraud(settings_)
 
 
 @pytest.fixture(params=[1, 2], ids=["one-worker", "two-workers"])

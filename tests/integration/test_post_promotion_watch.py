@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from app.harness.rollout_scenarios import HANDS_OFF
 from app.harness.traffic import SentRequest, make_requests, send
 from app.settings import Settings
 from tests.builders import running_workers
-from tests.integration.control import cli, command, reset_fraud, state
+from tests.integration.control import cli, command, state
 from tests.integration.outputs import Tail
 
 pytestmark = pytest.mark.kafka
@@ -44,13 +44,6 @@ def workers(
         kafka_bootstrap, ["watch-1"], logs, ROLLOUT_MODEL_STORE=str(model_store)
     ) as procs:
         yield procs
-
-
-@pytest.fixture
-async def clean(controller: RolloutProcess, settings_: Settings) -> AsyncIterator[None]:
-    await reset_fraud(settings_)
-    yield
-    await reset_fraud(settings_)
 
 
 async def promote_v2(settings: Settings, window_s: int) -> DecisionEvent:
