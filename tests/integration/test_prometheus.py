@@ -152,14 +152,16 @@ def api(url: str, path: str, **params: str) -> Any:
     return body["data"]
 
 
-async def query_until(url: str, promql: str, timeout_s: float = 60) -> list[dict[str, Any]]:
-    """The query's result once it is not empty."""
+async def query_until(
+    url: str, promql: str, timeout_s: float = 60, least: int = 1
+) -> list[dict[str, Any]]:
+    """The query's result once it has at least ``least`` series."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result: list[dict[str, Any]] = (await asyncio.to_thread(api, url, "query", query=promql))[
             "result"
         ]
-        if result:
+        if len(result) >= least:
             return result
         await asyncio.sleep(1)
     raise AssertionError(f"no result for {promql} within {timeout_s}s")
@@ -168,7 +170,9 @@ async def query_until(url: str, promql: str, timeout_s: float = 60) -> list[dict
 async def test_prometheus_scrapes_both_and_sees_a_rollout(
     prometheus: str, settings_: Settings, producer: AIOKafkaProducer
 ) -> None:
-    targets = await query_until(prometheus, 'up{job=~"rollout-.*"} == 1')
+    # Both targets: Prometheus scrapes them on their own schedules, so the first answer may
+    # hold only one (the test raced the second scrape).
+    targets = await query_until(prometheus, 'up{job=~"rollout-.*"} == 1', least=2)
     assert {t["metric"]["job"] for t in targets} == {"rollout-workers", "rollout-controller"}
     groups = api(prometheus, "rules")["groups"]
     alerts = {rule["name"] for g in groups for rule in g["rules"]}
