@@ -26,6 +26,7 @@ from app.core.events import (
     DeploymentState,
     Feedback,
     InferenceRequest,
+    ModelPublished,
     Prediction,
     ShedReport,
 )
@@ -43,6 +44,7 @@ EVENTS: tuple[type[BaseModel], ...] = (
     ControlCommand,
     DeploymentState,
     DecisionEvent,
+    ModelPublished,
 )
 
 

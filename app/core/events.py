@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.manifest import ModelManifest
 from app.core.policy import Policy
 
 MAX_REQUEST_ID_CHARS = 128
@@ -84,6 +85,15 @@ class DecisionAction(StrEnum):
     RECOMMEND = "recommend"
     INITIALIZE = "initialize"
     WATCH_ENDED = "watch_ended"  # the post-promotion watch passed: production stays
+    # A published version's life (``ModelPublished`` on ``models.published``): received and
+    # checked (accepted, or refused with the reason: malformed, unknown deployment, version
+    # exists), its artifact fetched and validated (sha256, signature, smoke run) or rejected,
+    # queued behind a rollout in flight, taken from the queue, or superseded by a newer one.
+    PUBLISH = "publish"
+    VALIDATE = "validate"
+    QUEUE = "queue"
+    DEQUEUE = "dequeue"
+    SUPERSEDE = "supersede"
     UNKNOWN = "unknown"
 
     @classmethod
@@ -261,6 +271,39 @@ class ModelRef(_Event):
 
     def identity(self) -> ModelIdentity:
         return ModelIdentity(name=self.name, version=self.version, sha256=self.sha256)
+
+
+class ArtifactRef(_Event):
+    """Where a version's ONNX bytes travel: on ``models.artifacts``, ``chunks`` records keyed
+    ``<deployment>/<version>/<index>`` (index 0 .. chunks-1, each value at most 1 MiB of raw
+    bytes), in the partition of the deployment. ``sha256`` and ``size`` are of the whole
+    file; a reader joins the chunks in index order and refuses the artifact unless both
+    match."""
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: int = Field(ge=1)
+    chunks: int = Field(ge=1)
+
+
+class ModelPublished(_Event):
+    """A new version of a deployment (``models.published``, keyed by deployment): written by
+    ``rollout publish`` or by any training pipeline, after the artifact's chunks. The
+    controller answers every one with ``DecisionEvent``s (``publish``, ``validate``, then the
+    rollout's own), and starts the rollout its policy's ``on_publish`` names.
+
+    ``manifest`` is the version's ``model.json`` (``app.core.manifest.ModelManifest``) as
+    ``rollout publish`` generates it; a pipeline may leave it out and give ``labels``
+    instead: the controller then derives it from the graph, as ``rollout publish`` does."""
+
+    publish_id: Annotated[str, Field(min_length=1, max_length=128)]
+    deployment: Annotated[str, Field(min_length=1, max_length=MAX_DEPLOYMENT_CHARS)]
+    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    artifact: ArtifactRef
+    manifest: ModelManifest | None = None
+    labels: list[str] | None = None
+    description: str = ""
+    published_by: str = "unknown"
+    published_at: int = Field(default_factory=now_ms)
 
 
 class ControlCommand(_Event):

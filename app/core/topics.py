@@ -24,6 +24,11 @@ class Topic(StrEnum):
     EVENTS = "deployments.events"
     # Beyond the design's list: the controller's evidence snapshots (``app.controller.analyst``).
     ANALYSIS = "deployments.analysis"
+    # Continuous deployment: a training pipeline publishes a version (``ModelPublished``, keyed
+    # by deployment, co-partitioned with the control plane) and its ONNX bytes (chunks on a
+    # compacted topic, so no host needs shared files).
+    PUBLISHED = "models.published"
+    ARTIFACTS = "models.artifacts"
 
 
 # Kafka's legal topic characters; a name is at most 249 of them, and the longest logical

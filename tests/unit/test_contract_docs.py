@@ -135,7 +135,7 @@ def test_topic_table_values_are_events() -> None:
         for v in r["value"].split(",")
     }
     assert values >= EVENT_NAMES
-    assert values - EVENT_NAMES == {"analysis snapshot"}
+    assert values - EVENT_NAMES == {"analysis snapshot", "artifact chunk"}
 
 
 def test_writers_and_readers_table_lists_every_topic(declared: TopicsFile) -> None:

@@ -46,7 +46,9 @@ def test_repo_topics_yaml_declares_every_design_topic() -> None:
     assert by_name[Topic.REQUESTS].partitions == 6
     group = spec.co_partitioned[0]
     assert {by_name[n].partitions for n in group} == {3}
-    assert len(group) == 6
+    assert len(group) == 7  # the control plane and the publications keyed by deployment
+    assert Topic.PUBLISHED in group and Topic.ARTIFACTS not in group
+    assert by_name[Topic.ARTIFACTS].configs["cleanup.policy"] == "compact"
     assert by_name[Topic.ANALYSIS].configs["cleanup.policy"] == "compact"
     assert all(t.replication_factor == 1 for t in spec.topics)
 
