@@ -100,7 +100,7 @@ async def apply_acls(
     bootstrap_servers: str,
     desired: AclsFile,
     *,
-    topic_name: Callable[[str], str] = lambda name: name,
+    named: Callable[[str], str] = lambda name: name,
     security: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
 ) -> AclsResult:
@@ -111,7 +111,7 @@ async def apply_acls(
     )
     await admin.start()
     try:
-        wanted = bindings(desired, topic_name)
+        wanted = bindings(desired, named)
         existing: set[AclBinding] = set()
         for principal in sorted({b.principal for b in wanted}):
             existing |= await describe_acls(admin, principal)

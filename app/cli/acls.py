@@ -42,7 +42,7 @@ def apply(
             apply_acls(
                 settings.bootstrap_servers,
                 desired,
-                topic_name=settings.topics.declared,
+                named=settings.topics.declared,
                 security=client_options(settings),
             )
         )

@@ -44,7 +44,7 @@ class ControlPlane(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.view = StateView(settings)
-        self.publisher = DecisionPublisher(settings, group_id=APP_ID)
+        self.publisher = DecisionPublisher(settings, group_id=settings.topics.scoped(APP_ID))
         self.store = ModelStore(settings.model_store)
         self.handler = CommandHandler(self.store, self.view, self.publisher, settings)
         self.analysts: dict[int, PartitionAnalyst] = {}
@@ -115,7 +115,7 @@ class ControlPlane(Service):
 def build_app(settings: Settings) -> faust.App:
     (settings.home / "controller").mkdir(parents=True, exist_ok=True)  # faust makes one level
     app = faust.App(
-        APP_ID,
+        settings.topics.scoped(APP_ID),  # the consumer group: one per environment
         broker=";".join(f"kafka://{host}" for host in settings.bootstrap_servers.split(",")),
         broker_credentials=faust_credentials(settings),
         key_serializer="raw",

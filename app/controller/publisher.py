@@ -90,7 +90,9 @@ class DecisionPublisher:
         producer = self._producers.get(partition)
         if producer is None:
             producer = transactional_producer(
-                self._settings, f"rollout-controller-p{partition}", max_request_size=16 << 20
+                self._settings,
+                self._settings.topics.scoped(f"rollout-controller-p{partition}"),
+                max_request_size=16 << 20,
             )
             await producer.start()  # init_transactions: fences the partition's previous owner
             self._producers[partition] = producer

@@ -127,22 +127,21 @@ def parse_acls(data: Any) -> AclsFile:
     return AclsFile.model_validate(data)
 
 
-def bindings(
-    acls: AclsFile, topic_name: Callable[[str], str] = lambda name: name
-) -> set[AclBinding]:
-    """Every ACL ``acls`` declares; ``topic_name`` maps a declared topic to its cluster name
-    (the topic prefix)."""
+def bindings(acls: AclsFile, named: Callable[[str], str] = lambda name: name) -> set[AclBinding]:
+    """Every ACL ``acls`` declares; ``named`` maps a declared topic, group or transactional id
+    to its cluster name (``TopicNames.declared``: the environment's prefix, which topics,
+    consumer groups and transactional ids all take)."""
     out: set[AclBinding] = set()
     for role in acls.roles.values():
         rights: list[tuple[ResourceType, str, PatternType, tuple[Operation, ...]]] = []
         for topic in role.topics.read:
-            rights.append((ResourceType.TOPIC, topic_name(topic), PatternType.LITERAL, _READ))
+            rights.append((ResourceType.TOPIC, named(topic), PatternType.LITERAL, _READ))
         for topic in role.topics.write:
-            rights.append((ResourceType.TOPIC, topic_name(topic), PatternType.LITERAL, _WRITE))
+            rights.append((ResourceType.TOPIC, named(topic), PatternType.LITERAL, _WRITE))
         for name, pattern in role.groups.resources():
-            rights.append((ResourceType.GROUP, name, pattern, _READ))
+            rights.append((ResourceType.GROUP, named(name), pattern, _READ))
         for name, pattern in role.transactional_ids.resources():
-            rights.append((ResourceType.TRANSACTIONAL_ID, name, pattern, _WRITE))
+            rights.append((ResourceType.TRANSACTIONAL_ID, named(name), pattern, _WRITE))
         for principal in role.principals:
             for rtype, name, pattern, ops in rights:
                 out.update(AclBinding(principal, rtype, name, pattern, op) for op in ops)

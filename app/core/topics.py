@@ -41,7 +41,8 @@ _PREFIX = re.compile(TOPIC_PREFIX_PATTERN)
 class TopicNames:
     """The one resolver from a logical :class:`Topic` to the name a client hands to Kafka:
     ``prefix`` + the logical name (``ROLLOUT_TOPIC_PREFIX``, e.g. ``staging.``, so several
-    environments share one cluster). ``Settings.topics`` builds it; every Kafka call goes
+    environments share one cluster); consumer groups and transactional ids take the same
+    prefix (:meth:`scoped`). ``Settings.topics`` builds it; every Kafka call goes
     through :meth:`name` (``tests/unit/test_topic_names.py`` checks that), and a record's
     ``topic`` maps back with :meth:`logical`."""
 
@@ -59,6 +60,12 @@ class TopicNames:
     def declared(self, name: str) -> str:
         """The cluster name of a topic a file declares by its logical name (``topics.yaml``,
         ``acls.yaml``)."""
+        return self.prefix + name
+
+    def scoped(self, name: str) -> str:
+        """The cluster name of a consumer group or transactional id: the same prefix, so that
+        two environments' workers and controllers never join each other's groups nor fence
+        each other's transactions."""
         return self.prefix + name
 
     def logical(self, name: str) -> Topic | None:

@@ -102,15 +102,18 @@ class Worker:
         self.beat_at: float | None = None
         self.joined = False
         self.lag = 0
+        # Scoped by the environment's prefix (ROLLOUT_TOPIC_PREFIX), like the topics.
+        self._group_id = settings.topics.scoped(settings.group_id)
+        self._transactional_id = settings.topics.scoped(f"rollout-worker-{worker_id}")
 
     async def run(self, stop: asyncio.Event) -> WorkerStats:
-        producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
+        producer = transactional_producer(self.settings, self._transactional_id)
         # Fence any earlier incarnation before reading offsets (see the module docstring).
         await producer.start()
         sender = BatchSender(producer)
         consumer = group_consumer(
             self.settings,
-            self.settings.group_id,
+            self._group_id,
             max_poll_records=self.settings.batch_max_records,
             client_id=f"rollout-worker-{self.worker_id}",
             session_timeout_ms=self.settings.worker_session_timeout_ms,
@@ -169,7 +172,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broken.stop(), timeout=10)
         while True:
-            producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
+            producer = transactional_producer(self.settings, self._transactional_id)
             try:
                 await producer.start()
                 return producer
@@ -274,7 +277,7 @@ class Worker:
                     [(o.topic, o.key, o.value, o.headers) for o in result.outgoing]
                     + [(o.topic, o.key, o.value, o.headers) for o in result.shed_reports]
                 )
-                await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
+                await producer.send_offsets_to_transaction(offsets, self._group_id)
         except ProducerFenced:
             log.error(
                 "another worker with id %r took over (producer fenced); stopping", self.worker_id

@@ -1,7 +1,7 @@
 """Two environments on one cluster (``ROLLOUT_TOPIC_PREFIX``): ``rollout topics apply`` creates
 only the prefixed topics; a real controller and worker with the prefix serve requests and answer
-a command on them; a worker without it, on the same broker, never sees those requests (and
-serves its own)."""
+a command on them in consumer groups (and transactions) of their own; a worker without it, on
+the same broker, never sees those requests (and serves its own)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ async def _topics(bootstrap: str) -> set[str]:
         await admin.close()
 
 
+async def _groups(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return {group for group, _ in await admin.list_consumer_groups()}
+    finally:
+        await admin.close()
+
+
 async def test_two_environments_share_one_cluster(
     kafka_bootstrap: str, model_store: Path, tmp_path: Path
 ) -> None:
@@ -61,7 +70,7 @@ async def test_two_environments_share_one_cluster(
     staging_worker = processes.worker(
         "staging-w1",
         tmp_path,
-        {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "ROLLOUT_GROUP_ID": f"{prefix}workers", **env},
+        {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, **env},
     )
     plain_worker = processes.worker(
         "plain-w1",
@@ -106,3 +115,9 @@ async def test_two_environments_share_one_cluster(
         assert (await state(staging)).epoch == decision.epoch
         assert (await state(staging)).candidate is not None
         assert await current_states(plain) == plain_states  # the other environment: untouched
+
+        # The environment's worker and controller groups carry its prefix: they never join
+        # (nor rebalance) the unprefixed environment's groups on the same cluster.
+        groups = await _groups(kafka_bootstrap)
+        assert {names.scoped("rollout-workers"), names.scoped("rollout-controller")} <= groups
+        assert {"rollout-workers"} <= groups  # the plain worker's, apart

@@ -17,7 +17,7 @@ from app.core.acl_spec import (
     parse_acls,
     plan,
 )
-from app.core.topics import Topic
+from app.core.topics import Topic, TopicNames
 
 REPO = Path(__file__).resolve().parents[2]
 ACLS = parse_acls(yaml.safe_load((REPO / "acls.yaml").read_text()))
@@ -83,12 +83,18 @@ def test_transactional_ids_and_groups_are_prefixes_or_names() -> None:
     )
 
 
-def test_a_topic_prefix_applies_to_topic_acls_only() -> None:
-    prefixed = bindings(ACLS, lambda name: f"staging.{name}")
-    topics = {b.resource_name for b in prefixed if b.resource_type is ResourceType.TOPIC}
-    assert all(t.startswith("staging.") for t in topics)
-    groups = {b.resource_name for b in prefixed if b.resource_type is ResourceType.GROUP}
-    assert "rollout-workers" in groups
+def test_an_environment_prefix_applies_to_topics_groups_and_transactional_ids() -> None:
+    names = TopicNames("staging.")
+    prefixed = bindings(ACLS, names.declared)
+    assert len(prefixed) == len(bindings(ACLS))
+    assert all(b.resource_name.startswith("staging.") for b in prefixed)
+    worker = {(b.resource_type, b.resource_name, b.pattern_type) for b in prefixed}
+    assert (ResourceType.GROUP, "staging.rollout-workers", PatternType.LITERAL) in worker
+    assert (
+        ResourceType.TRANSACTIONAL_ID,
+        names.scoped("rollout-worker-"),
+        PatternType.PREFIXED,
+    ) in worker
 
 
 def test_the_plan_creates_what_is_missing_and_reports_what_is_not_declared() -> None:
