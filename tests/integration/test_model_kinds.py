@@ -284,8 +284,9 @@ class Live:
     states: StateView
     compared: Compared
 
-    def cli(self, *args: str) -> Any:
-        return asyncio.to_thread(_cli, self.bootstrap, self.store, *args)
+    async def cli(self, *args: str) -> str:
+        """The real ``rollout`` CLI (a process), without blocking the other cells."""
+        return await asyncio.to_thread(_cli, self.bootstrap, self.store, *args)
 
 
 async def _send(
