@@ -33,7 +33,15 @@ from app.adapters.control_client import send_command
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.partitioning import keyed_partition, partition_for
 from app.adapters.state_view import StateView
-from app.core.events import Action, ControlCommand, DeploymentState, Mode, Role
+from app.core.events import (
+    Action,
+    ControlCommand,
+    DecisionEvent,
+    DeploymentState,
+    Mode,
+    Role,
+    decode,
+)
 from app.core.topics import Topic
 from app.harness import processes
 from app.harness.processes import CONTROLLER_READY, RolloutProcess
@@ -233,16 +241,20 @@ def _cli(bootstrap: str, store: Path, *args: str, expect: int = 0) -> str:
 
 
 class Compared:
-    """Follows ``inference.comparisons``: the request ids compared so far, per deployment,
-    and the comparisons themselves (ShedReports, which carry a header, are left out)."""
+    """Follows ``inference.comparisons`` and ``deployments.events`` (both keyed by
+    deployment): the comparisons so far by request id (ShedReports, which carry a header,
+    are left out), and the actions the controller decided, per deployment."""
 
     def __init__(self, settings: Settings) -> None:
         self._tail = Tail(settings, settings.topics.name(Topic.COMPARISONS))
+        self._events = Tail(settings, settings.topics.name(Topic.EVENTS))
         self.by_deployment: dict[str, dict[str, dict[str, Any]]] = {}
+        self.decided: dict[str, list[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Compared:
         await self._tail.start()
+        await self._events.start()
         self._task = asyncio.create_task(self._follow())
         return self
 
@@ -251,6 +263,7 @@ class Compared:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         await self._tail.stop()
+        await self._events.stop()
 
     async def _follow(self) -> None:
         while True:
@@ -258,7 +271,12 @@ class Compared:
                 if r.key is not None and not r.headers:
                     c = orjson.loads(r.value)
                     self.by_deployment.setdefault(r.key.decode(), {})[c["request_id"]] = c
+            for r in await self._events.poll(0):
+                event = decode(DecisionEvent, r.value)
+                if event.accepted:
+                    self.decided.setdefault(event.deployment, []).append(event.action.value)
             self._tail.records.clear()
+            self._events.records.clear()
 
     async def settle(self, deployment: str, quiet_s: float = 1.0, cap_s: float = 15.0) -> None:
         """Until no new comparison of ``deployment`` came for ``quiet_s``."""
@@ -361,6 +379,12 @@ async def _roll_out(live: Live, cell: Cell, timeout_s: float = 150.0) -> Deploym
     else:
         assert final.production.version == "1", f"{cell}: {final.reason}"
         assert "worse than production" in final.reason, f"{cell}: {final.reason}"
+    # the decision that ended it, as deployments.events has it
+    expected = "promote" if cell.favoured else "rollback" if cell.mode is Mode.CANARY else "retire"
+    deadline = time.monotonic() + 10
+    while expected not in live.compared.decided.get(name, []) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert live.compared.decided.get(name, [])[-1:] == [expected], (cell, live.compared.decided)
     return final
 
 
