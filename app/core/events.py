@@ -160,6 +160,16 @@ class ModelOutput(_Event):
     values: list[float] | None = None
 
 
+class OipOutput(_Event):
+    """One output tensor of an Open Inference Protocol v2 inference response: ``data`` flat
+    (row-major) and filling ``shape``."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[str] | list[float]
+
+
 class Prediction(_Event):
     request_id: str
     deployment: str
@@ -174,6 +184,13 @@ class Prediction(_Event):
     # In the deployment's audit sample (``app.core.audit``): the labels that the promotion
     # criterion and the post-promotion watch rest on. Label every audit request.
     audit: bool = False
+    # The prediction of an Open Inference Protocol v2 request (``app.core.oip``) is also its
+    # OIP inference response: these fields are written then, and absent from the prediction
+    # of a native request.
+    model_name: str | None = None  # the deployment
+    model_version: str | None = None  # the version that served
+    id: str | None = None  # the request's ``id`` (= ``request_id``)
+    outputs: list[OipOutput] | None = None
 
 
 class SourceOffset(_Event):

@@ -8,6 +8,10 @@ model's element types later (``app.core.tensors.check_datatypes``).
 Rollout serves one row per request: each input's shape is ``[1, *value shape]`` (or the value
 shape alone); ``data`` is flat (row-major) or nested, and its size must match the shape.
 
+The prediction of an OIP request is a native ``Prediction`` that is also the OIP v2 inference
+response such a client reads (``oip_response``): ``model_name``, ``model_version``, ``id`` and
+``outputs`` are added to it, so the same record serves both kinds of reader.
+
 Pure: no I/O.
 """
 
@@ -140,3 +144,52 @@ def _nest(flat: list[Any], shape: list[int]) -> Any:
         return flat
     size = math.prod(shape[1:])
     return [_nest(flat[i * size : (i + 1) * size], shape[1:]) for i in range(shape[0])]
+
+
+# What the native output's fields are as OIP outputs: a classifier's predicted label (one
+# string per row, shape [1]) and per-class scores (float32, shape [1, classes], in the
+# deployment's label order); a regressor's values (shape [1, targets], in target order).
+LABEL_OUTPUT, SCORES_OUTPUT, VALUES_OUTPUT = "label", "scores", "values"
+
+
+def oip_response(
+    request_id: str,
+    deployment: str,
+    version: str,
+    output: dict[str, Any],
+    values_datatype: str = "FP32",
+) -> dict[str, Any]:
+    """The OIP v2 inference-response fields of the prediction of OIP request ``request_id``,
+    served by ``version`` of ``deployment`` with the native ``output`` (``{label, scores,
+    values}``); ``values_datatype``: the OIP type of a regressor's values (the graph's)."""
+    return {
+        "model_name": deployment,
+        "model_version": version,
+        "id": request_id,
+        "outputs": oip_outputs(output, values_datatype),
+    }
+
+
+def oip_outputs(output: dict[str, Any], values_datatype: str = "FP32") -> list[dict[str, Any]]:
+    """The native ``output`` as OIP output tensors (``{name, shape, datatype, data}``)."""
+    label = output.get("label")
+    if label is not None:
+        scores = output["scores"]
+        return [
+            {"name": LABEL_OUTPUT, "shape": [1], "datatype": "BYTES", "data": [label]},
+            {
+                "name": SCORES_OUTPUT,
+                "shape": [1, len(scores)],
+                "datatype": "FP32",
+                "data": scores,
+            },
+        ]
+    values = output["values"]
+    return [
+        {
+            "name": VALUES_OUTPUT,
+            "shape": [1, len(values)],
+            "datatype": values_datatype,
+            "data": values,
+        }
+    ]

@@ -31,7 +31,8 @@ from app.core.events import (
     now_ms,
 )
 from app.core.features import FeatureBatch, FeatureError, feature_matrix
-from app.core.manifest import RegressionSpec, Signature
+from app.core.manifest import OIP_DATATYPES, RegressionSpec, Signature
+from app.core.oip import oip_response
 from app.core.requests import (
     ParsedRequest,
     RawRecord,
@@ -207,6 +208,7 @@ class _ArmRun:
     latency_ms: float
     error: str | None
     rows: int = 0  # rows the call scored (or tried to)
+    datatype: str = "FP32"  # the OIP type of its values (an OIP request's prediction says it)
 
 
 def score_batch(
@@ -385,6 +387,16 @@ def _score_deployment(
             "served_at": served_at,
             "audit": audit[i],
         }
+        if row.request.datatypes is not None:  # an OIP request: also its OIP response
+            prediction.update(
+                oip_response(
+                    row.request.request_id,
+                    state.deployment,
+                    scorer.ref.version,
+                    output,
+                    arm.datatype,
+                )
+            )
         result.outgoing.append(
             Outgoing(
                 topics.predictions, row.record.key, orjson.dumps(prediction), row.record.headers
@@ -616,7 +628,13 @@ def _run(scorer: Scorer, matrix: InputBatch, indices: list[int]) -> _ArmRun:
     except Exception as exc:  # a model may fail on a batch; find the rows it fails on
         return _run_one_by_one(scorer, matrix, indices, exc)
     per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
-    return _ArmRun(_outputs(indices, labels, values), per_row_ms, None, len(indices))
+    return _ArmRun(
+        _outputs(indices, labels, values), per_row_ms, None, len(indices), _datatype(values)
+    )
+
+
+def _datatype(values: np.ndarray) -> str:
+    return OIP_DATATYPES.get(values.dtype.name, "FP64")
 
 
 def _run_one_by_one(
@@ -624,6 +642,7 @@ def _run_one_by_one(
 ) -> _ArmRun:
     outputs: dict[int, _Output] = {}
     error = f"{type(first).__name__}: {first}"
+    datatype = "FP32"
     started = time.perf_counter()
     for i in indices:
         try:
@@ -632,8 +651,9 @@ def _run_one_by_one(
             error = f"{type(exc).__name__}: {exc}"
             continue
         outputs.update(_outputs([i], labels, values))
+        datatype = _datatype(values)
     per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
-    return _ArmRun(outputs, per_row_ms, error, len(indices))
+    return _ArmRun(outputs, per_row_ms, error, len(indices), datatype)
 
 
 def _reject(

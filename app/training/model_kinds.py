@@ -11,8 +11,10 @@ the same data; ``rollout bench`` trains two of them at start (``app.bench.kinds`
   one-hot), classes 0/1 (int64, no ZipMap).
 - ``digits``: a classifier over an 8x8 float32 ``image`` (a Reshape in front of the model).
 
-``quality`` makes a better or a worse version of the same model (trained on the truth, or
-on shuffled labels), so rollouts can favour or disfavour it.
+``good=False`` makes a worse version of the same model (a classifier trained on shuffled
+labels, the regressor on targets with noise added), so that ground truth favours or
+disfavours a candidate (``tests/integration/test_model_kinds.py`` rolls out each kind both
+ways, in canary and in shadow).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Interop with a Kafka client no one here wrote: Debian's ``kcat`` (librdkafka) produces
 native and Open Inference Protocol v2 requests to the real broker, a real ``rollout worker``
 serves them, and ``kcat`` reads the predictions and dead letters back with
-``isolation.level=read_committed``. The deployments are ``fraud`` (a copy of ``models/``)
-and two kinds created with ``rollout deployments create`` (a 3-class classifier with ZipMap,
-and a pipeline with two named inputs, one of them a string).
+``isolation.level=read_committed``, the prediction of an OIP request as its OIP v2 inference
+response (``id``, ``model_name``, ``model_version``, ``outputs``). The deployments are
+``fraud`` (a copy of ``models/``) and two kinds created with ``rollout deployments create``
+(a 3-class classifier with ZipMap, and a pipeline with two named inputs, one a string).
 
 Skipped when ``kcat`` is not installed, unless ``CI`` is set (then it fails: ``.ci/run``
 installs it)."""
@@ -152,6 +153,27 @@ def _headers(envelope: dict[str, Any]) -> list[tuple[str, str]]:
     """kcat -J writes headers as a flat list ``[name, value, name, value, ...]``."""
     flat = envelope.get("headers") or []
     return list(zip(flat[::2], flat[1::2], strict=True))
+
+
+OIP_RESPONSE_FIELDS = {"model_name", "model_version", "id", "outputs"}
+
+
+def _assert_oip_response(p: dict[str, Any], sent: Sent, version: str, classes: int) -> None:
+    """What a client of MLServer's or Triton's Kafka endpoints reads from the record kcat
+    consumed: the inference response of its request (``id``, model, output tensors)."""
+    assert p["id"] == sent.value["id"] == p["request_id"]
+    assert p["model_name"] == sent.headers["rollout-deployment"]
+    assert p["model_version"] == version
+    tensors = {o["name"]: o for o in p["outputs"]}
+    assert tensors["label"] == {
+        "name": "label",
+        "shape": [1],
+        "datatype": "BYTES",
+        "data": [p["output"]["label"]],
+    }
+    assert tensors["scores"]["shape"] == [1, classes]
+    assert tensors["scores"]["datatype"] == "FP32"
+    assert tensors["scores"]["data"] == p["output"]["scores"]
 
 
 def _oip(rid: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -316,6 +338,10 @@ async def test_kcat_requests_served_and_read_back_with_kcat(
         labels = {"fraud": ("legit", "fraud"), IRIS: sm.IRIS_LABELS, CHURN: ("stays", "leaves")}
         assert p["output"]["label"] in labels[deployment]
         assert len(p["output"]["scores"]) == len(labels[deployment])
+        if "inputs" in s.value:  # an OIP request: its prediction is also its OIP response
+            _assert_oip_response(p, s, state.production.version, len(labels[deployment]))
+        else:  # a native request's prediction is as it was: no OIP member
+            assert not OIP_RESPONSE_FIELDS & set(p), p
 
     # the same row in every form (by name, list, OIP) gets the same answer
     for prefix in ("fraud", "iris", "churn"):

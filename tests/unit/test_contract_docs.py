@@ -15,6 +15,7 @@ import yaml
 from app.core import events
 from app.core.contract_schemas import EVENTS, file_name
 from app.core.events import Action, ControlCommand, DeadLetter, DeadLetterCode, InferenceRequest
+from app.core.oip import from_oip
 from app.core.topic_spec import TopicsFile, parse_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +28,8 @@ EXAMPLES = [
     (m.group(1), m.group(2), TEXT.count("\n", 0, m.start()) + 1) for m in EXAMPLE.finditer(TEXT)
 ]
 EVENT_NAMES = {event.__name__ for event in EVENTS}
+# Not an event of Rollout's but a body it takes: checked by the parser that takes it.
+OIP_REQUEST = "OipRequest"
 
 
 def _examples_of(name: str) -> list[str]:
@@ -44,6 +47,9 @@ def test_every_json_block_is_a_tagged_example() -> None:
     ("kind", "body", "line"), EXAMPLES, ids=[f"{k}@{n}" for k, _, n in EXAMPLES]
 )
 def test_example_is_a_valid_event(kind: str, body: str, line: int) -> None:
+    if kind == OIP_REQUEST:  # an Open Inference Protocol v2 request, with its header
+        from_oip(json.loads(body), [("rollout-deployment", b"churn")])  # raises OipError
+        return
     assert kind in EVENT_NAMES, f"line {line}: {kind} is not an event of app/core/events.py"
     model = getattr(events, kind)
     events.decode(model, body)  # raises pydantic.ValidationError naming what is wrong
