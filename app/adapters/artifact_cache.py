@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import yaml
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -41,11 +41,14 @@ from app.adapters.partitioning import partition_for
 from app.core.artifacts import (
     CHUNK_BYTES,
     ArtifactRejected,
+    Inventory,
     VersionScan,
+    chunk_key,
     manifest_key,
     parse_spec,
     spec_key,
     spec_record,
+    take_inventory,
     verified,
     version_record,
 )
@@ -63,6 +66,8 @@ __all__ = [
     "install_spec",
     "put_manifest",
     "put_spec",
+    "retire",
+    "share",
     "upload_version",
 ]
 
@@ -108,6 +113,32 @@ async def upload_version(
     ref = await upload(producer, settings, manifest.name, manifest.version, data, chunk_bytes)
     await put_manifest(producer, settings, manifest, ref)
     return ref
+
+
+async def share(
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    store: ModelStore,
+    deployment: str,
+    versions: Iterable[str],
+    inventory: Inventory,
+) -> list[str]:
+    """Put on the topic what ``store`` holds of ``deployment`` and ``inventory`` says the
+    topic lacks: its spec, and each of ``versions`` (chunks, then manifest record), so that
+    hosts with an empty store can install them. The versions uploaded."""
+    if not inventory.spec and store.has_spec(deployment):
+        await put_spec(producer, settings, deployment, store.spec(deployment))
+        inventory.spec = True
+    uploaded: list[str] = []
+    for version in dict.fromkeys(versions):
+        if version in inventory.manifests or store.stored_sha256(deployment, version) is None:
+            continue
+        manifest = store.manifest(deployment, version)
+        data = (store.root / deployment / version / MODEL_FILE).read_bytes()
+        await upload_version(producer, settings, manifest, data)
+        inventory.manifests.add(version)
+        uploaded.append(version)
+    return uploaded
 
 
 def install(store: ModelStore, manifest: ModelManifest, data: bytes) -> bool:
@@ -194,24 +225,28 @@ class ArtifactCache:
         self.fetched = 0
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def ensure(self, deployment: str, version: str, sha256: str) -> bool:
+    async def ensure(self, deployment: str, version: str, sha256: str | None = None) -> bool:
         """Make sure the store holds ``deployment`` ``version`` with this ``sha256`` (and the
-        deployment's spec); True when it had to be fetched. ``ArtifactRejected`` otherwise."""
+        deployment's spec); True when it had to be fetched. ``ArtifactRejected`` otherwise.
+        ``sha256`` None: whatever the version's manifest record names (the controller, before
+        it validates a version no state names yet); a version the store holds is kept."""
         lock = self._locks.setdefault((deployment, version), asyncio.Lock())
         async with lock:
             held = self.store.stored_sha256(deployment, version)
-            if held == sha256 and self.store.has_spec(deployment):
-                return False
-            if held is not None and held != sha256:
+            if held is not None and sha256 not in (None, held):
                 self._reject(
                     deployment, version, f"the local store holds {deployment} v{version} with"
                     f" sha256 {held[:12]}..., the state names {sha256[:12]}...",
                 )  # fmt: skip
+            if held is not None and self.store.has_spec(deployment):
+                return False
             scan = await self._scan(deployment, version)
             try:
                 size = self._install(scan, sha256, need_version=held is None)
             except ArtifactRejected as error:
                 self._reject(deployment, version, error.reason)
+            except OSError as error:  # a read-only or full disk: not served either
+                self._reject(deployment, version, f"cannot write the local store: {error}")
             self.rejected.pop((deployment, version), None)
             if size is None:
                 return False
@@ -220,7 +255,7 @@ class ArtifactCache:
             log.info("fetched %s v%s (%d bytes) from Kafka", deployment, version, size)
             return True
 
-    def _install(self, scan: VersionScan, sha256: str, *, need_version: bool) -> int | None:
+    def _install(self, scan: VersionScan, sha256: str | None, *, need_version: bool) -> int | None:
         """Install what ``scan`` holds and the store lacks; the version's size when it was."""
         if not self.store.has_spec(scan.deployment):
             install_spec(self.store, parse_spec(scan.deployment, scan.spec))
@@ -239,6 +274,8 @@ class ArtifactCache:
             install_spec(self.store, parse_spec(deployment, scan.spec))
         except ArtifactRejected as error:
             self._reject(deployment, "", error.reason)
+        except OSError as error:
+            self._reject(deployment, "", f"cannot write the local store: {error}")
 
     def _reject(self, deployment: str, version: str, reason: str) -> None:
         self.rejected[(deployment, version)] = reason
@@ -257,24 +294,65 @@ class ArtifactCache:
     async def _scan(self, deployment: str, version: str) -> VersionScan:
         """Every record of ``deployment``'s partition up to its end as of now, for
         ``version`` (its chunks and manifest record) and the deployment's spec."""
-        settings = self.settings
-        topic = settings.topics.name(Topic.ARTIFACTS)
         scan = VersionScan(deployment, version or "\x00")  # "": the spec only
-        consumer = reader(settings, max_partition_fetch_bytes=2 * CHUNK_BYTES)
+        try:
+            await self._read([deployment], lambda key, value: scan.take(key, value))
+        except TimeoutError:
+            self._reject(deployment, version, "timed out reading the artifacts topic")
+        return scan
+
+    async def inventory(self, deployments: Iterable[str]) -> dict[str, Inventory]:
+        """What the topic holds for each of ``deployments`` (one read per partition)."""
+        found = {name: Inventory() for name in deployments}
+        await self._read(
+            list(found), lambda key, value: take_inventory(found, key, value is not None)
+        )
+        return found
+
+    async def _read(
+        self, deployments: list[str], take: Callable[[bytes | None, bytes | None], None]
+    ) -> None:
+        """Hand ``take`` every record of the partitions of ``deployments``, in offset order,
+        up to each partition's end as of the call; TimeoutError after ``timeout_s``."""
+        topic = self.settings.topics.name(Topic.ARTIFACTS)
+        consumer = reader(self.settings, max_partition_fetch_bytes=2 * CHUNK_BYTES)
         await consumer.start()
         try:
-            partitions = await partitions_of(consumer, topic)
-            tp = TopicPartition(topic, partition_for(deployment, len(partitions)))
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
+            count = len(await partitions_of(consumer, topic))
+            tps = sorted({TopicPartition(topic, partition_for(d, count)) for d in deployments})
+            if not tps:
+                return
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
             deadline = time.monotonic() + self.timeout_s
-            while await consumer.position(tp) < end:
+            left = [tp for tp in tps if ends[tp] > 0]
+            while left:
                 if time.monotonic() > deadline:
-                    self._reject(deployment, version, f"timed out reading {topic}")
-                batch = await consumer.getmany(tp, timeout_ms=500)
-                for record in batch.get(tp, []):
-                    scan.take(record.key, record.value)
-            return scan
+                    raise TimeoutError(f"reading {topic}")
+                batches = await consumer.getmany(*left, timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        take(record.key, record.value)
+                left = [tp for tp in left if await consumer.position(tp) < ends[tp]]
         finally:
             await consumer.stop()
+
+
+async def retire(
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    deployment: str,
+    version: str,
+    inventory: Inventory,
+) -> int:
+    """Tombstone every record ``inventory`` holds of ``deployment`` ``version``: its manifest
+    record first (a reader then finds the version retired, not incomplete), then its chunks;
+    the number of tombstones written."""
+    topic = settings.topics.name(Topic.ARTIFACTS)
+    partition = partition_for(deployment, len(await producer.partitions_for(topic)))
+    keys = [manifest_key(deployment, version)]
+    keys += [chunk_key(deployment, version, i) for i in sorted(inventory.chunks.get(version, ()))]
+    sends = [await producer.send(topic, None, key=k, partition=partition) for k in keys]
+    await asyncio.gather(*sends)
+    return len(keys)

@@ -200,6 +200,11 @@ ARTIFACTS_REJECTED = Counter(
     " never installed nor served (logged each).",
     ["deployment"],
 )
+ARTIFACTS_RETIRED = Counter(
+    "rollout_artifacts_retired_total",
+    f"Versions the controller tombstoned on {Topic.ARTIFACTS} after the grace period.",
+    ["deployment"],
+)
 MODELS_LOADED = Gauge(
     "rollout_models_loaded", "Model sessions a worker holds (production, candidate, rollback)."
 )

@@ -110,6 +110,39 @@ class VersionScan:
                 self.chunks[int(rest)] = value
 
 
+@dataclass
+class Inventory:
+    """What the topic holds for one deployment (records not tombstoned): its spec record, the
+    versions with a manifest record, and the chunk keys of each version (for tombstones)."""
+
+    spec: bool = False
+    manifests: set[str] = field(default_factory=set)
+    chunks: dict[str, set[int]] = field(default_factory=dict)
+
+    def versions(self) -> set[str]:
+        """Every version with a record left (a manifest or a chunk)."""
+        return self.manifests | {v for v, c in self.chunks.items() if c}
+
+
+def take_inventory(inventories: Mapping[str, Inventory], key: bytes | None, live: bool) -> None:
+    """Account for one record (``live``: not a tombstone) in the inventory of its deployment,
+    when ``inventories`` has one; records are taken in offset order."""
+    if key is None:
+        return
+    parts = key.split(b"/")
+    inventory = inventories.get(parts[0].decode(errors="replace"))
+    if inventory is None:
+        return
+    if len(parts) == 2 and parts[1] == SPEC.encode():
+        inventory.spec = live
+    elif len(parts) == 3 and parts[2] == MANIFEST.encode():
+        version = parts[1].decode(errors="replace")
+        (inventory.manifests.add if live else inventory.manifests.discard)(version)
+    elif len(parts) == 3 and parts[2].isdigit():
+        chunks = inventory.chunks.setdefault(parts[1].decode(errors="replace"), set())
+        (chunks.add if live else chunks.discard)(int(parts[2]))
+
+
 def parse_spec(deployment: str, value: bytes | None) -> DeploymentSpec:
     """The deployment's spec from its record; ``ArtifactRejected`` unless it is one, of it."""
     if value is None:
@@ -123,9 +156,11 @@ def parse_spec(deployment: str, value: bytes | None) -> DeploymentSpec:
     return spec
 
 
-def verified(scan: VersionScan, sha256: str) -> tuple[ModelManifest, bytes]:
+def verified(scan: VersionScan, sha256: str | None) -> tuple[ModelManifest, bytes]:
     """The manifest and bytes of ``scan``'s version, when its manifest record names exactly
-    ``sha256`` (what the deployment's state says) and its chunks join to that file."""
+    ``sha256`` (what the deployment's state says) and its chunks join to that file. With
+    ``sha256`` None (a version the controller is about to validate, named by no state yet)
+    the manifest record's own sha256 is the one the chunks must join to."""
     what = f"{scan.deployment} v{scan.version}"
     if scan.record is None:
         raise ArtifactRejected(f"no manifest record for {what} (never uploaded, or retired)")
@@ -138,6 +173,7 @@ def verified(scan: VersionScan, sha256: str) -> tuple[ModelManifest, bytes]:
         raise ArtifactRejected(
             f"manifest record of {what} describes {manifest.name} v{manifest.version}"
         )
+    sha256 = sha256 or manifest.sha256
     if manifest.sha256 != sha256:
         raise ArtifactRejected(
             f"manifest record of {what} says sha256 {manifest.sha256[:12]}..., the state"
