@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # cluster; every client resolves names through `topics` (app.core.topics.TopicNames).
     topic_prefix: str = Field(default="", pattern=TOPIC_PREFIX_PATTERN)
 
+    # Artifacts (app.controller.retirement): how long a version no state refers to stays on
+    # models.artifacts before the controller tombstones it.
+    artifact_grace_s: float = Field(default=6 * 3600.0, ge=0)
+
     # Worker batching.
     group_id: str = "rollout-workers"
     batch_max_records: int = Field(default=500, ge=1)

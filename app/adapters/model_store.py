@@ -19,6 +19,8 @@ on their own threads, and idle spinning threads would steal CPU from each other.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import re
@@ -143,6 +145,17 @@ class LoadedModel:
         return names
 
 
+def release_memory() -> None:
+    """Give the memory freed by dropped sessions back to the OS (glibc keeps freed heap in
+    its arenas otherwise: RSS would stay at its peak). A no-op off glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -181,6 +194,23 @@ class ModelStore:
             p.parent.name for p in folder.glob(f"*/{MANIFEST_FILE}") if _NAME.match(p.parent.name)
         ]
         return sorted(names, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
+
+    def has_spec(self, deployment: str) -> bool:
+        return bool(_NAME.match(deployment)) and (self.root / deployment / SPEC_FILE).is_file()
+
+    def stored_sha256(self, deployment: str, version: str) -> str | None:
+        """The sha256 the manifest of ``deployment`` ``version`` names when the store holds
+        the version (its manifest and model file, with or without the deployment's spec);
+        None when it does not. The file itself is checked by ``load``."""
+        if not (_NAME.match(deployment) and _NAME.match(version)):
+            return None
+        folder = self.root / deployment / version
+        if not (folder / MODEL_FILE).is_file():
+            return None
+        try:
+            return self._read_manifest(folder / MANIFEST_FILE, f"{deployment}/{version}").sha256
+        except ModelRejected:
+            return None
 
     def spec(self, deployment: str) -> DeploymentSpec:
         path = self._deployment_dir(deployment) / SPEC_FILE

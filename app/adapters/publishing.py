@@ -10,7 +10,9 @@ overwritten. Versions are numbered 1, 2, ... when none is given.
 ``create`` writes a new deployment's ``deployment.yaml`` (the signature of its first model,
 the default policy or the one given) and publishes that model as version 1. Making the
 running system serve it is the controller's (a ``create`` command: ``rollout deployments
-create`` sends it).
+create`` sends it), after ``share_deployment`` has put the spec and version 1 on
+``models.artifacts``, so that controllers and workers on other hosts (with none of these
+files) fetch them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import onnx
 import onnxruntime
 import yaml
 
+from app.adapters.artifact_cache import ArtifactCache, share
+from app.adapters.kafka_clients import plain_producer
 from app.adapters.model_store import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -49,6 +53,7 @@ from app.core.manifest import (
     differences,
 )
 from app.core.policy import Policy
+from app.settings import Settings
 
 
 class PublishError(Exception):
@@ -113,6 +118,20 @@ def create(
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
     _atomic_write(folder / SPEC_FILE, text.encode())
     return spec
+
+
+async def share_deployment(
+    settings: Settings, store: ModelStore, deployment: str, versions: list[str]
+) -> list[str]:
+    """Put ``deployment``'s spec and ``versions`` (those the topic lacks) on
+    ``models.artifacts``; the versions uploaded."""
+    inventory = (await ArtifactCache(settings, store).inventory([deployment]))[deployment]
+    producer = plain_producer(settings)
+    await producer.start()
+    try:
+        return await share(producer, settings, store, deployment, versions, inventory)
+    finally:
+        await producer.stop()
 
 
 def _manifest(

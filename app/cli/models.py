@@ -1,7 +1,8 @@
 """Model verbs: ``rollout publish DEPLOYMENT MODEL.onnx`` writes an immutable version into the
 model store; ``rollout deployments create NAME --model MODEL.onnx`` makes a deployment (and
 asks the controller for its first state, so running workers and controllers serve and judge
-it without a restart); ``rollout deployments list`` shows them. Exit 1 on a refusal, 2 when
+it without a restart; the spec and version 1 go on ``models.artifacts`` first, for hosts that
+do not share this store); ``rollout deployments list`` shows them. Exit 1 on a refusal, 2 when
 no controller answers a ``create``."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from app.adapters.control_client import current_states, send_command
 from app.adapters.model_store import ModelRejected, ModelStore
-from app.adapters.publishing import PublishError, create, publish
+from app.adapters.publishing import PublishError, create, publish, share_deployment
 from app.cli import app
 from app.core.events import Action, ControlCommand, DeploymentState
 from app.core.manifest import RegressionSpec, Signature
@@ -127,6 +128,11 @@ def create_command(
         console.print(f"[red]refused[/red]: {error}")
         raise typer.Exit(1) from None
     console.print(f"[green]created[/green] {name} in {_store().root}: {_describe(spec.signature)}")
+    settings = load_settings()
+    try:
+        asyncio.run(share_deployment(settings, _store(), name, [spec.initial_production]))
+    except Exception as error:  # the command below says whether the broker is there
+        console.print(f"[yellow]not put on the artifacts topic[/yellow]: {error}")
     command = ControlCommand(
         command_id=uuid.uuid4().hex,
         deployment=name,
@@ -134,7 +140,7 @@ def create_command(
         issued_by=getpass.getuser(),
         reason=description or "new deployment",
     )
-    decision = asyncio.run(send_command(load_settings(), command, timeout_s=wait))
+    decision = asyncio.run(send_command(settings, command, timeout_s=wait))
     if decision is None:
         console.print(
             f"[yellow]no controller answered within {wait:.0f}s[/yellow]: {name} is in the "

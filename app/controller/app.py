@@ -17,6 +17,7 @@ from typing import Any
 import faust
 from mode import Service
 
+from app.adapters.artifact_cache import ArtifactCache
 from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.kafka_security import faust_credentials
 from app.adapters.model_store import ModelRejected, ModelStore
@@ -26,6 +27,7 @@ from app.controller.analyst import PartitionAnalyst
 from app.controller.commands import CommandHandler
 from app.controller.dashboard import WebServer, start_web
 from app.controller.publisher import DecisionPublisher
+from app.controller.retirement import Retirer
 from app.core import health
 from app.core.manifest import DeploymentSpec
 from app.core.topics import Topic
@@ -46,7 +48,9 @@ class ControlPlane(Service):
         self.view = StateView(settings)
         self.publisher = DecisionPublisher(settings, group_id=settings.topics.scoped(APP_ID))
         self.store = ModelStore(settings.model_store)
-        self.handler = CommandHandler(self.store, self.view, self.publisher, settings)
+        self.cache = ArtifactCache(settings, self.store)
+        self.handler = CommandHandler(self.store, self.view, self.publisher, settings, self.cache)
+        self.retirer = Retirer(settings, self.view, self.cache, lambda: set(self.analysts))
         self.analysts: dict[int, PartitionAnalyst] = {}
         self.ready = asyncio.Event()
         self.web: WebServer | None = None
@@ -56,10 +60,12 @@ class ControlPlane(Service):
         await self.view.start()
         await self.view.catch_up()
         self.ready.set()
+        self.retirer.start()
         log.info("controller ready: %d deployments known", len(self.view.states))
         self.web = await start_web(self.settings, self.view, lambda: self.analysts, self.readiness)
 
     async def on_stop(self) -> None:
+        await self.retirer.stop()
         if self.web is not None:
             await self.web.stop()
         for partition in list(self.analysts):
@@ -82,7 +88,8 @@ class ControlPlane(Service):
             await self._release(partition)
         count = self.view.partition_count
         for partition in sorted(partitions - set(self.analysts)):
-            mine = [d for d in self.store.deployments() if partition_for(d, count) == partition]
+            known = {*self.store.deployments(), *self.view.states}  # states: stores elsewhere
+            mine = [d for d in sorted(known) if partition_for(d, count) == partition]
             await self.handler.ensure_initial_states({d: partition for d in mine})
             analyst = PartitionAnalyst(
                 partition,

@@ -4,20 +4,32 @@ Validation that needs the model store happens here (the version exists, its file
 manifest's sha256, its signature fits the deployment, a smoke inference runs: all of it is
 ``ModelStore.load``); legality of the transition is the pure state machine's. Every command,
 well-formed or not, gets exactly one ``DecisionEvent``; only an accepted one changes the state.
+
+The store is a cache of ``models.artifacts`` (``ArtifactCache``): what a command names and
+the store lacks (the deployment's spec, the version it deploys or creates) is fetched and
+verified first; a refused artifact is the command's rejection reason. The other way, what an
+accepted state refers to and the topic lacks (a version seeded in this store) is put on the
+topic before the state is published, and on taking a partition the controller shares its
+deployments' specs and referenced versions: a worker with an empty store can serve them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from app.adapters.model_store import ModelRejected, ModelStore
+from app.adapters.artifact_cache import ArtifactCache, share
+from app.adapters.kafka_clients import plain_producer
+from app.adapters.model_store import ModelRejected, ModelStore, UnknownModel
 from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
 from app.controller.replay_gate import needs_replay, replay
+from app.core.artifacts import ArtifactRejected
 from app.core.events import (
     Action,
     ControlCommand,
@@ -27,6 +39,7 @@ from app.core.events import (
     ModelRef,
     now_ms,
 )
+from app.core.retirement import referenced
 from app.core.state_machine import (
     CONTROLLER,
     Outcome,
@@ -48,11 +61,13 @@ class CommandHandler:
         view: StateView,
         publisher: DecisionPublisher,
         settings: Settings,
+        cache: ArtifactCache | None = None,
     ) -> None:
         self._store = store
         self._view = view
         self._publisher = publisher
         self._settings = settings
+        self._cache = cache or ArtifactCache(settings, store)
 
     def deployments(self) -> list[str]:
         return self._store.deployments()
@@ -72,11 +87,14 @@ class CommandHandler:
     ) -> Outcome:
         await self._view.catch_up()
         async with self._publisher.lock(partition):
+            await self._prefetch(value)
             outcome = self.decide(key, value)
             if needs_replay(outcome):
                 before = self.current(outcome.decision.deployment)  # not yet replaced
                 assert before is not None
-                outcome = await replay(self._settings, self._store, before, outcome)
+                outcome = await replay(self._settings, self._store, before, outcome, self._cache)
+            if outcome.state is not None and outcome.decision.action in _NEW_VERSIONS:
+                await self.share({outcome.state.deployment: sorted(referenced(outcome.state))})
             consumed = {
                 TopicPartition(self._settings.topics.name(Topic.CONTROL), partition): offset + 1
             }
@@ -121,7 +139,11 @@ class CommandHandler:
                 return reject_command(
                     state, command, f"version {command.version}: {exc.reason}", now
                 )
-        return apply(state, command, now, candidate, self._store.spec(command.deployment).policy)
+        try:
+            policy = self._store.spec(command.deployment).policy
+        except ModelRejected as exc:  # a spec neither held nor fetched (the cache says why)
+            return reject_command(state, command, exc.reason, now)
+        return apply(state, command, now, candidate, policy)
 
     def _create(self, command: ControlCommand, now: int) -> Outcome:
         """A deployment new to the store gets its first state (epoch 0), once its
@@ -161,14 +183,85 @@ class CommandHandler:
 
     def _validated(self, deployment: str, version: str) -> ModelRef:
         """The version's reference, once its artifact, signature and a smoke run check out."""
-        ref = self._store.ref(deployment, version)
+        try:
+            ref = self._store.ref(deployment, version)
+        except UnknownModel:
+            refused = self._cache.rejected.get((deployment, version))
+            if refused is None:
+                raise
+            raise ModelRejected(f"artifact refused: {refused}") from None
         self._store.load(ref)
         return ref
+
+    async def _prefetch(self, value: bytes | None) -> None:
+        """Fetch into the store what the command names and the store lacks (verified; a
+        refusal is kept in the cache's ``rejected`` for ``_validated`` to give as the
+        reason): the deployment's spec, and the version it creates or deploys."""
+        command, _ = _parse(value)
+        if command is None:
+            return
+        name = command.deployment
+        known = name in self._view.states or self._store.has_spec(name)
+        if not known and command.action is not Action.CREATE:
+            return  # an unknown deployment: rejected as such, nothing to read
+        with contextlib.suppress(ArtifactRejected, KafkaError, OSError):
+            await self._cache.ensure_spec(name)
+            if command.action is Action.CREATE:
+                await self._cache.ensure(name, self._store.spec(name).initial_production)
+            elif command.action is Action.DEPLOY and command.version is not None:
+                await self._cache.ensure(name, command.version)
+
+    async def share(self, wanted: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Put on ``models.artifacts`` each deployment's spec and those of its ``wanted``
+        versions the store holds and the topic lacks (one read of the topic). Failures are
+        logged, never raised: the decision stands, and hosts holding the files still serve.
+        The versions uploaded, by deployment."""
+        uploaded: dict[str, list[str]] = {}
+        try:
+            inventories = await self._cache.inventory(wanted)
+            producer = plain_producer(self._settings)
+            await producer.start()
+            try:
+                for name, versions in wanted.items():
+                    uploaded[name] = await share(
+                        producer, self._settings, self._store, name, versions, inventories[name]
+                    )
+            finally:
+                await producer.stop()
+        except Exception as error:  # a broker or file problem: say so, do not fail the command
+            log.error("cannot share %s on the artifacts topic: %s", wanted, error)
+        for name, versions in uploaded.items():
+            if versions:
+                log.info("shared %s versions %s on the artifacts topic", name, versions)
+        return uploaded
+
+    async def _sync_artifacts(self, names: list[str]) -> None:
+        """On taking a partition: fetch the specs (and productions) of its deployments this
+        store lacks, and share what it holds that the topic lacks (the specs, and the versions
+        each state refers to, or the initial production of a deployment with no state yet):
+        the ``models/`` seed reaches workers whose store is empty."""
+        for name in names:
+            state = self._view.states.get(name)
+            if state is None or self._store.has_spec(name):
+                continue
+            try:
+                await self._cache.ensure(name, state.production.version, state.production.sha256)
+            except ArtifactRejected as error:  # logged and counted by the cache
+                log.warning("deployment %s: its spec or production not fetched: %s", name, error)
+        wanted: dict[str, list[str]] = {}
+        for name in names:
+            if self._store.has_spec(name):
+                state = self._view.states.get(name)
+                held = referenced(state) if state else {self._store.spec(name).initial_production}
+                wanted[name] = sorted(held)
+        if wanted:
+            await self.share(wanted)
 
     async def ensure_initial_states(self, partition_of: dict[str, int]) -> None:
         """Publish epoch 0 for each deployment of ``partition_of`` (name → its partition)
         that has no state yet."""
         await self._view.catch_up()
+        await self._sync_artifacts(list(partition_of))
         for name in partition_of:
             if name in self._view.states:
                 continue
@@ -189,6 +282,9 @@ class CommandHandler:
             async with self._publisher.lock(partition):
                 await self._publisher.publish(partition, decision, state)
                 self._view.offer(state)
+
+
+_NEW_VERSIONS = frozenset({DecisionAction.CREATE, DecisionAction.DEPLOY})
 
 
 def _parse(value: bytes | None) -> tuple[ControlCommand | None, str | None]:

@@ -6,9 +6,11 @@ data plane's own ``score_batch``, in shadow), and the comparisons judged by
 
 from __future__ import annotations
 
+from app.adapters.artifact_cache import ArtifactCache
 from app.adapters.model_store import ModelStore
 from app.adapters.topic_reader import read_tail
 from app.core.analysis import RolloutAnalysis
+from app.core.artifacts import ArtifactRejected
 from app.core.events import Action, Comparison, DeploymentState, Mode, Phase, decode, now_ms
 from app.core.promotion import replay_gate
 from app.core.requests import RawRecord
@@ -30,12 +32,32 @@ def needs_replay(outcome: Outcome) -> bool:
 
 
 async def replay(
-    settings: Settings, store: ModelStore, before: DeploymentState, outcome: Outcome
+    settings: Settings,
+    store: ModelStore,
+    before: DeploymentState,
+    outcome: Outcome,
+    cache: ArtifactCache | None = None,
 ) -> Outcome:
     """Automatic mode with ``replay_gate = N``: the last N requests are scored by the new
-    version beside the current production before it is let through."""
+    version beside the current production before it is let through. With ``cache``, either
+    version the store lacks is fetched (verified against the state's sha256) first."""
     new = outcome.state
     assert new is not None
+    decision = outcome.decision
+    if cache is not None:
+        try:
+            for ref in (before.production, new.production):
+                await cache.ensure(ref.name, ref.version, ref.sha256)
+        except ArtifactRejected as error:
+            refused = reject(
+                before,
+                f"replay gate: artifact refused: {error.reason}",
+                now_ms(),
+                action=decision.action,
+                command_id=decision.command_id,
+                decided_by=decision.decided_by,
+            )
+            return Outcome(None, refused.decision)
     records = await read_tail(
         settings, settings.topics.name(Topic.REQUESTS), new.policy.replay_gate
     )
@@ -78,7 +100,6 @@ async def replay(
         if out.topic == DEFAULT_TOPICS.comparisons:
             analysis.add_comparison(decode(Comparison, out.value))
     passed, reason, evidence = replay_gate(new, analysis)
-    decision = outcome.decision
     if not passed:
         rejected = reject(
             before,

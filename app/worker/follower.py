@@ -7,9 +7,17 @@ loaded while the current production, the candidate or the previous production (t
 target) of some deployment refers to them, so a rollback switches without loading anything.
 While a promotion is watched (``state.watch``) the previous production is also in the route,
 scoring the audit sample beside production.
-A state whose models cannot be loaded is not taken: the last good table keeps serving and
-the failure is kept in ``failures`` (and logged). At start there is no good table yet: the
-follower waits for the published state's models (it never serves an older model instead).
+A state whose production cannot be loaded is not taken: the last good table keeps serving
+and the failure is kept in ``failures`` (and logged). At start there is no good table yet: the
+follower waits for the published state's models (it never serves an older model instead), so
+a worker that cannot load a deployment's production does not join the group (the others
+serve). A candidate that cannot be loaded is not served: the state is taken with production
+alone (its predictions say so), reported, and tried again with the deployment's next state.
+
+With an ``ArtifactCache`` a version (and a deployment's spec) the local store lacks is
+fetched from ``models.artifacts`` and verified against the sha256 the state names before it
+is loaded, so a worker needs no shared files: its store may start empty. Sessions of versions
+no state refers to any more are dropped (``_evict``), and their memory with them.
 """
 
 from __future__ import annotations
@@ -18,8 +26,11 @@ import asyncio
 import contextlib
 import logging
 
-from app.adapters.model_store import LoadedModel, ModelRejected, ModelStore
+from app.adapters import metrics
+from app.adapters.artifact_cache import ArtifactCache
+from app.adapters.model_store import LoadedModel, ModelRejected, ModelStore, release_memory
 from app.adapters.state_view import StateView
+from app.core.artifacts import ArtifactRejected
 from app.core.events import DeploymentState, ModelRef, now_ms
 from app.core.scoring import DeploymentRoute, RoutingTable
 from app.core.state_machine import initial_state
@@ -34,9 +45,12 @@ def _key(ref: ModelRef) -> _Key:
 
 
 class TableFollower:
-    def __init__(self, store: ModelStore, view: StateView) -> None:
+    def __init__(
+        self, store: ModelStore, view: StateView, cache: ArtifactCache | None = None
+    ) -> None:
         self._store = store
         self._view = view
+        self._cache = cache
         self._models: dict[_Key, LoadedModel] = {}
         self._pending: dict[str, DeploymentState] = {}
         self._wake = asyncio.Event()
@@ -45,25 +59,30 @@ class TableFollower:
         self._task: asyncio.Task[None] | None = None
         self.table: RoutingTable = {}
         self.failures: dict[str, str] = {}
+        # Deployments whose state names a candidate this worker could not load, and why.
+        self.unserved: dict[str, str] = {}
         self.switches = 0
 
     async def start(self, stop: asyncio.Event | None = None, retry_s: float = 1.0) -> bool:
         """Build the first table from the latest states (or ``deployment.yaml`` for a
         deployment with no state yet), then follow. When a published state's models cannot be
-        loaded (a file deleted or corrupted after deployment), wait and retry: serving another
-        model under an earlier epoch would take the deployment backwards. Returns False when
-        ``stop`` was set while waiting (nothing is followed then)."""
+        loaded from the local store (a file deleted or corrupted after deployment), wait and
+        retry: serving another model under an earlier epoch would take the deployment
+        backwards. A deployment the store does not hold (known from its state alone) is
+        fetched; when that fails it is reported and left out (tried again with its next
+        state), rather than holding every other deployment back. Returns False when ``stop``
+        was set while waiting (nothing is followed then)."""
         await self._view.catch_up()
         table: dict[str, DeploymentRoute] = {}
-        for name in self._store.deployments():
+        local = set(self._store.deployments())
+        for name in sorted(local | set(self._view.states)):
             route = await self._first_route(name)
-            while route is None:
-                if stop is not None and stop.is_set():
+            if route is None and name in local:
+                route = await self._hold(name, stop, retry_s)
+                if route is None:
                     return False
-                await asyncio.sleep(retry_s)
-                await self._view.catch_up()
-                route = await self._first_route(name)
-            table[name] = route
+            if route is not None:
+                table[name] = route
         self.table = table
         self._evict()
         self._view.listeners.append(self._on_state)
@@ -73,6 +92,18 @@ class TableFollower:
             self._on_state(state)
         self._task = asyncio.create_task(self._run(), name="table-follower")
         return True
+
+    async def _hold(
+        self, name: str, stop: asyncio.Event | None, retry_s: float
+    ) -> DeploymentRoute | None:
+        """Retry ``name``'s first route until it loads (None: ``stop`` was set)."""
+        while stop is None or not stop.is_set():
+            await asyncio.sleep(retry_s)
+            await self._view.catch_up()
+            route = await self._first_route(name)
+            if route is not None:
+                return route
+        return None
 
     async def _first_route(self, name: str) -> DeploymentRoute | None:
         state = self._view.states.get(name)
@@ -136,10 +167,11 @@ class TableFollower:
 
     async def _route(self, state: DeploymentState) -> DeploymentRoute | None:
         try:
+            if self._cache is not None:
+                await self._cache.ensure_spec(state.deployment)
             production = await self._load(state.production)
-            candidate = await self._load(state.candidate) if state.candidate else None
-            self._store.spec(state.deployment)  # read again below: fails here, not there
-        except ModelRejected as exc:
+            spec = self._store.spec(state.deployment)
+        except (ModelRejected, ArtifactRejected) as exc:
             self.failures[state.deployment] = f"epoch {state.epoch}: {exc.reason}"
             log.error(
                 "deployment %s: cannot take epoch %d, still serving epoch %d: %s",
@@ -149,38 +181,65 @@ class TableFollower:
                 exc.reason,
             )
             return None
-        previous: LoadedModel | None = None
+        candidate = await self._candidate(state)
+        if candidate is None and state.candidate is not None:
+            state = state.model_copy(update={"candidate": None})  # production serves all
         if state.history:  # the rollback target, kept warm; serving does not depend on it
-            try:
-                await self._load(state.history[-1])
-            except ModelRejected as exc:
-                log.warning(
-                    "deployment %s: rollback target not loadable: %s", state.deployment, exc.reason
-                )
+            await self._optional(state, state.history[-1], "rollback target")
+        previous: LoadedModel | None = None
         if state.watch is not None and candidate is None:
             # A watched promotion: the previous production scores the audit sample beside
             # production. Serving does not depend on it: unloadable, nothing is watched here.
-            try:
-                previous = await self._load(state.watch.previous)
-            except ModelRejected as exc:
-                log.warning(
-                    "deployment %s: watched previous production not loadable: %s",
-                    state.deployment,
-                    exc.reason,
-                )
+            previous = await self._optional(state, state.watch.previous, "watched previous")
         return DeploymentRoute(
             state=state,
             production=production,
             candidate=candidate,
             previous=previous,
-            regression=self._store.spec(state.deployment).regression,
+            regression=spec.regression,
         )
+
+    async def _candidate(self, state: DeploymentState) -> LoadedModel | None:
+        """The state's candidate, or None (reported) when it cannot be loaded: a tampered or
+        missing artifact is never served; production serves its requests meanwhile."""
+        if state.candidate is None:
+            self.unserved.pop(state.deployment, None)
+            return None
+        try:
+            model = await self._load(state.candidate)
+        except (ModelRejected, ArtifactRejected) as exc:
+            self.unserved[state.deployment] = (
+                f"epoch {state.epoch}: candidate {state.candidate.version} not served: {exc.reason}"
+            )
+            log.error(
+                "deployment %s: epoch %d taken without its candidate %s (production serves"
+                " everything): %s",
+                state.deployment,
+                state.epoch,
+                state.candidate.version,
+                exc.reason,
+            )
+            return None
+        self.unserved.pop(state.deployment, None)
+        return model
+
+    async def _optional(
+        self, state: DeploymentState, ref: ModelRef, what: str
+    ) -> LoadedModel | None:
+        try:
+            return await self._load(ref)
+        except (ModelRejected, ArtifactRejected) as exc:
+            log.warning("deployment %s: %s not loadable: %s", state.deployment, what, exc.reason)
+            return None
 
     async def _load(self, ref: ModelRef) -> LoadedModel:
         model = self._models.get(_key(ref))
         if model is None:
+            if self._cache is not None:
+                await self._cache.ensure(ref.name, ref.version, ref.sha256)
             model = await asyncio.to_thread(self._store.load, ref)
             self._models[_key(ref)] = model
+            metrics.MODELS_LOADED.set(len(self._models))
         return model
 
     def _evict(self) -> None:
@@ -194,5 +253,10 @@ class TableFollower:
                 keep.add(_key(st.history[-1]))
             if st.watch is not None:
                 keep.add(_key(st.watch.previous))
-        for key in set(self._models) - keep:
-            del self._models[key]
+        dropped = set(self._models) - keep
+        for key in dropped:
+            model = self._models.pop(key)  # the session's memory goes with its last reference
+            log.info("unloaded %s v%s: no state refers to it", model.ref.name, model.ref.version)
+        if dropped:
+            release_memory()
+        metrics.MODELS_LOADED.set(len(self._models))

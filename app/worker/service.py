@@ -1,7 +1,8 @@
 """``rollout worker``: load the deployments' current states, then serve until SIGTERM/SIGINT.
 
 Until the controller publishes a deployment's state, it serves the production version its
-``deployment.yaml`` names (epoch 0).
+``deployment.yaml`` names (epoch 0). Versions its model store lacks are fetched from
+``models.artifacts`` (``ArtifactCache``), so the store may start empty.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import time
 
 from app.adapters import metrics
+from app.adapters.artifact_cache import ArtifactCache
 from app.adapters.http_server import metrics_app, start_site
 from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.logs import log_context
@@ -36,7 +38,8 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
     """Follow ``deployments.state`` and serve under its latest epochs until ``stop`` is set."""
     async with StateView(settings) as view:
         metrics.watch_states(lambda: view.states)
-        follower = TableFollower(ModelStore(settings.model_store), view)
+        store = ModelStore(settings.model_store)
+        follower = TableFollower(store, view, ArtifactCache(settings, store))
         score = table_scorer(
             lambda: follower.table,
             worker_id=worker_id,
