@@ -118,15 +118,6 @@ def verify_published(
     return manifest
 
 
-def install(store: ModelStore, manifest: ModelManifest, model: Path) -> None:
-    """Write a verified version into ``store`` (``<deployment>/<version>/``, one rename);
-    nothing when the store holds exactly these bytes already."""
-    folder = store.root / manifest.name / manifest.version
-    if (folder / MODEL_FILE).is_file() and sha256_of(folder / MODEL_FILE) == manifest.sha256:
-        return
-    _write_version(store, manifest, model)
-
-
 def create(
     store: ModelStore,
     deployment: str,

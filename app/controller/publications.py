@@ -24,14 +24,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from app.adapters import metrics
+from app.adapters.artifact_cache import install, put_manifest
 from app.adapters.artifacts import fetch
+from app.adapters.kafka_clients import plain_producer
 from app.adapters.model_store import ModelRejected, ModelStore, UnknownModel
 from app.adapters.partitioning import partition_for
-from app.adapters.publishing import PublishError, install, verify_published
+from app.adapters.publishing import PublishError, verify_published
 from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
 from app.core.artifacts import ArtifactRejected
@@ -84,6 +86,7 @@ class PublicationHandler:
         self._answers: OrderedDict[str, DecisionEvent] = OrderedDict()
         self._published: dict[tuple[str, str], str] = {}  # (deployment, version) -> publish_id
         self._draining: dict[str, asyncio.Task[None]] = {}
+        self._producer: AIOKafkaProducer | None = None  # manifest records (models.artifacts)
 
     # -- a publication ---------------------------------------------------------------
 
@@ -212,18 +215,15 @@ class PublicationHandler:
         return None
 
     async def _validated(self, event: ModelPublished, spec: DeploymentSpec) -> ModelRef:
-        """The version fetched, checked and installed; ``PublishError`` with the reason."""
+        """The version fetched, checked and installed, its manifest record written for the
+        other hosts (``app.adapters.artifact_cache``); ``PublishError`` with the reason."""
         try:
             data = await fetch(self._settings, event.deployment, event.version, event.artifact)
+            manifest = await asyncio.to_thread(self._verify_and_install, event, spec, data)
         except ArtifactRejected as error:
             raise PublishError(error.reason) from error
-        manifest = await asyncio.to_thread(self._verify_and_install, event, spec, data)
-        return ModelRef(
-            name=event.deployment,
-            version=event.version,
-            uri=f"{event.deployment}/{event.version}/model.onnx",
-            sha256=manifest.sha256,
-        )
+        await put_manifest(await self._manifests(), self._settings, manifest, event.artifact)
+        return self._store.ref(event.deployment, event.version)
 
     def _verify_and_install(
         self, event: ModelPublished, spec: DeploymentSpec, data: bytes
@@ -240,8 +240,15 @@ class PublicationHandler:
                 event.description,
                 created_by=f"{event.published_by} (publication {event.publish_id})",
             )
-            install(self._store, manifest, path)
+        install(self._store, manifest, data)
         return manifest
+
+    async def _manifests(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = plain_producer(self._settings)
+            await producer.start()
+            self._producer = producer
+        return self._producer
 
     # -- the queue -------------------------------------------------------------------
 
@@ -283,6 +290,8 @@ class PublicationHandler:
         for task in list(self._draining.values()):
             task.cancel()
         await asyncio.gather(*self._draining.values(), return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.stop()
 
     # -- publishing ------------------------------------------------------------------
 
