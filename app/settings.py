@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # Where the local broker's jars, data and logs live (git-ignored).
     home: Path = Path(".rollout")
     model_store: Path = Path("models")
+    # Where a worker or controller installs the versions it fetches from models.artifacts
+    # (None: <home>/artifacts). `model_store` is then only read: a seed, never written.
+    artifact_cache: Path | None = None
     topics_file: Path = Path("topics.yaml")
     acls_file: Path = Path("acls.yaml")
     # Every topic's replication factor when `rollout topics apply` creates it (None: as
@@ -77,6 +80,10 @@ class Settings(BaseSettings):
     def topics(self) -> TopicNames:
         """The cluster names of the topics: ``settings.topics.name(Topic.REQUESTS)``."""
         return TopicNames(self.topic_prefix)
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        return self.artifact_cache if self.artifact_cache is not None else self.home / "artifacts"
 
     def bootstrap_is_default(self) -> bool:
         return self.bootstrap_servers == "127.0.0.1:9092"

@@ -134,7 +134,7 @@ async def share(
         if version in inventory.manifests or store.stored_sha256(deployment, version) is None:
             continue
         manifest = store.manifest(deployment, version)
-        data = (store.root / deployment / version / MODEL_FILE).read_bytes()
+        data = store.model_path(deployment, version).read_bytes()
         await upload_version(producer, settings, manifest, data)
         inventory.manifests.add(version)
         uploaded.append(version)
@@ -176,7 +176,7 @@ def install(store: ModelStore, manifest: ModelManifest, data: bytes) -> bool:
 def _already(store: ModelStore, manifest: ModelManifest) -> bool:
     held = store.stored_sha256(manifest.name, manifest.version)
     if held is None:
-        if (store.root / manifest.name / manifest.version).exists():
+        if store.holds(manifest.name, manifest.version):
             raise ArtifactRejected(
                 f"{manifest.name} v{manifest.version}: the local store has an unreadable"
                 " version there; not overwritten"

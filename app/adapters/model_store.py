@@ -13,6 +13,12 @@ the manifest's, the manifest matches the deployment's signature, the ONNX graph 
 declared input and outputs, and a smoke inference on a zero row succeeds. Unknown
 deployments and versions raise ``UnknownModel`` (a ``ModelRejected``).
 
+A serving process (worker, controller) reads two folders: ``root``, its own cache where what
+it fetches from ``models.artifacts`` is installed (``ROLLOUT_ARTIFACT_CACHE``), and ``seed``,
+a folder it only reads (``ROLLOUT_MODEL_STORE``, e.g. the repository's ``models/`` or a
+read-only volume). A deployment's spec and each version are looked up in ``root`` first,
+then in ``seed``; nothing is ever written into ``seed`` by serving.
+
 Each ``InferenceSession`` runs single-threaded without spinning: workers score micro-batches
 on their own threads, and idle spinning threads would steal CPU from each other.
 """
@@ -178,25 +184,43 @@ def session_options() -> ort.SessionOptions:
 class ModelStore:
     """Read-only access to the store at ``root``; see the module docstring for the layout."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path, seed: Path | None = None) -> None:
+        self.root = Path(root)  # where installs go
+        self.seed = Path(seed) if seed is not None and Path(seed) != Path(root) else None
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """The folders looked up, in order: ``root``, then ``seed``."""
+        return (self.root,) if self.seed is None else (self.root, self.seed)
 
     def deployments(self) -> list[str]:
         """Deployments in the store (folders holding a ``deployment.yaml``), sorted."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.parent.name for p in self.root.glob(f"*/{SPEC_FILE}"))
+        names = {p.parent.name for r in self.roots if r.is_dir() for p in r.glob(f"*/{SPEC_FILE}")}
+        return sorted(names)
 
     def versions(self, deployment: str) -> list[str]:
         """Versions of ``deployment`` (folders holding a ``model.json``), numerically sorted."""
-        folder = self._deployment_dir(deployment)
-        names = [
-            p.parent.name for p in folder.glob(f"*/{MANIFEST_FILE}") if _NAME.match(p.parent.name)
-        ]
+        self._deployment_dir(deployment)
+        names = {
+            p.parent.name
+            for root in self.roots
+            for p in (root / deployment).glob(f"*/{MANIFEST_FILE}")
+            if _NAME.match(p.parent.name)
+        }
         return sorted(names, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
     def has_spec(self, deployment: str) -> bool:
-        return bool(_NAME.match(deployment)) and (self.root / deployment / SPEC_FILE).is_file()
+        return bool(_NAME.match(deployment)) and any(
+            (r / deployment / SPEC_FILE).is_file() for r in self.roots
+        )
+
+    def holds(self, deployment: str, version: str) -> bool:
+        """Whether any folder has something at ``<deployment>/<version>`` (readable or not)."""
+        return any((r / deployment / version).exists() for r in self.roots)
+
+    def model_path(self, deployment: str, version: str) -> Path:
+        """The ``model.onnx`` of a version the store holds (``UnknownModel`` otherwise)."""
+        return self._version_dir(deployment, version) / MODEL_FILE
 
     def stored_sha256(self, deployment: str, version: str) -> str | None:
         """The sha256 the manifest of ``deployment`` ``version`` names when the store holds
@@ -204,8 +228,9 @@ class ModelStore:
         None when it does not. The file itself is checked by ``load``."""
         if not (_NAME.match(deployment) and _NAME.match(version)):
             return None
-        folder = self.root / deployment / version
-        if not (folder / MODEL_FILE).is_file():
+        found = [r / deployment / version for r in self.roots]
+        folder = next((f for f in found if (f / MODEL_FILE).is_file()), None)
+        if folder is None:
             return None
         try:
             return self._read_manifest(folder / MANIFEST_FILE, f"{deployment}/{version}").sha256
@@ -260,19 +285,22 @@ class ModelStore:
     def _deployment_dir(self, deployment: str) -> Path:
         if not _NAME.match(deployment):
             raise UnknownModel(f"invalid deployment name {deployment!r}")
-        folder = self.root / deployment
-        if not (folder / SPEC_FILE).is_file():
-            raise UnknownModel(f"unknown deployment {deployment!r} in {self.root}")
-        return folder
+        for root in self.roots:
+            folder = root / deployment
+            if (folder / SPEC_FILE).is_file():
+                return folder
+        where = " or ".join(str(r) for r in self.roots)
+        raise UnknownModel(f"unknown deployment {deployment!r} in {where}")
 
     def _version_dir(self, deployment: str, version: str) -> Path:
-        folder = self._deployment_dir(deployment)
+        self._deployment_dir(deployment)
         if not _NAME.match(version):
             raise UnknownModel(f"invalid version {version!r}")
-        if not (folder / version / MANIFEST_FILE).is_file():
-            known = ", ".join(self.versions(deployment)) or "none"
-            raise UnknownModel(f"unknown version {version!r} of {deployment!r} (known: {known})")
-        return folder / version
+        for root in self.roots:
+            if (root / deployment / version / MANIFEST_FILE).is_file():
+                return root / deployment / version
+        known = ", ".join(self.versions(deployment)) or "none"
+        raise UnknownModel(f"unknown version {version!r} of {deployment!r} (known: {known})")
 
     def _resolve(self, uri: str) -> Path:
         """The file of ``uri``, which must stay inside the store."""
@@ -281,13 +309,14 @@ class ModelStore:
             raise ModelRejected(f"model uri {uri!r} must be relative to the store")
         if any(part in ("..", "") for part in uri.replace("\\", "/").split("/")):
             raise ModelRejected(f"model uri {uri!r} must not contain '..' or empty parts")
-        root = self.root.resolve()
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root):
-            raise ModelRejected(f"model uri {uri!r} leaves the store")
-        if not path.is_file():
-            raise UnknownModel(f"no model file at {uri!r}")
-        return path
+        for base in self.roots:
+            root = base.resolve()
+            path = (root / relative).resolve()
+            if not path.is_relative_to(root):
+                raise ModelRejected(f"model uri {uri!r} leaves the store")
+            if path.is_file():
+                return path
+        raise UnknownModel(f"no model file at {uri!r}")
 
     @staticmethod
     def _read_manifest(path: Path, what: str) -> ModelManifest:

@@ -50,7 +50,7 @@ class ControlPlane(Service):
         self.settings = settings
         self.view = StateView(settings)
         self.publisher = DecisionPublisher(settings, group_id=settings.topics.scoped(APP_ID))
-        self.store = ModelStore(settings.model_store)
+        self.store = ModelStore(settings.artifact_cache_dir, seed=settings.model_store)
         self.cache = ArtifactCache(settings, self.store)
         self.handler = CommandHandler(self.store, self.view, self.publisher, settings, self.cache)
         self.retirer = Retirer(settings, self.view, self.cache, lambda: set(self.analysts))

@@ -38,7 +38,7 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
     """Follow ``deployments.state`` and serve under its latest epochs until ``stop`` is set."""
     async with StateView(settings) as view:
         metrics.watch_states(lambda: view.states)
-        store = ModelStore(settings.model_store)
+        store = ModelStore(settings.artifact_cache_dir, seed=settings.model_store)
         follower = TableFollower(store, view, ArtifactCache(settings, store))
         score = table_scorer(
             lambda: follower.table,

@@ -44,7 +44,7 @@ GRACE_S = 6
 def hosts(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, Path, RolloutProcess, RolloutProcess]]:
-    """The controller's store, the worker's (empty) store, the controller, the worker."""
+    """The controller's store, the worker's (empty) cache, the controller, the worker."""
     ctl_store = tmp_path_factory.mktemp("ctl-store")
     wk_store = tmp_path_factory.mktemp("wk-store")
     logs = tmp_path_factory.mktemp("far-logs")
@@ -53,12 +53,18 @@ def hosts(
         logs,
         name="far",
         ROLLOUT_MODEL_STORE=str(ctl_store),
+        ROLLOUT_ARTIFACT_CACHE=str(tmp_path_factory.mktemp("ctl-cache")),
         ROLLOUT_HOME=str(logs),
         ROLLOUT_ARTIFACT_GRACE_S=str(GRACE_S),
     ).start()
     try:
         controller.wait_for(CONTROLLER_READY)
-        env = {"ROLLOUT_MODEL_STORE": str(wk_store), "ROLLOUT_HOME": str(logs)}
+        # The worker's host: an empty seed, and its own cache (what it fetches lands there).
+        env = {
+            "ROLLOUT_MODEL_STORE": str(tmp_path_factory.mktemp("wk-seed")),
+            "ROLLOUT_ARTIFACT_CACHE": str(wk_store),
+            "ROLLOUT_HOME": str(logs),
+        }
         with running_workers(kafka_bootstrap, [f"far-{RUN}"], logs, **env) as workers:
             yield ctl_store, wk_store, controller, workers[0]
     finally:

@@ -91,11 +91,21 @@ def settings(kafka_bootstrap: str, store: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the controller installs the versions it validates (its artifact cache)."""
+    return tmp_path_factory.mktemp("publication-cache")
+
+
+@pytest.fixture(scope="module")
 def services(
-    kafka_bootstrap: str, store: Path, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str, store: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RolloutProcess]:
     logs = tmp_path_factory.mktemp("publication-logs")
-    env = {"ROLLOUT_MODEL_STORE": str(store), "ROLLOUT_HOME": str(logs)}
+    env = {
+        "ROLLOUT_MODEL_STORE": str(store),
+        "ROLLOUT_ARTIFACT_CACHE": str(cache),
+        "ROLLOUT_HOME": str(logs),
+    }
     controller = controller_process(kafka_bootstrap, logs, name="pub", **env).start()
     try:
         controller.wait_for(CONTROLLER_READY)
@@ -288,7 +298,7 @@ async def _history(settings: Settings, name: str) -> list[DecisionEvent]:
 async def test_a_version_published_while_one_is_in_flight_waits_in_the_queue(
     services: RolloutProcess,
     kafka_bootstrap: str,
-    store: Path,
+    cache: Path,
     settings: Settings,
     producer: AIOKafkaProducer,
 ) -> None:
@@ -300,7 +310,7 @@ async def test_a_version_published_while_one_is_in_flight_waits_in_the_queue(
     state = await _state(settings, QUEUE)
     assert state.candidate is not None and state.candidate.version == "2"
     assert [q.model.version for q in state.queue] == ["3"]
-    assert (store / QUEUE / "3" / "model.onnx").read_bytes() == _model("3")  # installed
+    assert (cache / QUEUE / "3" / "model.onnx").read_bytes() == _model("3")  # installed
     status = orjson.loads(cli(kafka_bootstrap, "status", QUEUE, "--json").stdout)
     assert [q["model"]["version"] for q in status[QUEUE]["queue"]] == ["3"]
 
@@ -336,7 +346,11 @@ async def test_a_version_published_while_one_is_in_flight_supersedes_it(
 
 
 async def test_bad_publications_are_rejected_and_disturb_nothing(
-    services: RolloutProcess, store: Path, settings: Settings, producer: AIOKafkaProducer
+    services: RolloutProcess,
+    store: Path,
+    cache: Path,
+    settings: Settings,
+    producer: AIOKafkaProducer,
 ) -> None:
     before = await _state(settings, BAD)
     others = {n: (await _state(settings, n)).epoch for n in (QUEUE, SUPER)}
@@ -375,7 +389,8 @@ async def test_bad_publications_are_rejected_and_disturb_nothing(
 
     after = await _state(settings, BAD)
     assert after == before  # nothing served, nothing changed
-    assert not (store / BAD / "5").exists() and not (store / BAD / "6").exists()
+    for root in (store, cache):
+        assert not (root / BAD / "5").exists() and not (root / BAD / "6").exists()
 
     good_id = uuid.uuid4().hex
     good = await _publish(settings, producer, BAD, "2", data, publish_id=good_id)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from app.adapters.artifact_cache import install
 from app.adapters.model_store import ModelRejected, ModelStore, UnknownModel
 from app.core.events import ModelRef
 from app.training import stream
@@ -162,3 +163,25 @@ def test_rejects_a_file_that_is_not_onnx(tmp_store: ModelStore) -> None:
     (folder / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelRejected, match="onnxruntime cannot load"):
         tmp_store.load(tmp_store.ref("fraud", "1"))
+
+
+def test_a_serving_store_reads_its_cache_then_the_seed_and_installs_only_into_the_cache(
+    tmp_path: Path,
+) -> None:
+    seed = tmp_path / "seed"
+    shutil.copytree(MODELS / "fraud", seed / "fraud")
+    shutil.rmtree(seed / "fraud" / "3")
+    before = sorted(str(p.relative_to(seed)) for p in seed.rglob("*"))
+    served = ModelStore(tmp_path / "cache", seed=seed)
+    assert served.deployments() == ["fraud"] and served.versions("fraud") == ["1", "2"]
+    assert served.load(served.ref("fraud", "2")).ref.version == "2"  # from the seed
+
+    # Version 3 arrives (as from models.artifacts): it goes to the cache, the seed is untouched.
+    manifest = ModelStore(MODELS).manifest("fraud", "3")
+    assert install(served, manifest, (MODELS / "fraud" / "3" / "model.onnx").read_bytes())
+    assert (tmp_path / "cache" / "fraud" / "3" / "model.onnx").is_file()
+    assert sorted(str(p.relative_to(seed)) for p in seed.rglob("*")) == before
+    assert served.versions("fraud") == ["1", "2", "3"]
+    assert served.load(served.ref("fraud", "3")).ref.version == "3"  # spec from the seed
+    assert served.stored_sha256("fraud", "3") == manifest.sha256
+    assert served.model_path("fraud", "1").parent.parent.parent == seed
