@@ -34,10 +34,12 @@ from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
 from app.adapters import metrics
 from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
+from app.adapters.round_trips import RoundTrips
 from app.core.events import now_ms
 from app.core.requests import RawRecord
 from app.core.scoring import BatchResult, BatchScorer, Topics
 from app.settings import Settings
+from app.worker.batch_trace import BatchTrace
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +87,19 @@ class Worker:
         score: BatchScorer,
         topics: Topics | None = None,
         on_assigned: Callable[[], Awaitable[None]] | None = None,
+        trace: Callable[[BatchTrace], None] | None = None,
     ) -> None:
         """``score`` turns each batch (and the worker's lag) into what to publish
         (``app.core.scoring.table_scorer`` in production); ``topics.requests`` is consumed
-        (None: the settings' topic names)."""
+        (None: the settings' topic names). ``trace``, when given, receives each committed
+        batch's ``BatchTrace`` with its transaction's round trips (``rollout bench``)."""
         self.settings = settings
         self.worker_id = worker_id
         self.topics = topics if topics is not None else Topics.of(settings.topics)
         self._score = score
         self.on_assigned = on_assigned
+        self._trace = trace
+        self._round_trips = RoundTrips() if trace is not None else None
         self.lock = asyncio.Lock()
         self.generation = 0
         self.stats = WorkerStats()
@@ -103,8 +109,14 @@ class Worker:
         self.joined = False
         self.lag = 0
 
-    async def run(self, stop: asyncio.Event) -> WorkerStats:
+    def _producer(self) -> AIOKafkaProducer:
         producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
+        if self._round_trips is not None:
+            self._round_trips.attach(producer)
+        return producer
+
+    async def run(self, stop: asyncio.Event) -> WorkerStats:
+        producer = self._producer()
         # Fence any earlier incarnation before reading offsets (see the module docstring).
         await producer.start()
         sender = BatchSender(producer)
@@ -124,13 +136,17 @@ class Worker:
             while not stop.is_set():
                 self.beat_at = time.monotonic()
                 generation = self.generation
+                trace = BatchTrace()
                 records = await self._take(consumer, stop)
+                trace.fetched(len(records))
                 if not records:
                     self.lag = await self._lag(consumer)
                 # Scored while the previous batch's transaction is still in flight.
                 scored = await self._prepare(consumer, records) if records else None
+                trace.lap("score")
                 if commit is not None:
                     committed = await commit
+                    trace.lap("wait")
                     commit = None
                     if self.stats.aborted_batches != aborted:
                         producer = await self._replace_producer(producer, stop)
@@ -145,7 +161,7 @@ class Worker:
                 if records and scored is not None:
                     aborted = self.stats.aborted_batches
                     commit = asyncio.create_task(
-                        self._commit(producer, sender, consumer, records, scored, generation)
+                        self._commit(producer, sender, consumer, records, scored, generation, trace)
                     )
             if commit is not None:
                 await commit
@@ -169,7 +185,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broken.stop(), timeout=10)
         while True:
-            producer = transactional_producer(self.settings, f"rollout-worker-{self.worker_id}")
+            producer = self._producer()
             try:
                 await producer.start()
                 return producer
@@ -245,14 +261,20 @@ class Worker:
         records: list[ConsumerRecord],
         scored: BatchResult,
         generation: int,
+        trace: BatchTrace,
     ) -> bool:
         """Publish one scored batch and its input offsets in one transaction. False when the
         batch was not committed: dropped (taken across a rebalance) or aborted."""
+        trace.lap("wait")  # the task starts once the loop awaits (the next batch's fetch)
         async with self.lock:
+            trace.lap("lock")
             if generation != self.generation:
                 await self._rewind_dropped(consumer, records)
                 return False
-            return await self._publish(producer, sender, consumer, records, scored)
+            committed = await self._publish(producer, sender, consumer, records, scored, trace)
+        if committed and self._trace is not None:
+            self._trace(trace)
+        return committed
 
     async def _publish(
         self,
@@ -261,6 +283,7 @@ class Worker:
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
         result: BatchResult,
+        trace: BatchTrace,
     ) -> bool:
         first: dict[TopicPartition, int] = {}
         offsets: dict[TopicPartition, int] = {}
@@ -268,13 +291,19 @@ class Worker:
             tp = TopicPartition(r.topic, r.partition)
             first.setdefault(tp, r.offset)
             offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
+        if self._round_trips is not None:
+            self._round_trips.take()  # what came before this transaction is not its
         try:
+            began = trace.lap("lock")
             async with producer.transaction():
                 await sender.send(
                     [(o.topic, o.key, o.value, o.headers) for o in result.outgoing]
                     + [(o.topic, o.key, o.value, o.headers) for o in result.shed_reports]
                 )
+                trace.lap("encode")
                 await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
+                trace.lap("offsets")
+            trace.stages["transaction"] = trace.lap("commit") - began
         except ProducerFenced:
             log.error(
                 "another worker with id %r took over (producer fenced); stopping", self.worker_id
@@ -288,6 +317,10 @@ class Worker:
             for tp, offset in first.items():
                 _seek_if_assigned(consumer, tp, offset)
             return False
+        trace.committed_at = time.time()
+        trace.inputs = {tp.partition: (first[tp], offsets[tp] - 1) for tp in first}
+        if self._round_trips is not None:
+            trace.round_trips = self._round_trips.take()
         s = self.stats
         s.last_batch_at = time.monotonic()
         if not s.batches:
