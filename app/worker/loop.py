@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -58,6 +59,13 @@ class WorkerStats:
     started: float = field(default_factory=time.monotonic)
     first_batch_at: float = 0.0  # when the first batch committed (monotonic)
     last_batch_at: float = 0.0
+
+
+class _Part(NamedTuple):
+    """A scored part of a batch: how many of its records (in order), what they yielded."""
+
+    records: int
+    result: BatchResult
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -142,7 +150,11 @@ class Worker:
                 if not records:
                     self.lag = await self._lag(consumer)
                 # Scored while the previous batch's transaction is still in flight.
-                scored = await self._prepare(consumer, records) if records else None
+                scored = (
+                    [_Part(len(records), await self._prepare(consumer, records))]
+                    if records
+                    else None
+                )
                 trace.lap("score")
                 if commit is not None:
                     committed = await commit
@@ -158,6 +170,9 @@ class Worker:
                         async with self.lock:
                             await self._rewind_dropped(consumer, records)
                         continue
+                    if scored is not None:
+                        await self._top_up(consumer, records, scored)
+                        trace.lap("top-up")
                 if records and scored is not None:
                     aborted = self.stats.aborted_batches
                     commit = asyncio.create_task(
@@ -242,6 +257,21 @@ class Worker:
                 taken.extend(part)
         return taken
 
+    async def _top_up(
+        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord], scored: list[_Part]
+    ) -> None:
+        """Add to the batch what arrived while the previous transaction committed (scored
+        now, published in the same transaction): otherwise those records would wait for
+        this batch's transaction and then for their own."""
+        room = self.settings.batch_max_records - len(records)
+        if room <= 0:
+            return
+        more = await consumer.getmany(timeout_ms=0, max_records=room)
+        extra = [r for part in more.values() for r in part]
+        if extra:
+            scored.append(_Part(len(extra), await self._prepare(consumer, extra)))
+            records.extend(extra)
+
     async def _prepare(
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]
     ) -> BatchResult:
@@ -259,7 +289,7 @@ class Worker:
         sender: BatchSender,
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
-        scored: BatchResult,
+        scored: list[_Part],
         generation: int,
         trace: BatchTrace,
     ) -> bool:
@@ -282,7 +312,7 @@ class Worker:
         sender: BatchSender,
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
-        result: BatchResult,
+        parts: list[_Part],
         trace: BatchTrace,
     ) -> bool:
         first: dict[TopicPartition, int] = {}
@@ -297,8 +327,11 @@ class Worker:
             began = trace.lap("lock")
             async with producer.transaction():
                 await sender.send(
-                    [(o.topic, o.key, o.value, o.headers) for o in result.outgoing]
-                    + [(o.topic, o.key, o.value, o.headers) for o in result.shed_reports]
+                    [
+                        (o.topic, o.key, o.value, o.headers)
+                        for _, result in parts
+                        for o in (*result.outgoing, *result.shed_reports)
+                    ]
                 )
                 trace.lap("encode")
                 await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
@@ -327,13 +360,20 @@ class Worker:
             s.first_batch_at = s.last_batch_at
         s.batches += 1
         s.records += len(records)
+        at, start = now_ms(), 0
+        for n, result in parts:  # each scored part with its own records
+            self._count(result)
+            metrics.observe_batch(result, [r.timestamp for r in records[start : start + n]], at)
+            start += n
+        return True
+
+    def _count(self, result: BatchResult) -> None:
+        s = self.stats
         s.predictions += result.predictions
         s.comparisons += result.comparisons
         s.dead_letters += result.dead_letters
         s.shadow_sampled += sum(result.shadow_sampled.values())
         s.shadow_shed += sum(result.shadow_shed.values())
-        metrics.observe_batch(result, [r.timestamp for r in records], now_ms())
-        return True
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> int:
         """Records behind the log end over this worker's partitions (as of the last fetch)."""
