@@ -1,123 +1,78 @@
-"""End-to-end latency of the worker under open-loop load: the worker in a process of its own
-(``python -m app.bench.latency MODE GROUP``, a fixed routing table), requests handed to a
-producer without linger at a steady rate, their predictions read back with ``read_committed``.
+"""End-to-end latency of the worker under open-loop load (``app.bench.open_loop``, measured as
+for the peers): the worker in a process of its own (``python -m app.bench.latency MODE GROUP
+TRACES``, a fixed routing table) writing each committed batch's ``BatchTrace`` to TRACES,
+from which each run's per-batch breakdown is drawn (``app.bench.breakdown``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import time
-import uuid
+from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
-from app.adapters.kafka_clients import (
-    assign_at_end,
-    configure_aiokafka,
-    reader,
-)
+from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.model_store import ModelStore
+from app.bench.breakdown import Breakdown, breakdown
+from app.bench.peers import open_loop_runs
 from app.bench.report import Latency
 from app.bench.setup import fixed_table, fresh_group
-from app.core.events import (
-    Mode,
-    encode,
-)
+from app.core.events import Mode
 from app.core.scoring import Topics, table_scorer
 from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
-from app.harness.traffic import make_requests
 from app.settings import Settings
+from app.worker.batch_trace import BatchTrace
 from app.worker.loop import Worker
 from app.worker.service import install_stop_signals
 
 
+def rate_label(rate: float) -> str:
+    return f"{rate:,.0f}/s"
+
+
 async def latency(
-    settings: Settings, name: str, mode: Mode, rate: float, seconds: float
-) -> Latency:
-    """End-to-end latency under open-loop load at ``rate``: from handing a request to the
-    producer to reading its committed prediction (``read_committed``). The worker runs in a
-    process of its own (``python -m app.bench.latency MODE GROUP``), so the load does not
-    share its loop."""
+    settings: Settings, name: str, mode: Mode, rates: Sequence[float], seconds: float
+) -> tuple[list[Latency], list[Breakdown]]:
+    """One worker process in ``mode``, then each of ``rates`` for ``seconds``: the latency
+    lines and each run's breakdown."""
     group = await fresh_group(settings)
+    traces_path = settings.home / "bench" / f"traces-{group.group_id}.jsonl"
+    traces_path.parent.mkdir(parents=True, exist_ok=True)
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "ROLLOUT_GROUP_ID": group.group_id,
         "ROLLOUT_MODEL_STORE": str(settings.model_store),
+        "ROLLOUT_TOPIC_PREFIX": settings.topic_prefix,
     }
     worker = RolloutProcess(
-        [mode.value, group.group_id], None, env, module="app.bench.latency"
-    ).start()
-    tail = reader(settings)
-    await tail.start()
-    # No linger: the clock starts when a request is handed to the producer, and what is
-    # measured is what the service adds (an idempotent producer still batches what queues
-    # behind its one request in flight).
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, linger_ms=0
+        [mode.value, group.group_id, str(traces_path)], None, env, module="app.bench.latency"
     )
-    await producer.start()
-    run = f"lat-{uuid.uuid4().hex[:6]}"
-    requests = [
-        (r.request.request_id, r.key, encode(r.request))
-        for r in make_requests(int(rate * seconds), seed=5, run_id=run)
-    ]
-    sent: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    done = asyncio.Event()
-
-    async def collect() -> None:
-        while not done.is_set():
-            batch = await tail.getmany(timeout_ms=50)
-            now = time.time() * 1000
-            for records in batch.values():
-                for record in records:
-                    if run.encode() in record.value:
-                        seen.setdefault(orjson.loads(record.value)["request_id"], now)
-
+    predictions = settings.topics.name(Topic.PREDICTIONS)
+    runs = [(name, rate) for rate in rates]
     try:
-        await assign_at_end(tail, settings.topics.name(Topic.PREDICTIONS))
-        requests_topic = settings.topics.name(Topic.REQUESTS)
-        collector = asyncio.create_task(collect())
-        probe = make_requests(1, seed=9, run_id=f"{run}-probe")[0]
-        deadline = time.monotonic() + 60
-        while f"{run}-probe-0" not in seen and time.monotonic() < deadline:  # worker ready?
-            await producer.send_and_wait(requests_topic, encode(probe.request), key=probe.key)
-            await asyncio.sleep(1.0)
-        started, i = time.monotonic(), 0
-        while i < len(requests):  # open loop: each tick sends what is due by now
-            due = min(int((time.monotonic() - started) * rate) + 1, len(requests))
-            now = time.time() * 1000
-            for request_id, key, value in requests[i:due]:
-                sent[request_id] = now
-                await producer.send(requests_topic, value, key=key)
-            i = max(i, due)
-            await asyncio.sleep(0.001)
-        deadline = time.monotonic() + 30
-        while sum(1 for rid in sent if rid in seen) < len(requests) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        done.set()
-        await collector
+        found = await asyncio.to_thread(
+            open_loop_runs, settings, worker, predictions, runs, seconds
+        )
+        traces = [orjson.loads(line) for line in traces_path.read_bytes().splitlines() if line]
     finally:
-        done.set()
-        worker.terminate()
-        await producer.stop()
-        await tail.stop()
-    delays = sorted(seen[rid] - sent[rid] for rid in sent if rid in seen)
-    return Latency(
-        name, rate, len(requests), len(delays), _quantile(delays, 0.5), _quantile(delays, 0.99)
-    )
+        traces_path.unlink(missing_ok=True)
+    parts = [
+        breakdown(
+            f"{name} at {rate_label(o.rate)}",
+            [t for t in traces if o.started <= t["fetched_at"] <= o.ended],
+            o.sightings(),
+        )
+        for o in found
+    ]
+    return [o.latency() for o in found], parts
 
 
-def _quantile(ordered: list[float], q: float) -> float:
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)] if ordered else float("nan")
-
-
-async def _serve_fixed(mode: Mode, worker_id: str) -> None:
-    """The worker's loop with a fixed routing table, until SIGTERM (``rollout bench``'s
-    latency lines run it as a process of its own)."""
+async def _serve_fixed(mode: Mode, worker_id: str, traces: Path) -> None:
+    """The worker's loop with a fixed routing table, until SIGTERM, each committed batch's
+    trace a JSON line of ``traces``."""
     configure_aiokafka()
     settings = Settings()
     table = fixed_table(ModelStore(settings.model_store), mode)
@@ -130,8 +85,13 @@ async def _serve_fixed(mode: Mode, worker_id: str) -> None:
         shed_lag=settings.shadow_shed_lag,
         topics=Topics.of(settings.topics),
     )
-    await Worker(settings, worker_id, score).run(stop)
+    with traces.open("ab") as out:
+
+        def write(trace: BatchTrace) -> None:
+            out.write(orjson.dumps(trace.to_json()) + b"\n")
+
+        await Worker(settings, worker_id, score, trace=write).run(stop)
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve_fixed(Mode(sys.argv[1]), sys.argv[2]))
+    asyncio.run(_serve_fixed(Mode(sys.argv[1]), sys.argv[2], Path(sys.argv[3])))

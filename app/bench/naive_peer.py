@@ -3,35 +3,22 @@
 One faust agent that, for each record on its own, decodes the request, runs onnxruntime on
 that one row and sends the prediction (faust's default at-least-once guarantee, no
 transactions, no validation, no routing). ``rollout bench`` runs it as a process of its own
-(``python -m app.bench.naive_peer APP_ID SINK``, started by :func:`measure`) with a consumer group
-whose offsets it has put at the end of ``inference.requests``, and times the outputs it writes
-to ``SINK``.
+(``python -m app.bench.naive_peer APP_ID SINK``, ``app.bench.peers``) with a consumer group
+whose committed offsets it has placed, and times the outputs it writes to ``SINK``.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import numpy as np
 import orjson
 
-from app.adapters.kafka_clients import (
-    assign_at_end,
-    configure_aiokafka,
-    plain_producer,
-    reader,
-)
+from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.model_store import ModelStore
-from app.adapters.process_stats import cpu_seconds
-from app.bench.report import NaiveLine
 from app.core.topics import Topic
-from app.harness.processes import RolloutProcess
-from app.harness.traffic import make_requests, send
 from app.settings import Settings
 
 
@@ -68,54 +55,6 @@ def build_naive_app(settings: Settings, app_id: str, sink: str) -> faust.App:
             await outputs.send(key=event.message.key, value=orjson.dumps(prediction))
 
     return app
-
-
-async def measure(
-    settings: Settings,
-    requests: int,
-    sink: str,
-    fresh_group: Callable[[Settings], Awaitable[Settings]],
-) -> NaiveLine:
-    """Drain a backlog of ``requests`` through ``app.bench.naive_peer`` in a process of its own;
-    the rate is between its first and last output (its start-up is not counted)."""
-    group = await fresh_group(settings)
-    run = f"naive-{uuid.uuid4().hex[:6]}"
-    producer = plain_producer(settings)
-    await producer.start()
-    try:
-        await send(
-            producer,
-            make_requests(requests, seed=3, run_id=run),
-            topic=settings.topics.name(Topic.REQUESTS),
-        )
-    finally:
-        await producer.stop()
-    tail = reader(settings)
-    await tail.start()
-    await assign_at_end(tail, sink)
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "ROLLOUT_MODEL_STORE": str(settings.model_store),
-        "ROLLOUT_TOPIC_PREFIX": settings.topic_prefix,
-    }
-    peer = RolloutProcess([group.group_id, sink], None, env, module="app.bench.naive_peer")
-    peer.start()
-    needle = run.encode()
-    stamps: list[int] = []
-    try:
-        deadline = time.monotonic() + 300
-        while len(stamps) < requests and time.monotonic() < deadline and peer.alive():
-            batch = await tail.getmany(timeout_ms=200)
-            for records in batch.values():
-                stamps.extend(r.timestamp for r in records if needle in r.value)
-        cpu = cpu_seconds(peer.pid) or 0.0
-    finally:
-        peer.terminate()
-        await tail.stop()
-    if len(stamps) < 2:
-        return NaiveLine(len(stamps), 0.0, cpu)
-    stamps.sort()
-    return NaiveLine(len(stamps) - 1, (stamps[-1] - stamps[0]) / 1000, cpu)
 
 
 def main(app_id: str, sink: str) -> None:

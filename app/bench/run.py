@@ -15,9 +15,12 @@ transaction per batch), in this process, on the configured broker:
 
 Rates are records per second between the first and the last committed batch. Absolute
 figures drift from run to run on shared machines; the ratios to the ceilings are the result.
-Then, in the same run: latency at half each mode's rate (``app.bench.latency``), the naive
-peer (``app.bench.naive_peer``), model swaps (``app.bench.swaps``) and the controller's pace
-(``app.bench.pace``); the tables and goals are ``app.bench.report``.
+Then, in the same run: open-loop latency of the worker at 100 and 1,000 requests/s and at
+half each mode's rate, with a per-batch breakdown of where the time goes
+(``app.bench.latency``, ``app.bench.breakdown``); the peers' drains and latency lines (the
+naive faust agent, Quix Streams at least once and exactly once: ``app.bench.peers``); model
+swaps (``app.bench.swaps``) and the controller's pace (``app.bench.pace``); the tables and
+goals are ``app.bench.report``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import resource
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,7 +40,8 @@ import orjson
 from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.model_store import ModelStore
 from app.adapters.process_stats import cpu_seconds
-from app.bench import naive_peer
+from app.bench import peers
+from app.bench.breakdown import Breakdown, breakdown
 from app.bench.kinds import kinds
 from app.bench.latency import latency
 from app.bench.pace import controller_pace
@@ -45,10 +49,13 @@ from app.bench.report import (
     C_PARSE,
     CANARY,
     FAN_OUT,
+    HIGH_RATE,
+    LOW_RATE,
     PROD_ONLY,
     SHADOW,
     Latency,
     Line,
+    PeerLine,
     Report,
     markdown,
     median_line,
@@ -77,6 +84,7 @@ from app.core.scoring import (
     table_scorer,
 )
 from app.settings import Settings
+from app.worker.batch_trace import BatchTrace
 from app.worker.loop import Worker
 
 # A ceiling: what it publishes for a batch, in place of scoring.
@@ -123,15 +131,23 @@ async def drain(
     transform: Transform | None = None,
     progress: Callable[[str], None] | None = None,
     backlog: Offsets | None = None,
+    traces: list[BatchTrace] | None = None,
 ) -> Line:
     """Time one in-process worker draining ``requests`` records: the backlog that starts at
-    ``backlog`` (on its topic), or a new one of ``fraud`` requests written first."""
+    ``backlog`` (on its topic), or a new one of ``fraud`` requests written first; each
+    committed batch's trace goes to ``traces`` when given."""
     if backlog is None:
         backlog = await write_backlog(settings, requests)
     group = await fresh_group(settings, at=backlog)
     worker_id = f"bench-{uuid.uuid4().hex[:6]}"
     topics = replace(Topics.of(settings.topics), requests=next(iter(backlog)).topic)
-    worker = Worker(group, worker_id, _scorer(group, worker_id, table, transform), topics)
+    worker = Worker(
+        group,
+        worker_id,
+        _scorer(group, worker_id, table, transform),
+        topics,
+        trace=traces.append if traces is not None else None,
+    )
     stop = asyncio.Event()
     cpu0, broker0 = _cpu(), _broker_cpu(settings)
     task = asyncio.create_task(worker.run(stop))
@@ -193,21 +209,34 @@ def _broker_cpu(settings: Settings) -> float:
     return (cpu_seconds(pid) or 0.0) if pid is not None else 0.0
 
 
-async def run_bench(
-    settings: Settings,
-    requests: int,
-    out_dir: Path,
-    progress: Callable[[str], None],
-    naive_requests: int = 5000,
-    swaps: int = 20,
-    swap_rate: float = 1000.0,
-    rounds: int = 3,
-) -> Report:
-    configure_aiokafka()
-    progress("training the other model kinds (3-class, 8x8 tensor) …")
+@dataclass(frozen=True)
+class Sizes:
+    """How much ``rollout bench`` does (``--quick``: a short pass of every phase)."""
+
+    requests: int = 50_000  # each drain line's backlog
+    peer_requests: int = 10_000  # each peer's backlog
+    swaps: int = 20
+    swap_rate: float = 1000.0
+    rounds: int = 3
+    latency_s: float = 10.0  # each open-loop latency line
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(requests=5000, peer_requests=2000, swaps=3, rounds=1, latency_s=5.0)
+
+
+@dataclass
+class _Drained:
+    lines: list[Line]
+    breakdowns: list[Breakdown] = field(default_factory=list)
+
+
+async def _drains(
+    settings: Settings, store: ModelStore, sizes: Sizes, progress: Callable[[str], None]
+) -> tuple[list[_Planned], _Drained]:
+    requests = sizes.requests
     other_kinds = kinds()
     await ensure_topics(settings, [SINK, *(k.topic for k in other_kinds)])
-    store = ModelStore(settings.model_store)
     prod_only = fixed_table(store, Mode.MANUAL)
     progress("warming up (broker, clients, models) …")
     await drain(settings, "warm-up", min(requests, 5000), prod_only)
@@ -225,38 +254,100 @@ async def run_bench(
         progress(f"writing a backlog of {requests:,} {kind.deployment} requests …")
         at = await write_backlog(settings, requests, kind.topic, kind.make)
         plan.append(_Planned(kind.line, kind.table, None, at))
-    runs: dict[str, list[Line]] = {p.name: [] for p in plan}
-    for round_ in range(1, rounds + 1):  # interleaved, so that drift hits every line alike
+    runs: dict[str, list[tuple[Line, list[BatchTrace]]]] = {p.name: [] for p in plan}
+    for round_ in range(1, sizes.rounds + 1):  # interleaved: drift hits every line alike
         for p in plan:
+            traces: list[BatchTrace] = []
             line = await drain(
-                settings, p.name, requests, p.table, p.transform, progress, p.backlog
+                settings, p.name, requests, p.table, p.transform, progress, p.backlog, traces
             )
-            runs[p.name].append(line)
-            progress(f"round {round_}/{rounds}: {p.name}: {line.per_second:,.0f}/s")
-    lines = [median_line(runs[p.name]) for p in plan]
-    lines.append(compute_ceiling(store, settings.batch_max_records))
+            runs[p.name].append((line, traces))
+            progress(f"round {round_}/{sizes.rounds}: {p.name}: {line.per_second:,.0f}/s")
+    drained = _Drained([median_line([line for line, _ in runs[p.name]]) for p in plan])
+    for name in (PROD_ONLY, SHADOW):  # the breakdown of the median round
+        line, traces = sorted(runs[name], key=lambda x: x[0].per_second)[len(runs[name]) // 2]
+        drained.breakdowns.append(breakdown(f"{name}, draining", [t.to_json() for t in traces[1:]]))
+    return plan, drained
+
+
+async def _latencies(
+    settings: Settings,
+    plan: list[_Planned],
+    lines: list[Line],
+    sizes: Sizes,
+    progress: Callable[[str], None],
+) -> tuple[list[Latency], list[Breakdown]]:
+    """The worker's modes at 100 and 1,000/s (production only, shadow) and at half their
+    sustained rate."""
     latencies: list[Latency] = []
-    for line, (name, table, _, _) in zip(lines, plan, strict=False):
-        if name in (PROD_ONLY, CANARY, SHADOW):  # latency at half their sustained rate
-            progress(f"{name}: latency at {line.per_second / 2:,.0f}/s …")
-            mode = fixed_table_mode(table)
-            latencies.append(await latency(settings, name, mode, line.per_second / 2, 10.0))
-            progress(f"  p50 {latencies[-1].p50_ms:.1f} ms, p99 {latencies[-1].p99_ms:.1f} ms")
-    progress(f"naive peer (faust, per record) over {naive_requests:,} requests …")
-    naive = await naive_peer.measure(settings, naive_requests, SINK, fresh_group)
-    progress(f"naive peer: {naive.per_second:,.0f}/s")
+    parts: list[Breakdown] = []
+    for line, p in zip(lines, plan, strict=False):
+        if p.name not in (PROD_ONLY, CANARY, SHADOW):
+            continue
+        half = line.per_second / 2
+        rates = [half] if p.name == CANARY else [LOW_RATE, HIGH_RATE, half]
+        progress(f"{p.name}: latency at {', '.join(f'{r:,.0f}' for r in rates)}/s …")
+        found, broken = await latency(
+            settings, p.name, fixed_table_mode(p.table), rates, sizes.latency_s
+        )
+        found[-1] = replace(found[-1], half_load=True)
+        latencies += found
+        parts += broken
+        for x in found:
+            progress(f"  {x.rate:,.0f}/s: p50 {x.p50_ms:.1f} ms, p99 {x.p99_ms:.1f} ms")
+    return latencies, parts
+
+
+async def _peers(
+    settings: Settings, sizes: Sizes, progress: Callable[[str], None]
+) -> tuple[list[PeerLine], list[Latency]]:
+    drains: list[PeerLine] = []
+    latencies: list[Latency] = []
+    for peer in peers.PEERS:
+        progress(f"peer {peer.name}: draining {sizes.peer_requests:,} requests …")
+        drains.append(await peers.drain(settings, peer, sizes.peer_requests, SINK))
+        progress(f"  {drains[-1].per_second:,.0f}/s; latency at 100 and 1,000/s …")
+        found = await peers.latency(settings, peer, (LOW_RATE, HIGH_RATE), sizes.latency_s, SINK)
+        latencies += found
+        for x in found:
+            progress(f"  {x.rate:,.0f}/s: p50 {x.p50_ms:.1f} ms, p99 {x.p99_ms:.1f} ms")
+    return drains, latencies
+
+
+async def run_bench(
+    settings: Settings,
+    out_dir: Path,
+    progress: Callable[[str], None],
+    sizes: Sizes | None = None,
+) -> Report:
+    sizes = sizes or Sizes()
+    configure_aiokafka()
+    progress("training the other model kinds (3-class, 8x8 tensor) …")
+    store = ModelStore(settings.model_store)
+    plan, drained = await _drains(settings, store, sizes, progress)
+    lines = [*drained.lines, compute_ceiling(store, settings.batch_max_records)]
+    latencies, parts = await _latencies(settings, plan, drained.lines, sizes, progress)
+    peer_lines, peer_latencies = await _peers(settings, sizes, progress)
     services = bench_services(settings)
     services.start()
     try:
         progress("starting a controller and a worker …")
         await ready(settings, services)
-        progress(f"{swaps} model swaps under {swap_rate:,.0f} requests/s …")
-        swapped = await swaps_under_load(settings, services, swap_rate, swaps, progress)
-        progress(f"controller pace: shadow over {requests:,} requests …")
-        pace = await controller_pace(settings, services, requests, progress)
+        progress(f"{sizes.swaps} model swaps under {sizes.swap_rate:,.0f} requests/s …")
+        swapped = await swaps_under_load(settings, services, sizes.swap_rate, sizes.swaps, progress)
+        progress(f"controller pace: shadow over {sizes.requests:,} requests …")
+        pace = await controller_pace(settings, services, sizes.requests, progress)
     finally:
         services.stop()
-    report = Report(lines, latencies, settings.batch_max_wait_ms, naive, swapped, pace)
+    report = Report(
+        lines,
+        latencies + peer_latencies,
+        settings.batch_max_wait_ms,
+        peer_lines,
+        swapped,
+        pace,
+        parts + drained.breakdowns,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_bytes(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2))
     (out_dir / "bench.md").write_text(markdown(report))

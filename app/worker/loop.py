@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -34,10 +35,12 @@ from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
 from app.adapters import metrics
 from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
+from app.adapters.round_trips import RoundTrips
 from app.core.events import now_ms
 from app.core.requests import RawRecord
 from app.core.scoring import BatchResult, BatchScorer, Topics
 from app.settings import Settings
+from app.worker.batch_trace import BatchTrace
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,13 @@ class WorkerStats:
     started: float = field(default_factory=time.monotonic)
     first_batch_at: float = 0.0  # when the first batch committed (monotonic)
     last_batch_at: float = 0.0
+
+
+class _Part(NamedTuple):
+    """A scored part of a batch: how many of its records (in order), what they yielded."""
+
+    records: int
+    result: BatchResult
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -85,15 +95,19 @@ class Worker:
         score: BatchScorer,
         topics: Topics | None = None,
         on_assigned: Callable[[], Awaitable[None]] | None = None,
+        trace: Callable[[BatchTrace], None] | None = None,
     ) -> None:
         """``score`` turns each batch (and the worker's lag) into what to publish
         (``app.core.scoring.table_scorer`` in production); ``topics.requests`` is consumed
-        (None: the settings' topic names)."""
+        (None: the settings' topic names). ``trace``, when given, receives each committed
+        batch's ``BatchTrace`` with its transaction's round trips (``rollout bench``)."""
         self.settings = settings
         self.worker_id = worker_id
         self.topics = topics if topics is not None else Topics.of(settings.topics)
         self._score = score
         self.on_assigned = on_assigned
+        self._trace = trace
+        self._round_trips = RoundTrips() if trace is not None else None
         self.lock = asyncio.Lock()
         self.generation = 0
         self.stats = WorkerStats()
@@ -106,8 +120,14 @@ class Worker:
         self._group_id = settings.topics.scoped(settings.group_id)
         self._transactional_id = settings.topics.scoped(f"rollout-worker-{worker_id}")
 
-    async def run(self, stop: asyncio.Event) -> WorkerStats:
+    def _producer(self) -> AIOKafkaProducer:
         producer = transactional_producer(self.settings, self._transactional_id)
+        if self._round_trips is not None:
+            self._round_trips.attach(producer)
+        return producer
+
+    async def run(self, stop: asyncio.Event) -> WorkerStats:
+        producer = self._producer()
         # Fence any earlier incarnation before reading offsets (see the module docstring).
         await producer.start()
         sender = BatchSender(producer)
@@ -127,13 +147,21 @@ class Worker:
             while not stop.is_set():
                 self.beat_at = time.monotonic()
                 generation = self.generation
+                trace = BatchTrace()
                 records = await self._take(consumer, stop)
+                trace.fetched(len(records))
                 if not records:
                     self.lag = await self._lag(consumer)
                 # Scored while the previous batch's transaction is still in flight.
-                scored = await self._prepare(consumer, records) if records else None
+                scored = (
+                    [_Part(len(records), await self._prepare(consumer, records))]
+                    if records
+                    else None
+                )
+                trace.lap("score")
                 if commit is not None:
                     committed = await commit
+                    trace.lap("wait")
                     commit = None
                     if self.stats.aborted_batches != aborted:
                         producer = await self._replace_producer(producer, stop)
@@ -145,10 +173,13 @@ class Worker:
                         async with self.lock:
                             await self._rewind_dropped(consumer, records)
                         continue
+                    if scored is not None:
+                        await self._top_up(consumer, records, scored)
+                        trace.lap("top-up")
                 if records and scored is not None:
                     aborted = self.stats.aborted_batches
                     commit = asyncio.create_task(
-                        self._commit(producer, sender, consumer, records, scored, generation)
+                        self._commit(producer, sender, consumer, records, scored, generation, trace)
                     )
             if commit is not None:
                 await commit
@@ -172,7 +203,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broken.stop(), timeout=10)
         while True:
-            producer = transactional_producer(self.settings, self._transactional_id)
+            producer = self._producer()
             try:
                 await producer.start()
                 return producer
@@ -229,6 +260,21 @@ class Worker:
                 taken.extend(part)
         return taken
 
+    async def _top_up(
+        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord], scored: list[_Part]
+    ) -> None:
+        """Add to the batch what arrived while the previous transaction committed (scored
+        now, published in the same transaction): otherwise those records would wait for
+        this batch's transaction and then for their own."""
+        room = self.settings.batch_max_records - len(records)
+        if room <= 0:
+            return
+        more = await consumer.getmany(timeout_ms=0, max_records=room)
+        extra = [r for part in more.values() for r in part]
+        if extra:
+            scored.append(_Part(len(extra), await self._prepare(consumer, extra)))
+            records.extend(extra)
+
     async def _prepare(
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord]
     ) -> BatchResult:
@@ -246,16 +292,22 @@ class Worker:
         sender: BatchSender,
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
-        scored: BatchResult,
+        scored: list[_Part],
         generation: int,
+        trace: BatchTrace,
     ) -> bool:
         """Publish one scored batch and its input offsets in one transaction. False when the
         batch was not committed: dropped (taken across a rebalance) or aborted."""
+        trace.lap("wait")  # the task starts once the loop awaits (the next batch's fetch)
         async with self.lock:
+            trace.lap("lock")
             if generation != self.generation:
                 await self._rewind_dropped(consumer, records)
                 return False
-            return await self._publish(producer, sender, consumer, records, scored)
+            committed = await self._publish(producer, sender, consumer, records, scored, trace)
+        if committed and self._trace is not None:
+            self._trace(trace)
+        return committed
 
     async def _publish(
         self,
@@ -263,7 +315,8 @@ class Worker:
         sender: BatchSender,
         consumer: AIOKafkaConsumer,
         records: list[ConsumerRecord],
-        result: BatchResult,
+        parts: list[_Part],
+        trace: BatchTrace,
     ) -> bool:
         first: dict[TopicPartition, int] = {}
         offsets: dict[TopicPartition, int] = {}
@@ -271,13 +324,22 @@ class Worker:
             tp = TopicPartition(r.topic, r.partition)
             first.setdefault(tp, r.offset)
             offsets[tp] = max(offsets.get(tp, -1), r.offset + 1)
+        if self._round_trips is not None:
+            self._round_trips.take()  # what came before this transaction is not its
         try:
+            began = trace.lap("lock")
             async with producer.transaction():
                 await sender.send(
-                    [(o.topic, o.key, o.value, o.headers) for o in result.outgoing]
-                    + [(o.topic, o.key, o.value, o.headers) for o in result.shed_reports]
+                    [
+                        (o.topic, o.key, o.value, o.headers)
+                        for _, result in parts
+                        for o in (*result.outgoing, *result.shed_reports)
+                    ]
                 )
+                trace.lap("encode")
                 await producer.send_offsets_to_transaction(offsets, self._group_id)
+                trace.lap("offsets")
+            trace.stages["transaction"] = trace.lap("commit") - began
         except ProducerFenced:
             log.error(
                 "another worker with id %r took over (producer fenced); stopping", self.worker_id
@@ -291,19 +353,30 @@ class Worker:
             for tp, offset in first.items():
                 _seek_if_assigned(consumer, tp, offset)
             return False
+        trace.committed_at = time.time()
+        trace.inputs = {tp.partition: (first[tp], offsets[tp] - 1) for tp in first}
+        if self._round_trips is not None:
+            trace.round_trips = self._round_trips.take()
         s = self.stats
         s.last_batch_at = time.monotonic()
         if not s.batches:
             s.first_batch_at = s.last_batch_at
         s.batches += 1
         s.records += len(records)
+        at, start = now_ms(), 0
+        for n, result in parts:  # each scored part with its own records
+            self._count(result)
+            metrics.observe_batch(result, [r.timestamp for r in records[start : start + n]], at)
+            start += n
+        return True
+
+    def _count(self, result: BatchResult) -> None:
+        s = self.stats
         s.predictions += result.predictions
         s.comparisons += result.comparisons
         s.dead_letters += result.dead_letters
         s.shadow_sampled += sum(result.shadow_sampled.values())
         s.shadow_shed += sum(result.shadow_shed.values())
-        metrics.observe_batch(result, [r.timestamp for r in records], now_ms())
-        return True
 
     async def _lag(self, consumer: AIOKafkaConsumer) -> int:
         """Records behind the log end over this worker's partitions (as of the last fetch)."""

@@ -8,14 +8,15 @@ from app.bench.report import (
     C_PARSE,
     CANARY,
     FAN_OUT,
+    HIGH_RATE,
     MULTI_CLASS,
     PROD_ONLY,
     SHADOW,
     TENSOR,
     Latency,
     Line,
-    NaiveLine,
     PaceReport,
+    PeerLine,
     Report,
     SwapReport,
     goals,
@@ -32,9 +33,9 @@ def report(prod: float, shadow: float, p99: float, worst_swap: float, lost: int)
     ]
     return Report(
         lines=lines,
-        latencies=[Latency(PROD_ONLY, 8000, 100, 100, 12.0, p99)],
+        latencies=[Latency(PROD_ONLY, 8000, 100, 100, 12.0, p99, half_load=True)],
         wait_ms=20,
-        naive=NaiveLine(1000, 1.0, 1.0),
+        peers=[PeerLine("faust agent, per record (naive)", "at least once", 1000, 1.0, 1.0)],
         swaps=SwapReport(20, 1000, 5000, 5000 - lost, lost, 0, [100.0], [worst_swap], {}, 30),
         pace=PaceReport(10_000, 2.0, 4, 10, 0.2, 0.5),
     )
@@ -43,12 +44,12 @@ def report(prod: float, shadow: float, p99: float, worst_swap: float, lost: int)
 @pytest.mark.parametrize(
     ("prod", "shadow", "p99", "worst_swap", "lost", "unmet"),
     [
-        (16_000, 9_600, 30.0, 1000.0, 0, []),
-        (15_999, 9_600, 30.0, 1000.0, 0, ["production-only >= 0.8 x C_parse"]),
-        (16_000, 9_599, 30.0, 1000.0, 0, ["shadow 100% >= 0.8 x fan-out-2"]),
-        (16_000, 9_600, 30.1, 1000.0, 0, [f"{PROD_ONLY}: p99 <= 30 ms at half load"]),
-        (16_000, 9_600, 30.0, 1000.1, 2, ["swap <= 1 s", "swaps lose and duplicate nothing"]),
-        (9_999, 9_600, 30.0, 1000.0, 0, [
+        (16_000, 9_600, 100.0, 1000.0, 0, []),
+        (15_999, 9_600, 100.0, 1000.0, 0, ["production-only >= 0.8 x C_parse"]),
+        (16_000, 9_599, 100.0, 1000.0, 0, ["shadow 100% >= 0.8 x fan-out-2"]),
+        (16_000, 9_600, 100.1, 1000.0, 0, [f"{PROD_ONLY}: p99 <= 100 ms at half load"]),
+        (16_000, 9_600, 100.0, 1000.1, 2, ["swap <= 1 s", "swaps lose and duplicate nothing"]),
+        (9_999, 9_600, 100.0, 1000.0, 0, [
             "production-only >= 0.8 x C_parse", "production-only >= 10 x the naive peer"
         ]),
     ],
@@ -58,11 +59,11 @@ def test_goals_are_met_exactly_at_their_thresholds(
 ) -> None:
     found = goals(report(prod, shadow, p99, worst_swap, lost))
     assert [g.goal for g in found if not g.met] == unmet
-    assert len(found) == 7
+    assert len(found) == 8
 
 
 def test_markdown_carries_ratios_and_the_goals_table() -> None:
-    text = markdown(report(16_000, 9_600, 30.0, 1000.0, 0))
+    text = markdown(report(16_000, 9_600, 100.0, 1000.0, 0))
     assert "| worker: production only | 16,000 | 0.80 of C_parse |" in text
     assert "| worker: shadow 100% | 9,600 | 0.80 of fan-out-2 |" in text
     assert "worker is 16.0x" in text
@@ -71,10 +72,10 @@ def test_markdown_carries_ratios_and_the_goals_table() -> None:
 
 
 def with_kinds() -> Report:
-    base = report(16_000, 9_600, 30.0, 1000.0, 0)
+    base = report(16_000, 9_600, 100.0, 1000.0, 0)
     extra = [Line(CANARY, 15_000, 1.0, 1.0), Line(MULTI_CLASS, 17_000, 2.0, 1.0)]
     extra.append(Line(TENSOR, 2_500, 1.0, 1.0))
-    return Report(base.lines + extra, base.latencies, base.wait_ms, base.naive)
+    return Report(base.lines + extra, base.latencies, base.wait_ms, base.peers)
 
 
 @pytest.mark.parametrize(
@@ -103,3 +104,47 @@ def test_no_ratio_without_its_ceiling_in_the_same_run() -> None:
     r = Report([Line(MULTI_CLASS, 8_000, 1.0, 1.0)], [], 20)
     assert r.to_json()["throughput"][0]["ratio"] is None
     assert f"| {MULTI_CLASS} | 8,000 |  |" in markdown(r)
+
+
+QUIX_ALO, QUIX_EOS = "Quix Streams 3, at least once", "Quix Streams 3, exactly once"
+
+
+def with_peers(prod_p50: float, prod_p99: float) -> Report:
+    peers = [
+        PeerLine(QUIX_ALO, "at least once", 10_000, 1.0, 1.0),
+        PeerLine(QUIX_EOS, "exactly once", 9_000, 1.0, 1.0),
+    ]
+    latencies = [
+        Latency(PROD_ONLY, HIGH_RATE, 1000, 1000, prod_p50, prod_p99),
+        Latency(QUIX_ALO, HIGH_RATE, 1000, 1000, 10.0, 45.0),
+        Latency(QUIX_EOS, HIGH_RATE, 1000, 1000, 2500.0, 40.0 * 100),
+    ]
+    return Report([Line(PROD_ONLY, 40_000, 1.0, 1.0)], latencies, 20, peers)
+
+
+@pytest.mark.parametrize(
+    ("p50", "p99", "unmet"),
+    [
+        (10.0, 40.0, []),
+        (10.1, 40.0, [f"{PROD_ONLY}: p50 <= 10 ms at 1,000/s"]),
+        (10.0, 40.1, [f"{PROD_ONLY}: p99 <= 40 ms at 1,000/s"]),
+    ],
+)
+def test_latency_goals_at_1000_per_second_with_their_ratio_to_the_best_peer(
+    p50: float, p99: float, unmet: list[str]
+) -> None:
+    found = {g.goal: g for g in goals(with_peers(p50, p99))}
+    assert [name for name, g in found.items() if not g.met] == unmet
+    p50_goal = found[f"{PROD_ONLY}: p50 <= 10 ms at 1,000/s"]
+    assert f"({p50 / 10.0:.2f}x the best peer, {QUIX_ALO}: 10 ms)" in p50_goal.measured
+    p99_goal = found[f"{PROD_ONLY}: p99 <= 40 ms at 1,000/s"]
+    assert f"({p99 / 45.0:.2f}x the best peer, {QUIX_ALO}: 45 ms)" in p99_goal.measured
+    drain = found["production-only drains faster than the best peer"]
+    assert drain.measured == f"4.0x {QUIX_ALO}"
+    assert drain.met
+
+
+def test_every_peer_has_a_throughput_row() -> None:
+    text = markdown(with_peers(9.0, 30.0))
+    assert f"| peer: {QUIX_ALO} | 10,000 | worker is 4.0x |" in text
+    assert f"| peer: {QUIX_EOS} | 9,000 | worker is 4.4x |" in text
