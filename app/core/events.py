@@ -122,6 +122,9 @@ class DeadLetterCode(StrEnum):
     INVALID_REQUEST = "invalid_request"  # JSON, but not an InferenceRequest (schema)
     MISSING_REQUEST_ID = "missing_request_id"
     UNKNOWN_DEPLOYMENT = "unknown_deployment"
+    # The deployment exists (its state names a production version) but this worker could not
+    # fetch or load that version (artifact missing, tampered, incompatible): never served.
+    MODEL_UNAVAILABLE = "model_unavailable"
     MISSING_FEATURE = "missing_feature"
     EXTRA_FEATURE = "extra_feature"
     WRONG_TYPE = "wrong_type"

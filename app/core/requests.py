@@ -74,6 +74,7 @@ class Rejection:
     code: DeadLetterCode
     message: str
     request_id: str | None = None  # when the record had a readable one
+    deployment: str | None = None  # the deployment an unknown_deployment rejection named
 
 
 def parse_request(
@@ -114,6 +115,7 @@ def parse_request(
             DeadLetterCode.UNKNOWN_DEPLOYMENT,
             f"no deployment named {request.deployment!r}",
             request.request_id,
+            request.deployment,
         )
     return request
 
@@ -145,7 +147,10 @@ def _oip_request(
         return Rejection(exc.code, exc.message, readable and _readable(readable))
     if deployment not in known:
         return Rejection(
-            DeadLetterCode.UNKNOWN_DEPLOYMENT, f"no deployment named {deployment!r}", request_id
+            DeadLetterCode.UNKNOWN_DEPLOYMENT,
+            f"no deployment named {deployment!r}",
+            request_id,
+            deployment,
         )
     return ParsedRequest(request_id, deployment, features, None, None, datatypes)
 

@@ -144,9 +144,12 @@ def table_scorer(
     max_request_bytes: int,
     shed_lag: int,
     topics: Topics,
+    unavailable: Callable[[], Mapping[str, str]] = dict,
 ) -> BatchScorer:
     """Scoring by the routing table ``table()`` returns at each batch; shadow scoring is shed
-    while the worker is more than ``shed_lag`` records behind, and each shed is reported."""
+    while the worker is more than ``shed_lag`` records behind, and each shed is reported.
+    ``unavailable()``: deployments outside the table whose production this worker could not
+    load, and why (their requests are dead-lettered ``model_unavailable``)."""
 
     def score(records: Sequence[RawRecord], lag: int) -> BatchResult:
         current = table()
@@ -156,6 +159,7 @@ def table_scorer(
             max_request_bytes=max_request_bytes,
             topics=topics,
             shed_shadow=lag > shed_lag,
+            unavailable=unavailable(),
         )
         result.shed_reports = shed_reports(result, current, worker_id, lag, topics)
         return result
@@ -211,6 +215,16 @@ class _ArmRun:
     datatype: str = "FP32"  # the OIP type of its values (an OIP request's prediction says it)
 
 
+def _unavailable(rejection: Rejection, unavailable: Mapping[str, str]) -> Rejection:
+    name = rejection.deployment or ""
+    return Rejection(
+        DeadLetterCode.MODEL_UNAVAILABLE,
+        f"deployment {name!r} is not served by this worker: {unavailable[name]}",
+        rejection.request_id,
+        name,
+    )
+
+
 def score_batch(
     records: Sequence[RawRecord],
     table: RoutingTable,
@@ -218,15 +232,20 @@ def score_batch(
     max_request_bytes: int,
     topics: Topics = DEFAULT_TOPICS,
     shed_shadow: bool = False,
+    unavailable: Mapping[str, str] | None = None,
 ) -> BatchResult:
     """Score one batch. ``shed_shadow``: skip shadow comparisons (the worker is behind);
-    production predictions are unaffected, and the result counts what was shed."""
+    production predictions are unaffected, and the result counts what was shed. A request
+    for a deployment of ``unavailable`` (known, its production not loadable here) is
+    dead-lettered ``model_unavailable`` with the reason, not ``unknown_deployment``."""
     result = BatchResult()
     now = now_ms()
     known = frozenset(table)
     parsed_by_deployment: dict[str, list[tuple[RawRecord, ParsedRequest]]] = {}
     for record in records:
         parsed = parse_request(record, known, max_request_bytes)
+        if isinstance(parsed, Rejection) and unavailable and parsed.deployment in unavailable:
+            parsed = _unavailable(parsed, unavailable)
         if isinstance(parsed, Rejection):
             _reject(result, topics, record, parsed, now)
             continue

@@ -117,6 +117,12 @@ class TableFollower:
             raise ModelRejected(f"{name}: {self.failures.get(name)}")
         return route
 
+    def unavailable(self) -> dict[str, str]:
+        """Deployments this worker knows of but does not serve (no table entry: their
+        production could not be fetched or loaded), and why."""
+        table = self.table
+        return {name: why for name, why in self.failures.items() if name not in table}
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -46,6 +46,7 @@ async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> Work
             max_request_bytes=settings.max_request_bytes,
             shed_lag=settings.shadow_shed_lag,
             topics=Topics.of(settings.topics),
+            unavailable=follower.unavailable,
         )
         worker = Worker(settings, worker_id, score, on_assigned=follower.settle)
         loaded = False

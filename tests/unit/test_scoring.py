@@ -188,6 +188,33 @@ def test_bad_records_in_a_batch_become_dead_letters_and_the_rest_are_served(
     assert result.requests == {"fraud": 21}
 
 
+def test_a_known_deployment_whose_model_is_unavailable_is_told_apart_from_an_unknown_one(
+    v1: LoadedModel,
+) -> None:
+    def to(deployment: str, rid: str) -> RawRecord:
+        body = {"request_id": rid, "deployment": deployment, "features": [1.0] * 10}
+        return RawRecord(Topic.REQUESTS, 0, 7, None, orjson.dumps(body))
+
+    oip = orjson.dumps(
+        {"id": "o-1", "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}
+    )
+    oip_record = RawRecord(Topic.REQUESTS, 0, 8, None, oip, 0, (("rollout-deployment", b"churn"),))
+    result = score_batch(
+        [to("churn", "r-1"), to("nope", "r-2"), oip_record, to("fraud", "r-3")],
+        route(Mode.MANUAL, v1, None),
+        max_request_bytes=65536,
+        unavailable={"churn": "epoch 3: artifact tampered, refused"},
+    )
+    letters = outputs(result.outgoing, Topic.DLQ, DeadLetter)
+    assert [(d.request_id, d.error.code) for d in letters] == [
+        ("r-1", "model_unavailable"),
+        ("r-2", "unknown_deployment"),
+        ("o-1", "model_unavailable"),
+    ]
+    assert "artifact tampered" in letters[0].error.message
+    assert result.predictions == 1
+
+
 @pytest.mark.parametrize(
     ("mode", "rate", "weight"),
     [
