@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
+import numpy as np
+
 from app.core.audit import in_audit
 from app.core.events import ArmResult, Comparison, Feedback, Role
 from app.core.metric import MetricRule, Outcome, RegressionRule, Rule, bound
@@ -480,7 +482,12 @@ class RolloutAnalysis:
         return (sq + 10 * prior) / (n + 10)
 
     def _plan(self, prod: Outcome, cand: Outcome) -> dict[str, tuple[float, list[float | None]]]:
-        return {t: (self._spread(t), self.rule.possible(t, prod, cand)) for t in self.rule.tests}
+        """Per test: the bet size (rounded to float32: the pending store keeps it so, and a
+        label's revision must bet what was bet) and the values the label may give."""
+        return {
+            t: (float(np.float32(self._spread(t))), self.rule.possible(t, prod, cand))
+            for t in self.rule.tests
+        }
 
     def _enter(
         self, plan: dict[str, tuple[float, list[float | None]]], this_step: bool

@@ -11,11 +11,12 @@ compared order, in chunks of ``chunk_rows`` rows:
   24 bytes, written once;
 - ``flags`` (alive, audit, open, queued, in the in-order test, given up) and ``truth`` (the
   label of a queued request, as a code): 3 bytes, changing;
-- an audit request's bet sizes, one float64 per test, in a per-chunk array made when the
+- an audit request's bet sizes, one float32 per test (the analysis rounds them to float32
+  before betting, so the stored value is the one bet), in a per-chunk array made when the
   chunk holds its first audit request.
 
 Lookup by request id goes through a sorted array of (key, row) with a small dict of recent
-keys merged into it when it reaches 1/16 of the array (12 bytes a row, amortised). A row
+keys merged into it when it reaches 1/16 of the array (12 bytes a row). A row
 whose label came, or that was given up, is marked dead; a chunk is freed once no row in it
 is alive or waits in the queue of the in-order promote test.
 
@@ -55,6 +56,7 @@ _MERGE_MIN = 4096
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+U32 = npt.NDArray[np.uint32]
 
 
 def request_key(request_id: str) -> int:
@@ -80,7 +82,7 @@ class _Chunk:
         self.tests = tests
         self.fixed = np.zeros(rows, _FIXED)
         self.state = np.zeros(rows, _STATE)
-        self.spreads: npt.NDArray[np.float64] | None = None
+        self.spreads: npt.NDArray[np.float32] | None = None
         self.size = 0
         self.outcomes: list[Outcome] = []
         self._codes: dict[Any, int] = {}
@@ -105,7 +107,7 @@ class _Chunk:
 
     def set_spreads(self, i: int, spreads: Sequence[float]) -> None:
         if self.spreads is None:
-            self.spreads = np.zeros((len(self.fixed), self.tests), np.float64)
+            self.spreads = np.zeros((len(self.fixed), self.tests), np.float32)
         self.spreads[i] = spreads
 
     def encode_rows(self) -> bytes:
@@ -129,7 +131,7 @@ class _Chunk:
         if rows_head["spreads"]:
             self.set_spreads(0, [0.0] * self.tests)
             assert self.spreads is not None
-            spreads = np.frombuffer(rows_body[n * _FIXED.itemsize :], np.float64)
+            spreads = np.frombuffer(rows_body[n * _FIXED.itemsize :], np.float32)
             self.spreads[:n] = spreads.reshape(n, self.tests)
         self.state[:n] = np.frombuffer(state_body, _STATE)
         for outcome in state_head["outcomes"]:
@@ -147,7 +149,7 @@ class _Index:
 
     def __init__(self) -> None:
         self.keys: U64 = np.empty(0, np.uint64)
-        self.rows: I64 = np.empty(0, np.int64)
+        self.rows: U32 = np.empty(0, np.uint32)  # a rollout numbers fewer than 2^32 rows
         self.recent: dict[int, int] = {}
 
     def put(self, key: int, row: int) -> bool:
@@ -166,14 +168,14 @@ class _Index:
             lo += 1
         return found
 
-    def rebuild(self, keys: U64, rows: I64) -> None:
+    def rebuild(self, keys: U64, rows: U32) -> None:
         order = np.argsort(keys, kind="stable")
         self.keys, self.rows, self.recent = keys[order], rows[order], {}
 
-    def merged(self, alive: npt.NDArray[np.bool_]) -> tuple[U64, I64]:
+    def merged(self, alive: npt.NDArray[np.bool_]) -> tuple[U64, U32]:
         """The base entries still alive (``alive`` per base entry) and the recent ones."""
         recent_keys = np.fromiter(self.recent.keys(), np.uint64, len(self.recent))
-        recent_rows = np.fromiter(self.recent.values(), np.int64, len(self.recent))
+        recent_rows = np.fromiter(self.recent.values(), np.uint32, len(self.recent))
         return (
             np.concatenate([self.keys[alive], recent_keys]),
             np.concatenate([self.rows[alive], recent_rows]),
@@ -365,7 +367,7 @@ class PendingStore:
 
     # -- the index ------------------------------------------------------------------------
 
-    def _alive_rows(self, rows: I64) -> npt.NDArray[np.bool_]:
+    def _alive_rows(self, rows: U32) -> npt.NDArray[np.bool_]:
         out = np.zeros(len(rows), np.bool_)
         numbers, offsets = np.divmod(rows, self.chunk_rows)
         for number in np.unique(numbers):
@@ -431,7 +433,7 @@ class PendingStore:
         store.queue_row = int(meta["queue_row"])
         store._low = min(meta["chunks"], default=store.next_row // store.chunk_rows)
         keys: list[U64] = []
-        rows: list[I64] = []
+        rows: list[U32] = []
         for number in meta["chunks"]:
             rows_rec, state_rec = records.get(f"{number}/rows"), records.get(f"{number}/state")
             if rows_rec is None or state_rec is None:
@@ -443,12 +445,12 @@ class PendingStore:
             store.queued += int(np.count_nonzero(flags & QUEUED))
             live = np.flatnonzero(flags & ALIVE)
             keys.append(chunk.fixed["key"][live])
-            rows.append(live.astype(np.int64) + number * store.chunk_rows)
+            rows.append((live + number * store.chunk_rows).astype(np.uint32))
         if (store.alive, store.queued) != (meta["alive"], meta["queued"]):
             raise ValueError("pending chunks do not add up to the snapshot's counts")
         store._index.rebuild(
             np.concatenate([np.empty(0, np.uint64), *keys]),
-            np.concatenate([np.empty(0, np.int64), *rows]),
+            np.concatenate([np.empty(0, np.uint32), *rows]),
         )
         return store
 

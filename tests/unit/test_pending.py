@@ -34,7 +34,7 @@ def _random_run(
             store.close(row)
             del ref[rid]
         prod, cand = rng.choice(["a", "b", None]), rng.choice(["a", "b"])
-        store.add(rid, prod, cand, at=t, step=t // 50, flags=AUDIT, spreads=[0.5, t / n])
+        store.add(rid, prod, cand, at=t, step=t // 50, flags=AUDIT, spreads=[0.5, t / 2048])
         ref[rid] = (prod, cand, t, t // 50)
         if rng.random() < 0.4 and ref:
             label = rng.choice(list(ref))
@@ -69,7 +69,7 @@ def _same(store: PendingStore, ref: Ref) -> None:
         assert row is not None, rid
         got = store.get(row)
         assert (got.prod, got.cand, got.at, got.step) == (prod, cand, at, step)
-        assert got.flags & ALIVE and got.spreads == [0.5, at / 2000]
+        assert got.flags & ALIVE and got.spreads == [0.5, at / 2048]
     assert store.find("never") is None
 
 
@@ -99,7 +99,7 @@ def test_chunks_are_freed_once_nothing_in_them_waits(chunk_rows: int) -> None:
 def test_a_queued_row_outlives_its_label_until_the_queue_takes_it() -> None:
     store = PendingStore(tests=1, limit=100, chunk_rows=4)
     for t in range(10):
-        store.add(f"r{t}", "a", "b", at=t, step=1, flags=AUDIT | OPEN | QUEUED, spreads=[0.3])
+        store.add(f"r{t}", "a", "b", at=t, step=1, flags=AUDIT | OPEN | QUEUED, spreads=[0.375])
     first = store.next_queued()
     assert first == 0 and store.queued == 10
     store.close(0)
@@ -110,7 +110,7 @@ def test_a_queued_row_outlives_its_label_until_the_queue_takes_it() -> None:
     store.release()
     assert store.meta()["chunks"] == [0, 1, 2]  # the queue still reads chunk 0
     row0 = store.get(0)
-    assert (row0.truth, row0.flags & ALIVE, row0.spreads) == ("b", 0, [0.3])
+    assert (row0.truth, row0.flags & ALIVE, row0.spreads) == ("b", 0, [0.375])
     for row in range(5):
         assert store.next_queued() == row
         store.set_flags(row, off=QUEUED, on=IN_TEST * (row == 4))
@@ -156,7 +156,7 @@ def test_outcomes_of_every_kind_round_trip(outcomes: list[object], tests: int) -
     store = PendingStore(tests=tests, limit=100, chunk_rows=8)
     for t in range(20):
         prod, cand = outcomes[t % len(outcomes)], outcomes[(t + 1) % len(outcomes)]
-        store.add(f"r{t}", prod, cand, at=t, step=3, flags=AUDIT, spreads=[0.1] * tests)  # type: ignore[arg-type]
+        store.add(f"r{t}", prod, cand, at=t, step=3, flags=AUDIT, spreads=[0.125] * tests)  # type: ignore[arg-type]
     back = PendingStore.restore(store.meta(), store.chunk_records())
     for t in range(20):
         row = back.find(f"r{t}")
@@ -166,13 +166,13 @@ def test_outcomes_of_every_kind_round_trip(outcomes: list[object], tests: int) -
             outcomes[t % len(outcomes)],
             outcomes[(t + 1) % len(outcomes)],
         )
-        assert got.spreads == [0.1] * tests
+        assert got.spreads == [0.125] * tests
 
 
 def test_a_row_costs_tens_of_bytes() -> None:
     store = PendingStore(tests=1, limit=10**6, chunk_rows=4096)
     for t in range(20_000):
         store.add(f"r{t}", "a", "b", at=t, step=1, flags=AUDIT, spreads=[0.2])
-    # 27 bytes of columns, 8 of bet size, 16 of index; the last chunk is partly empty.
+    # 27 bytes of columns, 4 of bet size, 12 of index; the last chunk is partly empty.
     per_row = store.nbytes() / len(store)
-    assert 40 < per_row < 60
+    assert 40 < per_row < 50
