@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 
+from app.adapters import metrics
 from app.adapters.model_store import LoadedModel, ModelRejected, ModelStore
 from app.adapters.state_view import StateView
 from app.core.events import DeploymentState, ModelRef, now_ms
@@ -185,14 +186,14 @@ class TableFollower:
 
     def _evict(self) -> None:
         keep: set[_Key] = set()
+        held: set[tuple[str, str]] = set()
         for route in self.table.values():
             st = route.state
-            keep.add(_key(st.production))
-            if st.candidate is not None:
-                keep.add(_key(st.candidate))
-            if st.history:
-                keep.add(_key(st.history[-1]))
-            if st.watch is not None:
-                keep.add(_key(st.watch.previous))
+            watched = st.watch.previous if st.watch is not None else None
+            for ref in (st.production, st.candidate, *st.history[-1:], watched):
+                if ref is not None:
+                    keep.add(_key(ref))
+                    held.add((st.deployment, ref.version))
         for key in set(self._models) - keep:
             del self._models[key]
+        metrics.forget_versions(held)  # label sets follow the models held, not history
