@@ -36,6 +36,7 @@ from app.controller.publisher import DecisionPublisher
 from app.core.analysis import OldSnapshot, RolloutAnalysis
 from app.core.events import Comparison, DeploymentState, Feedback, ShedReport, decode, now_ms
 from app.core.manifest import DeploymentSpec
+from app.core.pending import PendingStore
 from app.core.promotion import decide
 from app.core.state_machine import controller_step, watch_step
 from app.core.topics import Topic
@@ -97,8 +98,10 @@ class PartitionSnapshot:
     watches: dict[str, WatchAnalysis] = field(default_factory=dict)
     # key -> the value last written (what is on the topic), to write only what changed
     _written: dict[bytes, bytes] = field(default_factory=dict, repr=False)
-    # deployment -> (key prefix, chunk numbers) of the pending chunks on the topic
-    _chunks_of: dict[str, tuple[str, list[int]]] = field(default_factory=dict, repr=False)
+    # (kind, deployment) -> (key prefix, chunk numbers) of the pending chunks on the topic
+    _chunks_of: dict[tuple[str, str], tuple[str, list[int]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def header_key(self) -> bytes:
         return f"p{self.partition}".encode()
@@ -106,22 +109,40 @@ class PartitionSnapshot:
     def _key(self, kind: str, name: str) -> bytes:
         return f"p{self.partition}/{kind}/{name}".encode()
 
-    def _pending_prefix(self, name: str, analysis: RolloutAnalysis) -> str:
-        return f"p{self.partition}/pending/{name}/{analysis.start_epoch}/"
+    def _prefix(self, kind: str, name: str, start_epoch: int) -> str:
+        """Where the pending chunks of a rollout ("pending") or a watch ("watch-pending") of
+        ``name`` that started at ``start_epoch`` are kept."""
+        return f"p{self.partition}/{kind}/{name}/{start_epoch}/"
+
+    def _stores(self) -> dict[tuple[str, str], tuple[str, PendingStore]]:
+        """(kind, deployment) -> (key prefix, pending store) of every rollout and watch."""
+        out = {
+            ("pending", name): (
+                self._prefix("pending", name, t.analysis.start_epoch),
+                t.analysis.pending,
+            )
+            for name, t in self.rollouts.items()
+        }
+        for name, w in self.watches.items():
+            out["watch-pending", name] = (
+                self._prefix("watch-pending", name, w.start_epoch),
+                w.pending,
+            )
+        return out
 
     def records(self) -> list[Record]:
         """The records that bring the topic to this snapshot (the header always)."""
         values: dict[bytes, bytes] = {}
         chunks: list[Record] = []
+        for prefix, store in self._stores().values():
+            chunks += [((prefix + k).encode(), v) for k, v in store.records()]
         for name, tracked in self.rollouts.items():
             values[self._key("rollout", name)] = orjson.dumps(tracked.to_json())
-            prefix = self._pending_prefix(name, tracked.analysis)
-            chunks += [((prefix + k).encode(), v) for k, v in tracked.analysis.pending.records()]
         for name, watch in self.watches.items():
             values[self._key("watch", name)] = orjson.dumps(watch.to_json())
         out: list[Record] = [(k, v) for k, v in values.items() if self._written.get(k) != v]
         out += [(k, None) for k in self._written if k not in values]  # ended
-        out += chunks + self._ended_chunks(values)
+        out += chunks + self._ended_chunks()
         header = {
             "format": SNAPSHOT_FORMAT,
             "partition": self.partition,
@@ -132,12 +153,13 @@ class PartitionSnapshot:
         }
         return [*out, (self.header_key(), orjson.dumps(header))]
 
-    def _ended_chunks(self, values: dict[bytes, bytes]) -> list[Record]:
-        """Tombstones for the pending chunks of rollouts that ended or started afresh."""
+    def _ended_chunks(self) -> list[Record]:
+        """Tombstones for the pending chunks of rollouts and watches that ended (or started
+        afresh)."""
         out: list[Record] = []
-        for name, (prefix, chunks) in self._chunks_of.items():
-            tracked = self.rollouts.get(name)
-            if tracked is not None and self._pending_prefix(name, tracked.analysis) == prefix:
+        stores = self._stores()
+        for ident, (prefix, chunks) in self._chunks_of.items():
+            if ident in stores and stores[ident][0] == prefix:
                 continue
             for number in chunks:
                 out += [(f"{prefix}{number}/{part}".encode(), None) for part in ("rows", "state")]
@@ -148,15 +170,12 @@ class PartitionSnapshot:
         for key, value in records:
             if value is None:
                 self._written.pop(key, None)
-            elif b"/pending/" not in key and key != self.header_key():
+            elif b"pending/" not in key and key != self.header_key():
                 self._written[key] = value
         self._chunks_of = {}
-        for name, tracked in self.rollouts.items():
-            tracked.analysis.pending.written()
-            self._chunks_of[name] = self._chunk_list(name, tracked.analysis)
-
-    def _chunk_list(self, name: str, analysis: RolloutAnalysis) -> tuple[str, list[int]]:
-        return self._pending_prefix(name, analysis), analysis.pending.meta()["chunks"]
+        for ident, (prefix, store) in self._stores().items():
+            store.written()
+            self._chunks_of[ident] = (prefix, store.meta()["chunks"])
 
     @classmethod
     def from_records(cls, partition: int, records: Mapping[bytes, bytes]) -> PartitionSnapshot:
@@ -183,25 +202,29 @@ class PartitionSnapshot:
         key = self._key("rollout", name)
         try:
             data = orjson.loads(records[key])
-            prefix = f"p{self.partition}/pending/{name}/{data['analysis']['start_epoch']}/"
-            pending = {
-                k.decode()[len(prefix) :]: v
-                for k, v in records.items()
-                if k.startswith(prefix.encode())
-            }
-            tracked = self.rollouts[name] = _Tracked.from_json(data, pending)
+            prefix = self._prefix("pending", name, data["analysis"]["start_epoch"])
+            tracked = self.rollouts[name] = _Tracked.from_json(data, _under(prefix, records))
             self._written[key] = records[key]
-            self._chunks_of[name] = self._chunk_list(name, tracked.analysis)
+            self._chunks_of["pending", name] = (prefix, tracked.analysis.pending.meta()["chunks"])
         except (OldSnapshot, KeyError, TypeError, ValueError) as exc:
             log.warning("analysis of %s not restored (%s): its evidence starts afresh", name, exc)
 
     def _restore_watch(self, name: str, records: Mapping[bytes, bytes]) -> None:
         key = self._key("watch", name)
         try:
-            self.watches[name] = WatchAnalysis.from_json(orjson.loads(records[key]))
+            data = orjson.loads(records[key])
+            prefix = self._prefix("watch-pending", name, data["start_epoch"])
+            watch = self.watches[name] = WatchAnalysis.from_json(data, _under(prefix, records))
             self._written[key] = records[key]
+            self._chunks_of["watch-pending", name] = (prefix, watch.pending.meta()["chunks"])
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("watch of %s not restored (%s): it starts afresh", name, exc)
+
+
+def _under(prefix: str, records: Mapping[bytes, bytes]) -> dict[str, bytes]:
+    """The records whose key starts with ``prefix``, by the rest of their key."""
+    start = prefix.encode()
+    return {k[len(start) :].decode(): v for k, v in records.items() if k.startswith(start)}
 
 
 def latest_values(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict[bytes, bytes]:

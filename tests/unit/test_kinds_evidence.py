@@ -269,7 +269,7 @@ def test_a_promoted_regressor_is_watched_on_value_feedback(new_noise: float, ala
         )
     assert w.production_errors == 0 and w.paired == 1500
     assert bool(w.alarms) is alarmed, w.alarms
-    back = WatchAnalysis.from_json(w.to_json())
+    back = WatchAnalysis.from_json(w.to_json(), w.pending.chunk_records())
     assert (back.kind, back.error_cap, back.labelled) == ("regressor", 1.0, 1500)
 
 

@@ -303,7 +303,7 @@ def test_the_watch_survives_a_snapshot() -> None:
     w = WatchAnalysis.for_state(st)
     feed(w, 150, disagree_every=5, new_wrong=True)
     w.add_comparison(comparison(999, "legit", "fraud"), at=T0)  # still waiting for its label
-    back = WatchAnalysis.from_json(w.to_json())
+    back = WatchAnalysis.from_json(w.to_json(), w.pending.chunk_records())
     assert back.to_json() == w.to_json()
     for more in (w, back):
         feed(more, 150, disagree_every=5, new_wrong=True)
