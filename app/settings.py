@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     worker_session_timeout_ms: int = Field(default=6000, ge=1000)
     # Controller: how soon a dead controller's partitions move to another one.
     controller_session_timeout_s: float = Field(default=6.0, ge=1.0)
+    # Controller: each rollout keeps the compared requests awaiting ground truth for the
+    # policy's feedback horizon, sized for this many per second (the most it keeps: horizon
+    # x rate, at least 10,000; or ``pending_limit`` when set), in chunks of this many rows
+    # (app.core.pending; a chunk is the unit of the analysis snapshot).
+    pending_rate: float = Field(default=100.0, gt=0)
+    pending_limit: int = Field(default=0, ge=0)
+    pending_chunk_rows: int = Field(default=4096, ge=16, le=16384)
 
     # HTTP: a worker's /metrics port; the controller's dashboard, JSON API and /metrics port
     # (0 = no server); the address both bind to (0.0.0.0 in containers).

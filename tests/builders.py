@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from app.core.analysis import RolloutAnalysis
 from app.core.events import DeploymentState, Mode, ModelRef, Phase
 from app.core.policy import Policy
 from app.harness import processes
@@ -27,6 +28,11 @@ def model_ref(version: str, name: str = "fraud") -> ModelRef:
 V1 = model_ref("1")
 V2 = model_ref("2")
 V3 = model_ref("3")
+
+
+def reloaded(a: RolloutAnalysis) -> RolloutAnalysis:
+    """``a`` written to a snapshot (its evidence and its pending chunks) and read back."""
+    return RolloutAnalysis.from_json(a.to_json(), a.pending.chunk_records())
 
 
 def state(

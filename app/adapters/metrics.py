@@ -112,6 +112,12 @@ class BulkHistogram(Collector):
             slot[0][index] += n
             slot[1][0] += value * n
 
+    def forget(self, gone: Callable[[tuple[str, ...]], bool]) -> None:
+        """Drop the series whose label values ``gone`` says are gone."""
+        with self._lock:
+            for labels in [k for k in self._series if gone(k)]:
+                del self._series[labels]
+
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         with self._lock:
@@ -292,6 +298,16 @@ def _observe_shadow(result: _BatchCounts) -> None:
         SHADOW_SHED.labels(deployment).inc(shed)
         if sampled:
             SHADOW_SHED_RATIO.labels(deployment).set(shed / sampled)
+
+
+def forget_versions(held: set[tuple[str, str]]) -> None:
+    """Drop the per-version series (predictions, inference latency) of every (deployment,
+    version) not in ``held``: a worker's label sets follow the models it holds, not every
+    version it ever served (a fleet publishes a thousand versions a day)."""
+    for labels in list(PREDICTIONS._metrics):  # (deployment, version, role)
+        if (labels[0], labels[1]) not in held:
+            PREDICTIONS.remove(*labels)
+    INFERENCE_LATENCY.forget(lambda labels: (labels[0], labels[1]) not in held)
 
 
 def observe_abort() -> None:

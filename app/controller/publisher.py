@@ -46,7 +46,7 @@ class DecisionPublisher:
         decision: DecisionEvent | None,
         state: DeploymentState | None,
         consumed: dict[TopicPartition, int] | None = None,
-        extra: Sequence[tuple[str, bytes, bytes]] = (),
+        extra: Sequence[tuple[str, bytes, bytes | None]] = (),
         keyed: Sequence[tuple[str, bytes, bytes]] = (),
     ) -> None:
         """Commit ``state`` (if any), ``decision`` (if any), ``extra`` records (topic, key,
@@ -68,7 +68,7 @@ class DecisionPublisher:
         decision: DecisionEvent | None,
         state: DeploymentState | None,
         consumed: dict[TopicPartition, int] | None,
-        extra: Sequence[tuple[str, bytes, bytes]],
+        extra: Sequence[tuple[str, bytes, bytes | None]],
         keyed: Sequence[tuple[str, bytes, bytes]] = (),
     ) -> None:
         producer = await self._producer(partition)

@@ -35,22 +35,38 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
+import numpy as np
+
 from app.core.audit import in_audit
 from app.core.events import ArmResult, Comparison, Feedback, Role
 from app.core.metric import MetricRule, Outcome, RegressionRule, Rule, bound
+from app.core.pending import (
+    AUDIT,
+    CHUNK_ROWS,
+    GIVEN_UP,
+    IN_TEST,
+    OPEN,
+    QUEUED,
+    PendingStore,
+    Row,
+)
 from app.core.policy import Metric, Policy
 from app.core.sequential import BettingTest, Side, StakedTest, rate_tests, staked_pair, staked_worse
 
 # Latency histogram: log-spaced bucket edges from 1 µs to ~100 s.
 _LAT_EDGES = [10 ** (k / 10) / 1000 for k in range(0, 81)]
 _PSI_BINS = 10
-_PENDING_LIMIT = 100_000  # compared requests awaiting ground truth (they ride in snapshots)
-SNAPSHOT_VERSION = 4  # 4: per-class / per-target score shift, regressors' value feedback
+# The rate of compared requests per second per rollout its pending store is sized for: it
+# holds at most horizon x rate of them (``pending_limit``); beyond, the oldest is dropped,
+# counted and shown, and counts at its worst case (docs/decisions.md, "Pending requests").
+PENDING_RATE = 100.0
+PENDING_MIN = 10_000
+SNAPSHOT_VERSION = 5  # 5: pending requests in a compact store, persisted per chunk
 # A regressor's shift bins: the deciles of production's first values (per target).
 _EDGE_SAMPLES = 200
 # The in-order promote test (``step_frontier``) holds at most this many audit requests at a
@@ -186,20 +202,18 @@ class RolloutAnalysis:
     tested: int = 0  # audit requests of this step the in-order promote test has taken
     tested_labelled: int = 0  # ...of which labelled
     open_in_test: int = 0  # costly open requests the promote test holds (<= OPEN_LIMIT)
-    # request_id -> (production label, candidate label, compared at, step epoch, audit,
-    # bet sizes per test or None once its tests know its value), in the order compared,
-    # awaiting ground truth for at most ``horizon_ms``.
-    pending: OrderedDict[str, tuple[Outcome, Outcome, int, int, bool, list[float] | None]] = field(
-        default_factory=OrderedDict
-    )
+    # Compared requests awaiting ground truth for at most ``horizon_ms``, in compared order
+    # (``app.core.pending``): both outcomes, compared at, step epoch, audit, whether the
+    # label can still change a test (open), an audit request's bet sizes; and, flagged in
+    # the same rows, this step's audit requests waiting to enter the in-order promote test
+    # (queued: with the label once it came, or given up past the horizon) and those in it
+    # whose label has not come yet (in test). At most ``pending_limit`` of them (0: horizon
+    # x ``PENDING_RATE``); beyond, the oldest is dropped (``dropped_pending``).
+    pending_limit: int = 0
+    pending_chunk_rows: int = CHUNK_ROWS
     expired_pending: int = 0
     dropped_pending: int = 0
-    # This step's audit requests waiting to enter the promote test, in compared order:
-    # request_id -> [production label, candidate label, bet sizes per test, label or None,
-    # label given up (past the horizon)].
-    queue: OrderedDict[str, list[Any]] = field(default_factory=OrderedDict)
-    # Requests in the in-order promote test whose label has not come yet.
-    in_test: set[str] = field(default_factory=set)
+    pending: PendingStore = field(init=False)
     # test name -> [observations known, sum of squares]: the second moment the bets use.
     moments: dict[str, list[float]] = field(default_factory=dict)
     worse_seen: list[str] = field(default_factory=list)
@@ -235,6 +249,10 @@ class RolloutAnalysis:
         self.latency_under, _ = rate_tests(LATENCY_TAIL, self.alpha)
         if not self.step_epoch:
             self.step_epoch = self.start_epoch
+        if not self.pending_limit:
+            rate = math.ceil(self.horizon_ms / 1000 * PENDING_RATE)
+            self.pending_limit = max(rate, PENDING_MIN)
+        self.pending = PendingStore(len(tests), self.pending_limit, self.pending_chunk_rows)
 
     @classmethod
     def for_policy(
@@ -246,7 +264,13 @@ class RolloutAnalysis:
         started_at: int,
         kind: str = "classifier",
         error_cap: float | None = None,
+        pending_rate: float = PENDING_RATE,
+        pending_limit: int | None = None,
+        pending_chunk_rows: int = CHUNK_ROWS,
     ) -> RolloutAnalysis:
+        """The analysis of a rollout that starts now under ``policy``. Its pending requests
+        are bounded by ``pending_limit``, by default the horizon x ``pending_rate`` (at least
+        ``PENDING_MIN``)."""
         g = policy.guardrails
         return cls(
             deployment=deployment,
@@ -266,6 +290,9 @@ class RolloutAnalysis:
             promote_on_agreement=policy.promote_on_agreement,
             step_started_at=started_at,
             clock=started_at,
+            pending_limit=pending_limit
+            or max(math.ceil(policy.feedback_horizon_s * pending_rate), PENDING_MIN),
+            pending_chunk_rows=pending_chunk_rows,
         )
 
     @property
@@ -360,17 +387,44 @@ class RolloutAnalysis:
             self.audit_compared += 1
             self.step_audit_compared += int(step == self.step_epoch)
             self.step_open += int(spreads is not None and step == self.step_epoch)
-        self.pending[c.request_id] = (p_label, c_label, at, step, audit, spreads)
-        if plan is not None and step == self.step_epoch:
-            bets = [spread for spread, _ in plan.values()]
-            self.queue[c.request_id] = [p_label, c_label, bets, None, False]
-        while len(self.pending) > _PENDING_LIMIT:
-            rid, entry = self.pending.popitem(last=False)
-            self.dropped_pending += 1
-            self._closed(rid, entry)
+        self._pend(c.request_id, p_label, c_label, at, step, audit, spreads is not None, plan)
         self.expire(at)
         self._admit()
         return True
+
+    def _pend(
+        self,
+        request_id: str,
+        p_label: Outcome,
+        c_label: Outcome,
+        at: int,
+        step: int,
+        audit: bool,
+        open_: bool,
+        plan: dict[str, tuple[float, list[float | None]]] | None,
+    ) -> None:
+        """Keep the compared request until its label comes (and queue this step's audit
+        requests for the in-order test). The same request id compared again replaces the
+        earlier one, which is given up. Past ``pending_limit`` the oldest is dropped."""
+        earlier = self.pending.find(request_id)
+        if earlier is not None:
+            self._close(earlier)
+        flags = AUDIT * audit | OPEN * open_
+        flags |= QUEUED * (plan is not None and step == self.step_epoch)
+        bets = [spread for spread, _ in plan.values()] if plan is not None else None
+        self.pending.add(request_id, p_label, c_label, at, step, flags, bets)
+        while len(self.pending) > self.pending_limit:
+            oldest = self.pending.oldest()
+            assert oldest is not None
+            self.dropped_pending += 1
+            self._close(oldest)
+
+    def _close(self, row: int) -> Row:
+        """No label will be joined to ``row`` any more (it came, or is given up)."""
+        entry = self.pending.get(row)
+        self.pending.close(row)
+        self._closed(row, entry)
+        return entry
 
     def _outcome(self, output: Any) -> Outcome:
         if output is None:
@@ -428,7 +482,12 @@ class RolloutAnalysis:
         return (sq + 10 * prior) / (n + 10)
 
     def _plan(self, prod: Outcome, cand: Outcome) -> dict[str, tuple[float, list[float | None]]]:
-        return {t: (self._spread(t), self.rule.possible(t, prod, cand)) for t in self.rule.tests}
+        """Per test: the bet size (rounded to float32: the pending store keeps it so, and a
+        label's revision must bet what was bet) and the values the label may give."""
+        return {
+            t: (float(np.float32(self._spread(t))), self.rule.possible(t, prod, cand))
+            for t in self.rule.tests
+        }
 
     def _enter(
         self, plan: dict[str, tuple[float, list[float | None]]], this_step: bool
@@ -464,12 +523,14 @@ class RolloutAnalysis:
         """Move this step's waiting audit requests into the in-order promote test, in compared
         order, while the head's value is known (or given up) or there is room for one more
         open."""
-        while self.queue:
-            rid, (prod, cand, bets, truth, given_up) = next(iter(self.queue.items()))
+        while (row := self.pending.next_queued()) is not None:
+            prod, cand, _, _, flags, truth, bets = self.pending.get(row)
+            given_up = bool(flags & GIVEN_UP)
             costly = truth is None and not given_up and self._costly(prod, cand)
             if costly and self.open_in_test >= OPEN_LIMIT:
                 return
-            del self.queue[rid]
+            self.pending.set_flags(row, off=QUEUED)
+            assert bets is not None
             for (t, test), spread in zip(self.step_frontier.items(), bets, strict=True):
                 if truth is not None:
                     x = self.rule.value(t, prod, cand, truth)
@@ -479,7 +540,7 @@ class RolloutAnalysis:
             self.tested += 1
             self.tested_labelled += int(truth is not None)
             if truth is None and not given_up:
-                self.in_test.add(rid)
+                self.pending.set_flags(row, on=IN_TEST)
                 self.open_in_test += int(costly)
 
     def _moment(self, test: str, x: float | None) -> None:
@@ -492,34 +553,26 @@ class RolloutAnalysis:
     def expire(self, now: int) -> None:
         """Stop waiting for ground truth of requests compared more than a horizon ago (their
         worst case stays in the promote test)."""
-        expired = False
-        while self.pending:
-            request_id, entry = next(iter(self.pending.items()))
-            if entry[2] >= now - self.horizon_ms:
-                break
-            del self.pending[request_id]
+        expired = self.pending.expired(now - self.horizon_ms)
+        for row in expired:
             self.expired_pending += 1
-            self._closed(request_id, entry)
-            expired = True
+            self._close(row)
         if expired:
             self._admit()
+        self.pending.release()
 
-    def _closed(
-        self,
-        request_id: str,
-        entry: tuple[Outcome, Outcome, int, int, bool, list[float] | None],
-    ) -> None:
-        """No label will be joined to ``request_id`` any more (it came, or is given up)."""
-        prod, cand, _, step, audit, spreads = entry
-        if not audit or step != self.step_epoch:
+    def _closed(self, row: int, entry: Row) -> None:
+        """What closing ``row`` (``entry`` as it was) changes: this step's open count, a
+        queued request is given up, an in-test one leaves the open ones."""
+        if not entry.flags & AUDIT or entry.step != self.step_epoch:
             return
-        if spreads is not None:
-            self.step_open -= 1
-        if request_id in self.queue:
-            self.queue[request_id][4] = True
-        elif request_id in self.in_test:
-            self.in_test.discard(request_id)
-            self.open_in_test -= int(spreads is not None and self._costly(prod, cand))
+        open_ = bool(entry.flags & OPEN)
+        self.step_open -= int(open_)
+        if entry.flags & QUEUED:
+            self.pending.set_flags(row, on=GIVEN_UP)
+        elif entry.flags & IN_TEST:
+            self.pending.set_flags(row, off=IN_TEST)
+            self.open_in_test -= int(open_ and self._costly(entry.prod, entry.cand))
 
     def tick(self, now: int) -> None:
         """Time passes (the controller's clock) even when no evidence comes."""
@@ -534,22 +587,24 @@ class RolloutAnalysis:
         truth: Outcome = f.values if self.regressor else f.label
         if truth is None or (self.regressor and self.error_cap is None):
             return False
-        entry = self.pending.get(f.request_id)
-        if entry is None:
+        row = self.pending.find(f.request_id)
+        if row is None:
             return False
-        prod_label, cand_label, _, step, audit, spreads = entry
+        prod_label, cand_label, _, step, flags, _, bets = self.pending.get(row)
         wrong_width = isinstance(prod_label, list) and len(truth) != len(prod_label)
         if wrong_width:
             return False  # not this deployment's targets: bad feedback, nothing changes
-        del self.pending[f.request_id]
+        audit = bool(flags & AUDIT)
+        spreads = bets if flags & OPEN else None
         current = audit and step == self.step_epoch
-        queued = current and f.request_id in self.queue
-        in_test = current and f.request_id in self.in_test
-        self._closed(f.request_id, entry)
+        queued = current and bool(flags & QUEUED)
+        in_test = current and bool(flags & IN_TEST)
+        self._close(row)
         self.clock = max(self.clock, at)
         self._count_truth(prod_label, cand_label, truth, audit, step)
         if queued:
-            self.queue[f.request_id][3:5] = [truth, False]
+            self.pending.set_truth(row, truth)
+            self.pending.set_flags(row, off=GIVEN_UP)
         self.tested_labelled += int(in_test)
         if audit and spreads is not None:
             self._revise_tests(prod_label, cand_label, truth, spreads, current, in_test)
@@ -613,8 +668,7 @@ class RolloutAnalysis:
         self.step_audit_compared = self.step_audit_labelled = 0
         self.step_paired = self.step_disagreements = self.step_open = 0
         self.tested = self.tested_labelled = self.open_in_test = 0
-        self.queue.clear()
-        self.in_test.clear()
+        self.pending.clear(QUEUED | IN_TEST)
         self.step_started_at = max(at, self.clock)
         self._fresh_step_tests()
 
@@ -727,8 +781,15 @@ class RolloutAnalysis:
             "open_labels": self.open_labels,
             "promote_tested": self.tested,
             "promote_tested_labelled": self.tested_labelled,
-            "promote_waiting": len(self.queue),
+            "promote_waiting": self.pending.queued,
             "invalid_scores": self.invalid_scores,
+            # Compared requests awaiting ground truth, the most the rollout keeps (horizon x
+            # the rate it is sized for), and those given up: past the horizon, or dropped
+            # over the limit (each at its worst case, never silently).
+            "pending": len(self.pending),
+            "pending_limit": self.pending_limit,
+            "pending_expired": self.expired_pending,
+            "pending_dropped": self.dropped_pending,
         }
 
     # -- snapshots -----------------------------------------------------------------------
@@ -773,6 +834,7 @@ class RolloutAnalysis:
         "open_in_test",
         "expired_pending",
         "dropped_pending",
+        "pending_limit",
     )
     _BETTING = ("agree_margin", "disagree_over", "errors_over", "errors_under", "latency_under")
 
@@ -787,9 +849,7 @@ class RolloutAnalysis:
             "value_warmup": self.value_warmup,
             "production": vars(self.production),
             "candidate_arm": vars(self.candidate_arm),
-            "pending": [[k, *v] for k, v in self.pending.items()],
-            "queue": [[k, *v] for k, v in self.queue.items()],
-            "in_test": sorted(self.in_test),
+            "pending": self.pending.meta(),
             "tests": {name: _test_state(getattr(self, name)) for name in self._BETTING},
             "staked": {
                 group: {t: test.state() for t, test in getattr(self, group).items()}
@@ -798,8 +858,13 @@ class RolloutAnalysis:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RolloutAnalysis:
-        """Raises ``OldSnapshot`` for a snapshot of an earlier version (start afresh)."""
+    def from_json(
+        cls, data: dict[str, Any], pending: Mapping[str, bytes] | None = None
+    ) -> RolloutAnalysis:
+        """The analysis ``to_json`` wrote, with its pending requests from the chunk records
+        ``pending`` (suffix -> value, as ``pending.records`` gave them). Raises
+        ``OldSnapshot`` for a snapshot of an earlier version (start afresh), ValueError
+        when a chunk record is missing."""
         if data.get("version") != SNAPSHOT_VERSION:
             raise OldSnapshot(f"analysis snapshot version {data.get('version')!r}")
         analysis = cls(
@@ -811,12 +876,7 @@ class RolloutAnalysis:
         analysis.value_warmup = data["value_warmup"]
         analysis.production = ArmStats(**data["production"])
         analysis.candidate_arm = ArmStats(**data["candidate_arm"])
-        analysis.pending = OrderedDict(
-            (k, (p, c, at, step, audit, spreads))
-            for k, p, c, at, step, audit, spreads in data["pending"]
-        )
-        analysis.queue = OrderedDict((k, list(rest)) for k, *rest in data["queue"])
-        analysis.in_test = set(data["in_test"])
+        analysis.pending = PendingStore.restore(data["pending"], pending or {})
         for name, state in data["tests"].items():
             test: BettingTest = getattr(analysis, name)
             for attr, value in state.items():

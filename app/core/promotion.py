@@ -188,7 +188,8 @@ def _pending(state: DeploymentState, a: RolloutAnalysis, kind: str) -> Judgement
             kind,
             f"waiting for labels: {a.step_coverage:.0%} of this step's audit sample "
             f"({a.step_audit_compared} requests) labelled, and {a.tested_coverage:.0%} of the "
-            f"{a.tested} taken in compared order; {p.min_feedback_coverage:.0%} needed",
+            f"{a.tested} taken in compared order; {p.min_feedback_coverage:.0%} needed"
+            + _dropped(a),
             WaitingFor.LABELS,
         )
     if a.open_labels:
@@ -196,11 +197,21 @@ def _pending(state: DeploymentState, a: RolloutAnalysis, kind: str) -> Judgement
             Criterion.PENDING,
             kind,
             f"waiting for labels: {a.open_labels} audit requests of this step count as the "
-            f"candidate's losses until labelled; {_tested(a)} so far",
+            f"candidate's losses until labelled; {_tested(a)} so far" + _dropped(a),
             WaitingFor.LABELS,
         )
     return Judgement(
         Criterion.PENDING, kind, f"not enough evidence yet ({_tested(a)})", WaitingFor.EVIDENCE
+    )
+
+
+def _dropped(a: RolloutAnalysis) -> str:
+    """Requests given up because the rollout kept more than its limit awaiting labels."""
+    if not a.dropped_pending:
+        return ""
+    return (
+        f"; {a.dropped_pending} compared requests dropped unlabelled (more than "
+        f"{a.pending_limit} awaiting labels at once): they count at their worst case"
     )
 
 

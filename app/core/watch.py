@@ -35,7 +35,7 @@ alpha (1%) keeps it rare.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -43,13 +43,16 @@ from typing import Any
 from app.core.audit import in_audit
 from app.core.events import Comparison, DeploymentState, Evidence, Feedback, ModelOutput
 from app.core.metric import MetricRule, Outcome, RegressionRule, Rule
+from app.core.pending import CHUNK_ROWS, PendingStore
 from app.core.policy import Metric, Policy
 
 # Stakes, as shares of the largest safe bet 1 / (m - lo): a small grid mixed with equal
 # weights, so that both small and large degradations are detected without tuning.
 STAKES = (0.1, 0.25, 0.5, 0.75)
-_PENDING_LIMIT = 100_000
-WATCH_SNAPSHOT_VERSION = 2  # 2: regressors (kind, error_cap, values pending)
+# Watch pairs awaiting ground truth (the compact store of app.core.pending); beyond, the
+# oldest is dropped and counted (``dropped_pending``, in the evidence).
+PENDING_LIMIT = 1_000_000
+WATCH_SNAPSHOT_VERSION = 3  # 3: pending pairs in the compact store, persisted per chunk
 
 
 @dataclass
@@ -138,10 +141,6 @@ class WatchDecision:
     evidence: Evidence = field(default_factory=Evidence)
 
 
-# request_id -> (new production's label or values, previous production's, compared at)
-_Pending = OrderedDict[str, tuple[Outcome, Outcome, int]]
-
-
 @dataclass
 class WatchAnalysis:
     """Evidence of one watch: ``production`` (the version promoted at ``start_epoch``) against
@@ -170,7 +169,11 @@ class WatchAnalysis:
     correct_production: int = 0
     correct_previous: int = 0
     production_errors: int = 0
-    pending: _Pending = field(default_factory=OrderedDict)
+    dropped_pending: int = 0
+    pending_chunk_rows: int = CHUNK_ROWS
+    # Pairs awaiting ground truth: the new production's outcome (as "prod"), the previous
+    # production's (as "cand"), compared at.
+    pending: PendingStore = field(init=False)
     rule: Rule = field(init=False)
     worse: dict[str, ChangeDetector] = field(init=False)
     disagree: ChangeDetector | None = field(init=False)
@@ -195,6 +198,7 @@ class WatchAnalysis:
             else None
         )
         self.clock = max(self.clock, self.started_at)
+        self.pending = PendingStore(0, PENDING_LIMIT, self.pending_chunk_rows)
 
     @classmethod
     def for_state(
@@ -248,10 +252,20 @@ class WatchAnalysis:
             if self.disagree is not None:
                 self.disagree.update(1.0 if differ else 0.0)
         if old is not None:  # without the previous production's output nothing compares
-            self.pending[c.request_id] = (new, old, at)
-            while len(self.pending) > _PENDING_LIMIT:
-                self.pending.popitem(last=False)
+            self._pend(c.request_id, new, old, at)
         return True
+
+    def _pend(self, request_id: str, new: Outcome, old: Outcome, at: int) -> None:
+        earlier = self.pending.find(request_id)
+        if earlier is not None:
+            self.pending.close(earlier)
+        self.pending.add(request_id, new, old, at, self.start_epoch, 0, None)
+        while len(self.pending) > self.pending.limit:
+            oldest = self.pending.oldest()
+            assert oldest is not None
+            self.pending.close(oldest)
+            self.dropped_pending += 1
+        self.pending.release()
 
     def _outcome(self, output: ModelOutput | None) -> Outcome:
         if output is None:
@@ -266,13 +280,13 @@ class WatchAnalysis:
         truth: Outcome = f.values if self.kind == "regressor" else f.label
         if truth is None or (self.kind == "regressor" and self.error_cap is None):
             return False
-        entry = self.pending.get(f.request_id)
-        if entry is None:
+        row = self.pending.find(f.request_id)
+        if row is None:
             return False
-        new, old, _ = entry
+        new, old = self.pending.get(row)[:2]
         if isinstance(old, list) and len(old) != len(truth):
             return False
-        del self.pending[f.request_id]
+        self.pending.close(row)
         self.clock = max(self.clock, at)
         self.labelled += 1
         self.correct_production += int(new == truth)
@@ -319,6 +333,8 @@ class WatchAnalysis:
                 "watch_labelled": self.labelled,
                 "watch_disagreements": self.disagreements,
                 "watch_production_errors": self.production_errors,
+                "watch_pending": len(self.pending),
+                "watch_pending_dropped": self.dropped_pending,
             },
             metrics={
                 "watch_disagreement": self.disagreement,
@@ -365,6 +381,7 @@ class WatchAnalysis:
         "correct_production",
         "correct_previous",
         "production_errors",
+        "dropped_pending",
     )
 
     def to_json(self) -> dict[str, Any]:
@@ -372,17 +389,20 @@ class WatchAnalysis:
             "version": WATCH_SNAPSHOT_VERSION,
             **{k: getattr(self, k) for k in self._SIMPLE},
             "metric": self.metric.model_dump(mode="json"),
-            "pending": [[k, *v] for k, v in self.pending.items()],
+            "pending": self.pending.meta(),
             "worse": {t: d.state() for t, d in self.worse.items()},
             "disagree": self.disagree.state() if self.disagree is not None else None,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> WatchAnalysis:
+    def from_json(
+        cls, data: dict[str, Any], pending: Mapping[str, bytes] | None = None
+    ) -> WatchAnalysis:
+        """The watch ``to_json`` wrote, its pending pairs from their chunk records."""
         if data.get("version") != WATCH_SNAPSHOT_VERSION:
             raise ValueError(f"watch snapshot version {data.get('version')!r}")
         w = cls(**{k: data[k] for k in cls._SIMPLE}, metric=Metric.model_validate(data["metric"]))
-        w.pending = OrderedDict((k, (new, old, at)) for k, new, old, at in data["pending"])
+        w.pending = PendingStore.restore(data["pending"], pending or {})
         for t, state in data["worse"].items():
             _restore(w.worse[t], state)
         if w.disagree is not None and data["disagree"] is not None:

@@ -250,15 +250,14 @@ class TableFollower:
 
     def _evict(self) -> None:
         keep: set[_Key] = set()
+        held: set[tuple[str, str]] = set()
         for route in self.table.values():
             st = route.state
-            keep.add(_key(st.production))
-            if st.candidate is not None:
-                keep.add(_key(st.candidate))
-            if st.history:
-                keep.add(_key(st.history[-1]))
-            if st.watch is not None:
-                keep.add(_key(st.watch.previous))
+            watched = st.watch.previous if st.watch is not None else None
+            for ref in (st.production, st.candidate, *st.history[-1:], watched):
+                if ref is not None:
+                    keep.add(_key(ref))
+                    held.add((st.deployment, ref.version))
         dropped = set(self._models) - keep
         for key in dropped:
             model = self._models.pop(key)  # the session's memory goes with its last reference
@@ -266,3 +265,4 @@ class TableFollower:
         if dropped:
             release_memory()
         metrics.MODELS_LOADED.set(len(self._models))
+        metrics.forget_versions(held)  # label sets follow the models held, not history

@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.topic_reader import read_to_end
-from app.controller.analyst import PartitionSnapshot
+from app.controller.analyst import PartitionSnapshot, latest_values
 from app.core.events import Action, DecisionEvent, Mode, decode
 from app.core.promotion import criterion
 from app.core.topics import Topic
@@ -65,9 +65,11 @@ async def waiting_for(settings: Settings) -> tuple[WaitingFor, Criterion, int, f
     """What the controller's latest analysis of the rollout says it waits for (from its
     snapshot on ``deployments.analysis``, judged by the same pure criterion)."""
     st = await state(settings)
+    records = await read_to_end(settings, settings.topics.name(Topic.ANALYSIS))
+    values = latest_values((r.key, r.value) for r in records)
     latest = None
-    for record in await read_to_end(settings, settings.topics.name(Topic.ANALYSIS)):
-        snap = PartitionSnapshot.decode(record.value)
+    for partition in {r.partition for r in records}:
+        snap = PartitionSnapshot.from_records(partition, values)
         if "fraud" in snap.rollouts:
             latest = snap.rollouts["fraud"].analysis
     assert latest is not None, "no analysis snapshot of the rollout"

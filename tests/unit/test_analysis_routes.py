@@ -138,9 +138,9 @@ def test_the_in_order_test_waits_at_an_unlabelled_disagreement_then_goes_on() ->
     behind = [Pair(f"b{i}", "legit", "legit", "legit") for i in range(5)]
     for pair in behind:
         compare(a, st, pair, at=0)
-    assert a.tested == 1 and len(a.queue) == 6  # the disagreeing pair holds the line
+    assert a.tested == 1 and a.pending.queued == 6  # the disagreeing pair holds the line
     label(a, split, at=1)
-    assert a.tested == 7 and not a.queue
+    assert a.tested == 7 and not a.pending.queued
     assert a.step_frontier["all"].n == 7 and a.step_frontier["all"].total == 1.0
     # A label that never comes: past the horizon the pair goes in at its worst case.
     lost = Pair("lost", "legit", "fraud", "legit")
@@ -160,12 +160,12 @@ def test_a_snapshot_keeps_the_in_order_test_and_its_queue() -> None:
         compare(a, st, pair, at=i)
     for pair in stream[:100]:
         label(a, pair, at=500)
-    b = RolloutAnalysis.from_json(a.to_json())
+    b = builders.reloaded(a)
     assert b.to_json() == a.to_json()
     for pair in stream[100:]:
         label(a, pair, at=600)
         label(b, pair, at=600)
-    assert b.to_json() == a.to_json() and not b.queue and b.tested == 400
+    assert b.to_json() == a.to_json() and not b.pending.queued and b.tested == 400
 
 
 # -- labels arrive only after the last step ---------------------------------------------------

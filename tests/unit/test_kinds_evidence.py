@@ -15,6 +15,7 @@ from app.core.promotion import Criterion, Verdict, criterion, decide
 from app.core.topics import Topic
 from app.core.watch import WatchAnalysis
 from tests import builders
+from tests.builders import reloaded
 
 RULE = RegressionRule(error_cap=2.0, margin=0.05)
 
@@ -149,11 +150,11 @@ def test_the_value_shift_is_binned_on_productions_first_values_and_survives_snap
         v = rng.uniform(0, 10)
         a.add_comparison(_comparison(i, [v], [v + 5.0], False), at=i)
         if i == 150:  # round trip while the edges are not fixed yet
-            a = RolloutAnalysis.from_json(a.to_json())
+            a = reloaded(a)
     assert a.value_edges is not None and len(a.value_edges[0]) == 9
     assert sum(a.production.shift[0]) == sum(a.candidate_arm.shift[0]) == 300
     assert a.score_shift > 1.0  # a candidate shifted by half the range
-    back = RolloutAnalysis.from_json(a.to_json())
+    back = reloaded(a)
     assert back.score_shift == a.score_shift and back.value_edges == a.value_edges
     same = _regressor(1.0, POLICY)
     for i in range(300):
@@ -268,7 +269,7 @@ def test_a_promoted_regressor_is_watched_on_value_feedback(new_noise: float, ala
         )
     assert w.production_errors == 0 and w.paired == 1500
     assert bool(w.alarms) is alarmed, w.alarms
-    back = WatchAnalysis.from_json(w.to_json())
+    back = WatchAnalysis.from_json(w.to_json(), w.pending.chunk_records())
     assert (back.kind, back.error_cap, back.labelled) == ("regressor", 1.0, 1500)
 
 

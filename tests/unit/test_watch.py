@@ -9,7 +9,7 @@ import random
 import orjson
 import pytest
 
-from app.controller.analyst import PartitionSnapshot
+from app.controller.analyst import PartitionSnapshot, latest_values
 from app.core.events import (
     Action,
     ArmResult,
@@ -303,7 +303,7 @@ def test_the_watch_survives_a_snapshot() -> None:
     w = WatchAnalysis.for_state(st)
     feed(w, 150, disagree_every=5, new_wrong=True)
     w.add_comparison(comparison(999, "legit", "fraud"), at=T0)  # still waiting for its label
-    back = WatchAnalysis.from_json(w.to_json())
+    back = WatchAnalysis.from_json(w.to_json(), w.pending.chunk_records())
     assert back.to_json() == w.to_json()
     for more in (w, back):
         feed(more, 150, disagree_every=5, new_wrong=True)
@@ -412,8 +412,11 @@ def test_the_partition_snapshot_carries_the_watches() -> None:
     w = WatchAnalysis.for_state(watched())
     feed(w, 40, disagree_every=4, new_wrong=True)
     snap = PartitionSnapshot(1, 10, 20, {}, {"fraud": w})
-    back = PartitionSnapshot.decode(snap.encode())
+    records = latest_values(snap.records())
+    back = PartitionSnapshot.from_records(1, records)
     assert back.watches["fraud"].to_json() == w.to_json()
-    older = orjson.loads(snap.encode())
-    del older["watches"]  # written before the watch existed
-    assert PartitionSnapshot.decode(orjson.dumps(older)).watches == {}
+    assert (back.comparisons_offset, back.feedback_offset) == (10, 20)
+    header = orjson.loads(records[b"p1"])
+    header["watches"] = []  # written before the watch existed
+    older = {**records, b"p1": orjson.dumps(header)}
+    assert PartitionSnapshot.from_records(1, older).watches == {}
