@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -90,7 +91,12 @@ class Settings(BaseSettings):
 
     @property
     def artifact_cache_dir(self) -> Path:
-        return self.artifact_cache if self.artifact_cache is not None else self.home / "artifacts"
+        """``artifact_cache``, or one folder per cluster and environment under
+        ``<home>/artifacts`` (two clusters may hold different files under one version)."""
+        if self.artifact_cache is not None:
+            return self.artifact_cache
+        where = re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.bootstrap_servers}.{self.topic_prefix}")
+        return self.home / "artifacts" / where.strip("._")[:200]
 
     def bootstrap_is_default(self) -> bool:
         return self.bootstrap_servers == "127.0.0.1:9092"

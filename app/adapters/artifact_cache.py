@@ -40,6 +40,7 @@ from app.adapters.model_store import MANIFEST_FILE, MODEL_FILE, SPEC_FILE, Model
 from app.adapters.partitioning import partition_for
 from app.core.artifacts import (
     CHUNK_BYTES,
+    ArtifactMissing,
     ArtifactRejected,
     Inventory,
     VersionScan,
@@ -222,6 +223,8 @@ class ArtifactCache:
         self.timeout_s = timeout_s
         self.on_rejected = on_rejected
         self.rejected: dict[tuple[str, str], str] = {}
+        # Versions with no manifest record on the topic (as of their last fetch).
+        self.missing: set[tuple[str, str]] = set()
         self.fetched = 0
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -243,11 +246,16 @@ class ArtifactCache:
             scan = await self._scan(deployment, version)
             try:
                 size = self._install(scan, sha256, need_version=held is None)
+            except ArtifactMissing as error:  # an unknown version, not a refused artifact
+                self.missing.add((deployment, version))
+                log.warning("%s v%s: %s", deployment, version, error.reason)
+                raise
             except ArtifactRejected as error:
                 self._reject(deployment, version, error.reason)
             except OSError as error:  # a read-only or full disk: not served either
                 self._reject(deployment, version, f"cannot write the local store: {error}")
             self.rejected.pop((deployment, version), None)
+            self.missing.discard((deployment, version))
             if size is None:
                 return False
             self.fetched += 1

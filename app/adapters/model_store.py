@@ -198,6 +198,16 @@ class ModelStore:
         names = {p.parent.name for r in self.roots if r.is_dir() for p in r.glob(f"*/{SPEC_FILE}")}
         return sorted(names)
 
+    def declared(self) -> list[str]:
+        """The deployments this store declares: those of the seed (``root`` when there is
+        none). A serving process's cache holds what it fetched for deployments whose states
+        it follows; it never declares one by itself (a deployment left in it by another
+        cluster or environment is not served, nor given a state)."""
+        folder = self.seed if self.seed is not None else self.root
+        if not folder.is_dir():
+            return []
+        return sorted(p.parent.name for p in folder.glob(f"*/{SPEC_FILE}"))
+
     def versions(self, deployment: str) -> list[str]:
         """Versions of ``deployment`` (folders holding a ``model.json``), numerically sorted."""
         self._deployment_dir(deployment)

@@ -101,7 +101,7 @@ class ControlPlane(Service):
             await self._release(partition)
         count = self.view.partition_count
         for partition in sorted(partitions - set(self.analysts)):
-            known = {*self.store.deployments(), *self.view.states}  # states: stores elsewhere
+            known = {*self.store.declared(), *self.view.states}  # states: stores elsewhere
             mine = [d for d in sorted(known) if partition_for(d, count) == partition]
             await self.handler.ensure_initial_states({d: partition for d in mine})
             analyst = PartitionAnalyst(

@@ -70,14 +70,14 @@ class CommandHandler:
         self._cache = cache or ArtifactCache(settings, store)
 
     def deployments(self) -> list[str]:
-        return self._store.deployments()
+        return self._store.declared()
 
     def current(self, deployment: str) -> DeploymentState | None:
         """The deployment's latest state, or its initial state when none was published yet."""
         state = self._view.states.get(deployment)
         if state is not None:
             return state
-        if deployment not in self._store.deployments():
+        if deployment not in self._store.declared():
             return None
         spec = self._store.spec(deployment)
         return initial_state(spec, self._store.ref(deployment, spec.initial_production), now_ms())
@@ -185,7 +185,9 @@ class CommandHandler:
         """The version's reference, once its artifact, signature and a smoke run check out."""
         try:
             ref = self._store.ref(deployment, version)
-        except UnknownModel:
+        except UnknownModel as unknown:
+            if (deployment, version) in self._cache.missing:
+                raise UnknownModel(f"{unknown.reason}; nor on models.artifacts") from None
             refused = self._cache.rejected.get((deployment, version))
             if refused is None:
                 raise

@@ -173,7 +173,7 @@ class PublicationHandler:
         )
 
     def _known(self) -> set[str]:
-        return set(self._view.states) | set(self._store.deployments())
+        return set(self._view.states) | set(self._store.declared())
 
     def _refusal(self, event: ModelPublished, state: DeploymentState, partition: int) -> str | None:
         """Why ``event`` cannot be taken (misrouted, spec unreadable, version exists), or None."""

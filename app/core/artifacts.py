@@ -43,6 +43,11 @@ class ArtifactRejected(Exception):
         self.reason = reason
 
 
+class ArtifactMissing(ArtifactRejected):
+    """No manifest record for the version on ``models.artifacts``: never uploaded, or
+    retired. Not a tampered artifact: an unknown version."""
+
+
 def key_prefix(deployment: str, version: str) -> str:
     return f"{deployment}/{version}/"
 
@@ -163,7 +168,7 @@ def verified(scan: VersionScan, sha256: str | None) -> tuple[ModelManifest, byte
     the manifest record's own sha256 is the one the chunks must join to."""
     what = f"{scan.deployment} v{scan.version}"
     if scan.record is None:
-        raise ArtifactRejected(f"no manifest record for {what} (never uploaded, or retired)")
+        raise ArtifactMissing(f"no manifest record for {what} (never uploaded, or retired)")
     try:
         record = VersionRecord.model_validate_json(scan.record)
     except ValidationError as error:

@@ -74,7 +74,7 @@ class TableFollower:
         was set while waiting (nothing is followed then)."""
         await self._view.catch_up()
         table: dict[str, DeploymentRoute] = {}
-        local = set(self._store.deployments())
+        local = set(self._store.declared())
         for name in sorted(local | set(self._view.states)):
             route = await self._first_route(name)
             if route is None and name in local:
