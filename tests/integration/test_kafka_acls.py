@@ -2,7 +2,8 @@
 KRaft's ``StandardAuthorizer``, the principals of ``acls.yaml`` as SCRAM users, and the ACLs
 applied by the real ``rollout acls apply``. A producer principal that writes to
 ``deployments.control`` is refused by the broker, and so is a worker principal (it may not
-steer or publish); an operator's command goes through. A worker and a controller running as
+steer); none but an operator may write ``models.published`` or ``models.artifacts`` (publish a
+model; the controller only tombstones artifacts); an operator's command goes through. A worker and a controller running as
 their own principals serve a producer principal's requests, so the declared rights suffice."""
 
 from __future__ import annotations
@@ -103,11 +104,11 @@ def applied(acl_broker: BrokerConfig) -> BrokerConfig:
     return acl_broker
 
 
-async def write_control(settings: Settings) -> None:
+async def write_control(settings: Settings, topic: Topic = Topic.CONTROL) -> None:
     producer: AIOKafkaProducer = plain_producer(settings)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.topics.name(Topic.CONTROL), b"{}", key=b"acl-test")
+        await producer.send_and_wait(settings.topics.name(topic), b"{}", key=b"acl-test")
     finally:
         await producer.stop()
 
@@ -119,6 +120,25 @@ async def test_only_operators_write_deployments_control(applied: BrokerConfig, r
     refused = cli(applied.bootstrap, "promote", "fraud", env=env_of(applied, f"rollout-{role}"))
     assert refused.returncode == ExitCode.REFUSED, refused.stderr
     assert "not authorized" in refused.stderr
+
+
+# The controller writes models.artifacts too (tombstones of retired versions), not publications.
+NOT_PUBLISHERS = [
+    ("producer", Topic.PUBLISHED),
+    ("producer", Topic.ARTIFACTS),
+    ("worker", Topic.PUBLISHED),
+    ("worker", Topic.ARTIFACTS),
+    ("controller", Topic.PUBLISHED),
+]
+
+
+@pytest.mark.parametrize(("role", "topic"), NOT_PUBLISHERS)
+async def test_only_operators_publish_models(
+    applied: BrokerConfig, role: str, topic: Topic
+) -> None:
+    with pytest.raises(TopicAuthorizationFailedError):
+        await write_control(settings_of(applied, f"rollout-{role}"), topic)
+    await write_control(settings_of(applied, "rollout-operator"), topic)
 
 
 async def test_an_operator_may_steer(applied: BrokerConfig) -> None:
