@@ -1,0 +1,182 @@
+"""What a ``rollout fleet`` run reads back while it runs: every committed prediction and dead
+letter of its requests (``read_committed``, by request sequence number), every state and
+decision of its deployments, the controller's consumer lag, and the processes' CPU and
+memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from app.adapters.kafka_clients import connection, partitions_of, reader
+from app.adapters.process_stats import cpu_seconds
+from app.controller.app import APP_ID as CONTROLLER_GROUP
+from app.core.events import DecisionEvent, DeploymentState, decode
+from app.core.topics import Topic
+from app.harness.processes import Services
+from app.settings import Settings
+
+
+def sequence(request_id: str, prefix: str) -> int | None:
+    """The sequence number of one of this run's request ids (``<prefix><n>``), else None."""
+    if not request_id.startswith(prefix):
+        return None
+    tail = request_id[len(prefix) :]
+    return int(tail) if tail.isdigit() else None
+
+
+@dataclass
+class Observed:
+    predicted: list[int] = field(default_factory=list)  # request sequence numbers
+    dead_lettered: list[int] = field(default_factory=list)
+    served_by: Counter[tuple[str, str]] = field(default_factory=Counter)  # (deployment, version)
+    states: list[DeploymentState] = field(default_factory=list)
+    decisions: list[DecisionEvent] = field(default_factory=list)
+    latest: dict[str, DeploymentState] = field(default_factory=dict)
+
+
+class Observer:
+    """Reads the run's outputs from where the topics end at :meth:`start`."""
+
+    def __init__(self, settings: Settings, run: str, deployments: set[str]) -> None:
+        self._settings = settings
+        self._prefix = f"{run}-"
+        self._deployments = deployments
+        self._names = {
+            settings.topics.name(t): t
+            for t in (Topic.PREDICTIONS, Topic.DLQ, Topic.STATE, Topic.EVENTS)
+        }
+        self.seen = Observed()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = reader(self._settings, client_id="rollout-fleet", max_records=5000)
+        await consumer.start()
+        partitions: list[TopicPartition] = []
+        for name in self._names:
+            partitions += await partitions_of(consumer, name)
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name="fleet-observer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                topic = self._names[tp.topic]
+                for record in records:
+                    if record.value is not None:
+                        self._take(topic, record.key, record.value)
+
+    def _take(self, topic: Topic, key: bytes | None, value: bytes) -> None:
+        if topic is Topic.PREDICTIONS:
+            self._prediction(value)
+        elif topic is Topic.DLQ:
+            letter = orjson.loads(value)
+            seq = sequence(letter.get("request_id") or "", self._prefix)
+            if seq is not None:
+                self.seen.dead_lettered.append(seq)
+        elif key is not None and key.decode(errors="replace") in self._deployments:
+            if topic is Topic.STATE:
+                state = decode(DeploymentState, value)
+                self.seen.states.append(state)
+                known = self.seen.latest.get(state.deployment)
+                if known is None or known.epoch < state.epoch:
+                    self.seen.latest[state.deployment] = state
+            else:
+                self.seen.decisions.append(decode(DecisionEvent, value))
+
+    def _prediction(self, value: bytes) -> None:
+        if self._prefix.encode() not in value:
+            return
+        p = orjson.loads(value)
+        seq = sequence(p["request_id"], self._prefix)
+        if seq is not None:
+            self.seen.predicted.append(seq)
+            self.seen.served_by[(p["deployment"], p["model"]["version"])] += 1
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of ``pid`` (``VmRSS``), or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+@dataclass
+class ProcessMeter:
+    """CPU seconds since the start and the largest resident memory seen, per process."""
+
+    pids: dict[str, int]
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss_max: dict[str, int] = field(default_factory=dict)
+    rss_last: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, services: Services) -> ProcessMeter:
+        meter = cls({name: proc.pid for name, proc in services.procs.items()})
+        meter.cpu_start = {n: cpu_seconds(pid) or 0.0 for n, pid in meter.pids.items()}
+        return meter
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                self.cpu[name] = cpu - self.cpu_start.get(name, 0.0)
+            rss = rss_bytes(pid)
+            if rss is not None:
+                self.rss_last[name] = rss
+                self.rss_max[name] = max(rss, self.rss_max.get(name, 0))
+
+
+async def controller_lag(settings: Settings) -> int | None:
+    """Records of ``inference.comparisons`` and ``inference.feedback`` the controller's
+    group has not committed yet (None when it has committed nothing or cannot be asked)."""
+    admin = AIOKafkaAdminClient(**connection(settings))
+    topics = {settings.topics.name(Topic.COMPARISONS), settings.topics.name(Topic.FEEDBACK)}
+    try:
+        await admin.start()
+        committed = await admin.list_consumer_group_offsets(CONTROLLER_GROUP)
+        ours = {tp: meta.offset for tp, meta in committed.items() if tp.topic in topics}
+        if not ours:
+            return None
+        consumer = reader(settings)
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(list(ours))
+        finally:
+            await consumer.stop()
+        return sum(
+            max(0, int(ends[tp]) - int(offset)) for tp, offset in ours.items() if offset >= 0
+        )
+    except Exception:  # the figure is informative; the run goes on without it
+        return None
+    finally:
+        await admin.close()
