@@ -172,8 +172,8 @@ def plan(config: FleetConfig, run: str, store: ModelStore, progress: Progress) -
 
 
 async def create_all(settings: Settings, deployments: list[Deployment], run: str) -> None:
-    """A ``create`` command per deployment; waits for every answer (states are read by the
-    observer)."""
+    """A ``create`` command per deployment; waits for every answer (a controller that found
+    the deployment in its store at start answers that it exists: as good)."""
     consumer = reader(settings, client_id="rollout-fleet-create")
     await consumer.start()
     try:
@@ -208,8 +208,9 @@ async def _answers(consumer: Any, waiting: set[str], timeout_s: float = 120.0) -
             for record in records:
                 event = orjson.loads(record.value) if record.value else {}
                 if event.get("command_id") in waiting:
-                    if not event.get("accepted"):
-                        raise RuntimeError(f"create refused: {event.get('reason')}")
+                    reason = str(event.get("reason"))
+                    if not event.get("accepted") and "exists already" not in reason:
+                        raise RuntimeError(f"create refused: {reason}")
                     waiting.discard(event["command_id"])
     if waiting:
         raise TimeoutError(f"no controller answered {len(waiting)} create commands")
@@ -445,7 +446,7 @@ async def _drive(
         await traffic.flush_truth()
         await _settle(observer, traffic, progress)
         meter.sample()
-        lag = await controller_lag(settings)
+        lag = await controller_lag(settings, observer.seen.covered)
         return build_report(
             config=config,
             run=run,
@@ -489,7 +490,7 @@ async def _loop(
         if time.monotonic() - last_line >= 10.0:
             last_line = time.monotonic()
             meter.sample()
-            lag = await controller_lag(traffic.settings)
+            lag = await controller_lag(traffic.settings, observer.seen.covered)
             if lag is not None:
                 lags.append(lag)
             progress(_line(elapsed, simulator, traffic, observer, lag))

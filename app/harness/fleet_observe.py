@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from app.adapters.kafka_clients import connection, partitions_of, reader
+from app.adapters.kafka_clients import partitions_of, reader
 from app.adapters.process_stats import cpu_seconds
-from app.controller.app import APP_ID as CONTROLLER_GROUP
 from app.core.events import DecisionEvent, DeploymentState, decode
 from app.core.topics import Topic
 from app.harness.processes import Services
@@ -41,6 +40,9 @@ class Observed:
     states: list[DeploymentState] = field(default_factory=list)
     decisions: list[DecisionEvent] = field(default_factory=list)
     latest: dict[str, DeploymentState] = field(default_factory=dict)
+    # The controller's analysis snapshots: partition -> (comparisons, feedback) offsets covered.
+    covered: dict[int, tuple[int, int]] = field(default_factory=dict)
+    snapshot_max_bytes: int = 0
 
 
 class Observer:
@@ -52,14 +54,14 @@ class Observer:
         self._deployments = deployments
         self._names = {
             settings.topics.name(t): t
-            for t in (Topic.PREDICTIONS, Topic.DLQ, Topic.STATE, Topic.EVENTS)
+            for t in (Topic.PREDICTIONS, Topic.DLQ, Topic.STATE, Topic.EVENTS, Topic.ANALYSIS)
         }
         self.seen = Observed()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = reader(self._settings, client_id="rollout-fleet", max_records=5000)
+        consumer = reader(self._settings, client_id="rollout-fleet")
         await consumer.start()
         partitions: list[TopicPartition] = []
         for name in self._names:
@@ -92,6 +94,8 @@ class Observer:
     def _take(self, topic: Topic, key: bytes | None, value: bytes) -> None:
         if topic is Topic.PREDICTIONS:
             self._prediction(value)
+        elif topic is Topic.ANALYSIS:
+            self._snapshot(value)
         elif topic is Topic.DLQ:
             letter = orjson.loads(value)
             seq = sequence(letter.get("request_id") or "", self._prefix)
@@ -107,6 +111,19 @@ class Observer:
             else:
                 self.seen.decisions.append(decode(DecisionEvent, value))
 
+    def _snapshot(self, value: bytes) -> None:
+        """The offsets a snapshot covers: read from the envelope's head (a snapshot may be
+        megabytes; its offsets come first), the whole record only if they are not there."""
+        self.seen.snapshot_max_bytes = max(self.seen.snapshot_max_bytes, len(value))
+        head = value[:300]
+        found = [_OFFSET[k].search(head) for k in ("partition", "comparisons", "feedback")]
+        if all(found):
+            n, c, f = (int(m.group(1)) for m in found if m is not None)
+        else:
+            data = orjson.loads(value)
+            n, c, f = data["partition"], data["comparisons_offset"], data["feedback_offset"]
+        self.seen.covered[n] = (c, f)
+
     def _prediction(self, value: bytes) -> None:
         if self._prefix.encode() not in value:
             return
@@ -115,6 +132,13 @@ class Observer:
         if seq is not None:
             self.seen.predicted.append(seq)
             self.seen.served_by[(p["deployment"], p["model"]["version"])] += 1
+
+
+_OFFSET = {
+    "partition": re.compile(rb'"partition":\s*(\d+)'),
+    "comparisons": re.compile(rb'"comparisons_offset":\s*(\d+)'),
+    "feedback": re.compile(rb'"feedback_offset":\s*(\d+)'),
+}
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -156,27 +180,26 @@ class ProcessMeter:
                 self.rss_max[name] = max(rss, self.rss_max.get(name, 0))
 
 
-async def controller_lag(settings: Settings) -> int | None:
-    """Records of ``inference.comparisons`` and ``inference.feedback`` the controller's
-    group has not committed yet (None when it has committed nothing or cannot be asked)."""
-    admin = AIOKafkaAdminClient(**connection(settings))
-    topics = {settings.topics.name(Topic.COMPARISONS), settings.topics.name(Topic.FEEDBACK)}
+async def controller_lag(settings: Settings, covered: dict[int, tuple[int, int]]) -> int | None:
+    """Records of ``inference.comparisons`` and ``inference.feedback`` written but not yet
+    covered by the controller's latest analysis snapshot of their partition (snapshots come
+    at most every 2 s while evidence arrives, so this includes up to 2 s of records). None
+    before the first snapshot."""
+    if not covered:
+        return None
+    consumer = reader(settings)
+    await consumer.start()
     try:
-        await admin.start()
-        committed = await admin.list_consumer_group_offsets(CONTROLLER_GROUP)
-        ours = {tp: meta.offset for tp, meta in committed.items() if tp.topic in topics}
-        if not ours:
-            return None
-        consumer = reader(settings)
-        await consumer.start()
-        try:
-            ends = await consumer.end_offsets(list(ours))
-        finally:
-            await consumer.stop()
-        return sum(
-            max(0, int(ends[tp]) - int(offset)) for tp, offset in ours.items() if offset >= 0
-        )
+        comparisons = settings.topics.name(Topic.COMPARISONS)
+        feedback = settings.topics.name(Topic.FEEDBACK)
+        tps = [TopicPartition(t, n) for n in covered for t in (comparisons, feedback)]
+        ends = await consumer.end_offsets(tps)
     except Exception:  # the figure is informative; the run goes on without it
         return None
     finally:
-        await admin.close()
+        await consumer.stop()
+    behind = 0
+    for n, (c, f) in covered.items():
+        behind += max(0, int(ends[TopicPartition(comparisons, n)]) - c)
+        behind += max(0, int(ends[TopicPartition(feedback, n)]) - f)
+    return behind

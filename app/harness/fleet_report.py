@@ -50,6 +50,7 @@ class FleetReport:
     controller_lag_max: int | None
     controller_lag_last: int | None
     invalid_served: list[str]  # broken/incompatible versions that served a request (must be empty)
+    snapshot_max_bytes: int  # the largest analysis snapshot the controller wrote
     fates: list[VersionFate]
 
     @property
@@ -110,6 +111,7 @@ def build_report(
         controller_lag_max=max(lags) if lags else None,
         controller_lag_last=lags[-1] if lags else None,
         invalid_served=invalid_served,
+        snapshot_max_bytes=observed.snapshot_max_bytes,
         fates=fates,
     )
 
@@ -163,8 +165,9 @@ def markdown(report: FleetReport) -> str:
         f"{r.dead_lettered:,} |",
         f"| ground-truth labels sent | {report.feedback:,} |",
         f"| answered per second (all workers) | {answered_rate:,.0f} |",
-        f"| controller consumer lag, max / at the end | {report.controller_lag_max} / "
-        f"{report.controller_lag_last} |",
+        "| controller lag (records past its last snapshot), max / at the end | "
+        f"{report.controller_lag_max} / {report.controller_lag_last} |",
+        f"| largest analysis snapshot | {report.snapshot_max_bytes / 1024:,.0f} KiB |",
     ]
     for name, p in report.processes.items():
         lines.append(
@@ -195,6 +198,7 @@ def as_json(report: FleetReport) -> dict[str, Any]:
         "controller_lag_max": report.controller_lag_max,
         "controller_lag_last": report.controller_lag_last,
         "invalid_served": report.invalid_served,
+        "snapshot_max_bytes": report.snapshot_max_bytes,
         "versions": [_fate(f) for f in report.fates],
     }
     return data
