@@ -187,6 +187,23 @@ SHADOW_SHED_RATIO = Gauge(
     ["deployment"],
 )
 
+# -- artifacts (workers and the controller: app.adapters.artifact_cache) ------------------------
+
+ARTIFACTS_FETCHED = Counter(
+    "rollout_artifacts_fetched_total",
+    f"Model versions fetched from {Topic.ARTIFACTS}, verified and installed in the local store.",
+    ["deployment"],
+)
+ARTIFACTS_REJECTED = Counter(
+    "rollout_artifacts_rejected_total",
+    "Artifacts refused (tampered, incomplete, missing, or not the version the state names):"
+    " never installed nor served (logged each).",
+    ["deployment"],
+)
+MODELS_LOADED = Gauge(
+    "rollout_models_loaded", "Model sessions a worker holds (production, candidate, rollback)."
+)
+
 # -- the control plane ------------------------------------------------------------------------
 
 DECISIONS = Counter(

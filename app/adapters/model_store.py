@@ -182,6 +182,23 @@ class ModelStore:
         ]
         return sorted(names, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
+    def has_spec(self, deployment: str) -> bool:
+        return bool(_NAME.match(deployment)) and (self.root / deployment / SPEC_FILE).is_file()
+
+    def stored_sha256(self, deployment: str, version: str) -> str | None:
+        """The sha256 the manifest of ``deployment`` ``version`` names when the store holds
+        the version (its manifest and model file, with or without the deployment's spec);
+        None when it does not. The file itself is checked by ``load``."""
+        if not (_NAME.match(deployment) and _NAME.match(version)):
+            return None
+        folder = self.root / deployment / version
+        if not (folder / MODEL_FILE).is_file():
+            return None
+        try:
+            return self._read_manifest(folder / MANIFEST_FILE, f"{deployment}/{version}").sha256
+        except ModelRejected:
+            return None
+
     def spec(self, deployment: str) -> DeploymentSpec:
         path = self._deployment_dir(deployment) / SPEC_FILE
         try:
