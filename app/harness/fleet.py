@@ -38,7 +38,6 @@ from app.core.events import (
     Action,
     ControlCommand,
     Mode,
-    ModelPublished,
     encode,
     now_ms,
 )
@@ -46,7 +45,7 @@ from app.core.manifest import RegressionSpec
 from app.core.policy import Policy
 from app.core.topics import Topic
 from app.harness.fleet_observe import Observer, ProcessMeter, controller_lag
-from app.harness.fleet_publish import artifact_of, publish_version
+from app.harness.fleet_publish import publish_version
 from app.harness.fleet_report import FleetReport, build_report
 from app.harness.fleet_tally import Bands, Outcome, Published, outcomes
 from app.harness.fleet_versions import (
@@ -300,7 +299,6 @@ class Simulator:
     deployments: list[Deployment]
     config: FleetConfig
     observer: Observer
-    partitions: int
     published: list[Published] = field(default_factory=list)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
@@ -322,16 +320,18 @@ class Simulator:
         d.versions += 1
         version = str(d.versions)
         publish_id = f"{self.run}-{d.name}-{version}"
-        event = ModelPublished(
-            publish_id=publish_id,
+        event = await publish_version(
+            self.producer,
+            self.settings,
+            data,
             deployment=d.name,
             version=version,
-            artifact=artifact_of(data, sha),
+            sha256=sha,
+            publish_id=publish_id,
             labels=list(d.pool.truth.labels) or None,
             description=f"rollout fleet: {draw}",
             published_by="fleet-simulator",
         )
-        await publish_version(self.producer, self.settings.topics, self.partitions, event, data)
         self.published.append(
             Published(
                 d.name, version, publish_id, d.mode.value, draw.value, quality, event.published_at
@@ -428,7 +428,6 @@ async def _drive(
     producer = plain_producer(settings)
     await producer.start()
     try:
-        partitions = len(await producer.partitions_for(settings.topics.name(Topic.ARTIFACTS)))
         traffic = Traffic(producer, settings, run, deployments, config.rate)
         simulator = Simulator(
             producer,
@@ -437,7 +436,6 @@ async def _drive(
             deployments,
             config,
             observer,
-            partitions,
             rng=np.random.default_rng(config.seed),
         )
         started = time.monotonic()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +53,13 @@ class Observer:
         self._settings = settings
         self._prefix = f"{run}-"
         self._deployments = deployments
-        self._names = {
-            settings.topics.name(t): t
-            for t in (Topic.PREDICTIONS, Topic.DLQ, Topic.STATE, Topic.EVENTS, Topic.ANALYSIS)
+        topics = settings.topics
+        self._handlers: dict[str, Callable[[bytes | None, bytes], None]] = {
+            topics.name(Topic.PREDICTIONS): self._prediction,
+            topics.name(Topic.DLQ): self._dead_letter,
+            topics.name(Topic.STATE): self._state,
+            topics.name(Topic.EVENTS): self._decision,
+            topics.name(Topic.ANALYSIS): self._snapshot,
         }
         self.seen = Observed()
         self._consumer: AIOKafkaConsumer | None = None
@@ -64,7 +69,7 @@ class Observer:
         consumer = reader(self._settings, client_id="rollout-fleet")
         await consumer.start()
         partitions: list[TopicPartition] = []
-        for name in self._names:
+        for name in self._handlers:
             partitions += await partitions_of(consumer, name)
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
@@ -86,32 +91,33 @@ class Observer:
         while True:
             batch = await self._consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
-                topic = self._names[tp.topic]
+                handle = self._handlers[tp.topic]
                 for record in records:
                     if record.value is not None:
-                        self._take(topic, record.key, record.value)
+                        handle(record.key, record.value)
 
-    def _take(self, topic: Topic, key: bytes | None, value: bytes) -> None:
-        if topic is Topic.PREDICTIONS:
-            self._prediction(value)
-        elif topic is Topic.ANALYSIS:
-            self._snapshot(value)
-        elif topic is Topic.DLQ:
-            letter = orjson.loads(value)
-            seq = sequence(letter.get("request_id") or "", self._prefix)
-            if seq is not None:
-                self.seen.dead_lettered.append(seq)
-        elif key is not None and key.decode(errors="replace") in self._deployments:
-            if topic is Topic.STATE:
-                state = decode(DeploymentState, value)
-                self.seen.states.append(state)
-                known = self.seen.latest.get(state.deployment)
-                if known is None or known.epoch < state.epoch:
-                    self.seen.latest[state.deployment] = state
-            else:
-                self.seen.decisions.append(decode(DecisionEvent, value))
+    def _ours(self, key: bytes | None) -> bool:
+        return key is not None and key.decode(errors="replace") in self._deployments
 
-    def _snapshot(self, value: bytes) -> None:
+    def _dead_letter(self, key: bytes | None, value: bytes) -> None:
+        letter = orjson.loads(value)
+        seq = sequence(letter.get("request_id") or "", self._prefix)
+        if seq is not None:
+            self.seen.dead_lettered.append(seq)
+
+    def _state(self, key: bytes | None, value: bytes) -> None:
+        if self._ours(key):
+            state = decode(DeploymentState, value)
+            self.seen.states.append(state)
+            known = self.seen.latest.get(state.deployment)
+            if known is None or known.epoch < state.epoch:
+                self.seen.latest[state.deployment] = state
+
+    def _decision(self, key: bytes | None, value: bytes) -> None:
+        if self._ours(key):
+            self.seen.decisions.append(decode(DecisionEvent, value))
+
+    def _snapshot(self, key: bytes | None, value: bytes) -> None:
         """The offsets a snapshot covers: read from the envelope's head (a snapshot may be
         megabytes; its offsets come first), the whole record only if they are not there."""
         self.seen.snapshot_max_bytes = max(self.seen.snapshot_max_bytes, len(value))
@@ -124,7 +130,7 @@ class Observer:
             n, c, f = data["partition"], data["comparisons_offset"], data["feedback_offset"]
         self.seen.covered[n] = (c, f)
 
-    def _prediction(self, value: bytes) -> None:
+    def _prediction(self, key: bytes | None, value: bytes) -> None:
         if self._prefix.encode() not in value:
             return
         p = orjson.loads(value)

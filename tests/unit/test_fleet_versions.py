@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 
 from app.adapters.onnx_graph import GraphError, read_graph
-from app.harness.fleet_publish import CHUNK_BYTES, artifact_of
 from app.harness.fleet_tally import Bands
 from app.harness.fleet_versions import (
     FEATURES,
@@ -75,13 +74,3 @@ def test_faulty_artifacts(pool, tmp_path: Path) -> None:  # type: ignore[no-unty
     assert hashlib.sha256(tampered(good.onnx)).hexdigest() != good.sha256
     x, y = held_out(pool.truth, 3)
     assert quality(pool.truth, good.onnx, x, y) == pytest.approx(good.quality, abs=0.03)
-
-
-@pytest.mark.parametrize(
-    ("size", "chunks"), [(1, 1), (CHUNK_BYTES, 1), (CHUNK_BYTES + 1, 2), (3 * CHUNK_BYTES, 3)]
-)
-def test_artifact_chunks(size: int, chunks: int) -> None:
-    data = b"x" * size
-    ref = artifact_of(data)
-    assert (ref.size, ref.chunks, ref.sha256) == (size, chunks, hashlib.sha256(data).hexdigest())
-    assert artifact_of(data, "0" * 64).sha256 == "0" * 64
