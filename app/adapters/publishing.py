@@ -81,6 +81,43 @@ def publish(
     return manifest
 
 
+def verify_published(
+    spec: DeploymentSpec,
+    model: Path,
+    version: str,
+    manifest: ModelManifest | None,
+    labels: list[str] | None = None,
+    description: str = "",
+    created_by: str | None = None,
+) -> ModelManifest:
+    """The manifest of ``model``, published on ``models.published`` as ``version`` of
+    ``spec``'s deployment, once it checks out: the given ``manifest`` (its name, version and
+    sha256 those of the publication and the file), or else one derived from the graph as
+    ``publish`` does; its signature fits the deployment's (every difference named) and a
+    smoke inference runs. ``PublishError`` with the reason otherwise."""
+    if manifest is None:
+        return _manifest(spec.name, model, version, labels, description, spec.signature, created_by)
+    if (manifest.name, manifest.version) != (spec.name, version):
+        raise PublishError(
+            f"the manifest is of {manifest.name} v{manifest.version}, "
+            f"the publication of {spec.name} v{version}"
+        )
+    actual = sha256_of(model)
+    if manifest.sha256 != actual:
+        raise PublishError(f"the manifest's sha256 {manifest.sha256[:12]}... is not the file's")
+    found = differences(spec.signature, manifest)
+    if found:
+        raise PublishError(
+            f"version {version} does not fit deployment {spec.name!r}: " + "; ".join(found)
+        )
+    ref = ModelRef(name=spec.name, version=version, uri=model.name, sha256=actual)
+    try:
+        open_model(model, manifest, ref)
+    except ModelRejected as error:
+        raise PublishError(error.reason) from error
+    return manifest
+
+
 def create(
     store: ModelStore,
     deployment: str,
@@ -122,6 +159,7 @@ def _manifest(
     labels: list[str] | None,
     description: str,
     signature: Signature | None,
+    created_by: str | None = None,
 ) -> ModelManifest:
     if not _name_ok(version):
         raise PublishError(f"invalid version {version!r} (letters, digits, . _ -)")
@@ -141,7 +179,7 @@ def _manifest(
         "outputs": graph.outputs,
         "sha256": sha256_of(model),
         "description": description,
-        "created_by": f"rollout publish ({getpass.getuser()})",
+        "created_by": created_by or f"rollout publish ({getpass.getuser()})",
         "libraries": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "target_opset": graph.opsets,
     }

@@ -19,7 +19,14 @@ from rich.table import Table
 from app.adapters.control_client import current_states, send_command
 from app.cli import app
 from app.cli.failures import ExitCode, fail
-from app.core.events import Action, ControlCommand, DecisionEvent, Mode, now_ms
+from app.core.events import (
+    Action,
+    ControlCommand,
+    DecisionEvent,
+    DeploymentState,
+    Mode,
+    now_ms,
+)
 from app.settings import load_settings
 
 console = Console()
@@ -150,12 +157,18 @@ def set_mode(
     _issue(deployment, Action.SET_MODE, wait, reason, as_json, mode=mode)
 
 
+def _queue_json(state: DeploymentState) -> list[Any]:
+    """The queue as JSON, empty too (the state's own JSON leaves an empty queue out)."""
+    return [q.model_dump(mode="json") for q in state.queue]
+
+
 @app.command()
 def status(
     deployment: Annotated[str | None, typer.Argument()] = None,
     as_json: Json = False,
 ) -> None:
-    """Each deployment's mode, phase, versions, weight, sample rate and epoch."""
+    """Each deployment's mode, phase, versions, weight, sample rate, queued versions (first
+    out first) and epoch."""
     states = asyncio.run(current_states(load_settings()))
     if deployment is not None:
         if deployment not in states:
@@ -164,7 +177,10 @@ def status(
     if as_json:
         typer.echo(
             orjson.dumps(
-                {name: st.model_dump(mode="json") for name, st in sorted(states.items())},
+                {
+                    name: {**st.model_dump(mode="json"), "queue": _queue_json(st)}
+                    for name, st in sorted(states.items())
+                },
                 option=orjson.OPT_INDENT_2,
             ).decode()
         )
@@ -177,6 +193,7 @@ def status(
         "candidate",
         "weight",
         "sample",
+        "queued",
         "epoch",
     )
     for name, st in sorted(states.items()):
@@ -188,6 +205,7 @@ def status(
             st.candidate.version if st.candidate else "-",
             f"{st.canary_weight:.0%}",
             f"{st.shadow_sample_rate:.0%}",
+            ", ".join(q.model.version for q in st.queue) or "-",
             str(st.epoch),
         )
     console.print(table)

@@ -1,8 +1,10 @@
 """Model verbs: ``rollout publish DEPLOYMENT MODEL.onnx`` writes an immutable version into the
-model store; ``rollout deployments create NAME --model MODEL.onnx`` makes a deployment (and
+model store, uploads it to ``models.artifacts`` and writes a ``ModelPublished`` event that the
+controller validates and rolls out per the deployment's ``on_publish`` (``--local-only``: the
+store alone); ``rollout deployments create NAME --model MODEL.onnx`` makes a deployment (and
 asks the controller for its first state, so running workers and controllers serve and judge
-it without a restart); ``rollout deployments list`` shows them. Exit 1 on a refusal, 2 when
-no controller answers a ``create``."""
+it without a restart); ``rollout deployments list`` shows them. Exit codes:
+``app.cli.failures`` (1 refused, 2 no controller answered)."""
 
 from __future__ import annotations
 
@@ -13,17 +15,19 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from app.adapters.control_client import current_states, send_command
+from app.adapters.control_client import current_states, send_command, send_publication
 from app.adapters.model_store import ModelRejected, ModelStore
 from app.adapters.publishing import PublishError, create, publish
 from app.cli import app
+from app.cli.failures import ExitCode, fail
 from app.core.events import Action, ControlCommand, DeploymentState
-from app.core.manifest import RegressionSpec, Signature
+from app.core.manifest import ModelManifest, RegressionSpec, Signature
 from app.core.policy import Policy
 from app.settings import load_settings
 
@@ -58,26 +62,106 @@ def publish_command(
     ] = None,
     labels: Labels = None,
     description: Description = "",
+    local_only: Annotated[
+        bool,
+        typer.Option(
+            "--local-only", help="Only write the local model store (offline; no rollout)."
+        ),
+    ] = False,
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for the controller's answer.")
+    ] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")] = False,
 ) -> None:
     """Publish MODEL (an ONNX file) as a new, immutable version of DEPLOYMENT: its signature
-    is read from the graph and must fit the deployment's; a smoke inference must run."""
+    is read from the graph and must fit the deployment's; a smoke inference must run. The
+    version is written to the local model store (when it holds the deployment), its artifact
+    to Kafka, then a ModelPublished event: the controller validates it and rolls it out as
+    the deployment's policy.on_publish says. Waits for the controller's answers."""
+    store = _store()
+    manifest: ModelManifest | None = None
+    if local_only or deployment in store.deployments():
+        try:
+            manifest = publish(
+                store,
+                deployment,
+                model,
+                version=version,
+                labels=_labels(labels),
+                description=description,
+            )
+        except PublishError as error:
+            fail(ExitCode.REJECTED, f"refused: {error}")
+        version = manifest.version
+        if not as_json:
+            console.print(
+                f"[green]published[/green] {deployment} version {manifest.version} "
+                f"(sha256 {manifest.sha256[:12]}): {_describe(manifest.signature)}"
+            )
+    if local_only:
+        assert manifest is not None
+        if as_json:
+            typer.echo(orjson.dumps({"manifest": manifest.model_dump(mode="json")}).decode())
+        else:
+            console.print(
+                f"  deploy it: rollout deploy {deployment} {manifest.version} --mode canary"
+            )
+        return
+    if version is None:
+        fail(ExitCode.USAGE, f"{deployment!r} is not in the local model store: give --version")
+    _send_publication(deployment, version, model, manifest, labels, description, wait, as_json)
+
+
+def _send_publication(
+    deployment: str,
+    version: str,
+    model: Path,
+    manifest: ModelManifest | None,
+    labels: str | None,
+    description: str,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Upload the artifact, write the ModelPublished event, print the controller's answers."""
     try:
-        manifest = publish(
-            _store(),
+        data = model.read_bytes()
+    except OSError as error:
+        fail(ExitCode.USAGE, f"cannot read {model}: {error}")
+    event, answers = asyncio.run(
+        send_publication(
+            load_settings(),
             deployment,
-            model,
-            version=version,
-            labels=_labels(labels),
+            version,
+            data,
+            timeout_s=wait,
+            manifest=manifest,
+            labels=None if manifest is not None else _labels(labels),
             description=description,
+            published_by=getpass.getuser(),
         )
-    except PublishError as error:
-        console.print(f"[red]refused[/red]: {error}")
-        raise typer.Exit(1) from None
-    console.print(
-        f"[green]published[/green] {deployment} version {manifest.version} "
-        f"(sha256 {manifest.sha256[:12]}): {_describe(manifest.signature)}"
     )
-    console.print(f"  deploy it: rollout deploy {deployment} {manifest.version} --mode canary")
+    if as_json:
+        typer.echo(
+            orjson.dumps(
+                {
+                    "publication": event.model_dump(mode="json"),
+                    "decisions": [d.model_dump(mode="json", by_alias=True) for d in answers],
+                }
+            ).decode()
+        )
+    if not answers:
+        fail(
+            ExitCode.NO_ANSWER,
+            f"no answer to the publication of {deployment} version {version} within "
+            f"{wait:.0f}s: is `rollout controller` running? (publish_id {event.publish_id})",
+        )
+    if not as_json:
+        for d in answers:
+            mark = "[green]accepted[/green]" if d.accepted else "[red]rejected[/red]"
+            console.print(f"{mark} {d.action} {d.deployment} (epoch {d.epoch}): {d.reason}")
+    refused = next((d for d in answers if not d.accepted), None)
+    if refused is not None:
+        fail(ExitCode.REJECTED, f"rejected {refused.action} {deployment}: {refused.reason}")
 
 
 @deployments.command("create")

@@ -2,10 +2,12 @@
 
 Faust gives the controller its consumer group: the co-partitioned control-plane topics are
 keyed by deployment, so whichever controller process owns partition N acts for the
-deployments on it, and another one takes over when it dies. The agent hands each command to
-``CommandHandler``, which publishes through aiokafka transactions of its own
+deployments on it, and another one takes over when it dies. One agent hands each command to
+``CommandHandler``, another each publication of ``models.published`` (co-partitioned) to
+``PublicationHandler``; both publish through aiokafka transactions of their own
 (``DecisionPublisher``): Faust's ``exactly_once`` guarantee is not used (it has open
-duplicate bugs); offsets of handled commands are committed inside those transactions.
+duplicate bugs); offsets of handled commands and publications are committed inside those
+transactions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
 from app.controller.commands import CommandHandler
 from app.controller.dashboard import WebServer, start_web
+from app.controller.publications import PublicationHandler
 from app.controller.publisher import DecisionPublisher
 from app.core import health
 from app.core.manifest import DeploymentSpec
@@ -47,6 +50,15 @@ class ControlPlane(Service):
         self.publisher = DecisionPublisher(settings, group_id=APP_ID)
         self.store = ModelStore(settings.model_store)
         self.handler = CommandHandler(self.store, self.view, self.publisher, settings)
+        self.publications = PublicationHandler(
+            self.store,
+            self.view,
+            self.publisher,
+            settings,
+            current=self.handler.current,
+            owns=lambda partition: partition in self.analysts,
+        )
+        self.view.listeners.append(self.publications.on_state)
         self.analysts: dict[int, PartitionAnalyst] = {}
         self.ready = asyncio.Event()
         self.web: WebServer | None = None
@@ -62,6 +74,7 @@ class ControlPlane(Service):
     async def on_stop(self) -> None:
         if self.web is not None:
             await self.web.stop()
+        await self.publications.stop()
         for partition in list(self.analysts):
             await self._release(partition)
         await self.publisher.close()
@@ -94,6 +107,7 @@ class ControlPlane(Service):
             )
             await analyst.start()
             self.analysts[partition] = analyst
+        self.publications.drain_owned()  # a rollout may have ended under the previous owner
         log.info("acting for control partitions %s", sorted(partitions))
 
     def _spec(self, deployment: str) -> DeploymentSpec | None:
@@ -145,6 +159,19 @@ def build_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             message = event.message
             await plane.handler.handle(
+                message.key, message.value, message.partition, message.offset
+            )
+
+    published = app.topic(
+        settings.topics.name(Topic.PUBLISHED), key_type=bytes, value_type=bytes, allow_empty=True
+    )
+
+    @app.agent(published)
+    async def publications(stream: faust.StreamT[bytes]) -> None:
+        await plane.ready.wait()
+        async for event in stream.events():
+            message = event.message
+            await plane.publications.handle(
                 message.key, message.value, message.partition, message.offset
             )
 

@@ -17,7 +17,15 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from app.core.manifest import ModelManifest
 from app.core.policy import Policy
@@ -338,6 +346,16 @@ class Watch(_Event):
     until: int
 
 
+class QueuedVersion(_Event):
+    """A published version, validated and installed, waiting for the rollout in flight to
+    end (the policy's ``on_publish.in_flight`` is ``queue``)."""
+
+    model: ModelRef
+    publish_id: str
+    published_by: str = "unknown"
+    queued_at: int
+
+
 class DeploymentState(_Event):
     deployment: str
     epoch: int
@@ -352,6 +370,18 @@ class DeploymentState(_Event):
     updated_at: int = Field(default_factory=now_ms)
     reason: str = ""
     watch: Watch | None = None  # set while a promotion is being watched
+    # Published versions waiting for the rollout in flight to end, first out first; the
+    # first starts when it ends (``app.core.publication``). Not written while empty.
+    queue: list[QueuedVersion] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _empty_queue_unwritten(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # States without a queue stay byte for byte what they were before the queue existed,
+        # so readers built before it still read them.
+        data = handler(self)
+        if isinstance(data, dict) and not self.queue:
+            data.pop("queue", None)
+        return data
 
 
 class StateSummary(_Event):

@@ -100,6 +100,40 @@ class WatchPolicy(BaseModel):
     sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
+class PublishMode(StrEnum):
+    """How a newly published version rolls out (the ``Mode`` values), or ``none``: it is
+    validated and installed, and waits for an operator's ``deploy``."""
+
+    NONE = "none"
+    MANUAL = "manual"
+    AUTOMATIC = "automatic"
+    CANARY = "canary"
+    SHADOW = "shadow"
+
+
+class InFlight(StrEnum):
+    """What a validated publication does when a rollout of the deployment is in flight."""
+
+    QUEUE = "queue"  # wait in the deployment's FIFO queue; starts when the rollout ends
+    SUPERSEDE = "supersede"  # the candidate in flight is retired, the new version starts
+
+
+class OnPublish(BaseModel):
+    """What the controller does with a version published on ``models.published`` once it is
+    validated (``app.core.publication``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: PublishMode = PublishMode.NONE
+    # canary: the first weight (default: the policy's first canary step).
+    weight: float | None = Field(default=None, gt=0.0, le=1.0)
+    # shadow: the share of requests the candidate scores.
+    sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    in_flight: InFlight = InFlight.QUEUE
+    # queue: at most this many versions wait; one more is rejected with the reason.
+    queue_limit: int = Field(default=10, ge=1, le=1000)
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -120,15 +154,20 @@ class Policy(BaseModel):
     # Promote without labels when the disagreement is shown below the margin (not recall).
     promote_on_agreement: bool = True
     watch: WatchPolicy = Field(default_factory=WatchPolicy)
+    # What a version published on models.published does (default: nothing until a deploy).
+    on_publish: OnPublish = Field(default_factory=OnPublish)
 
     @model_serializer(mode="wrap")
-    def _default_watch_unwritten(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # A policy with the default watch is written as before the watch existed (the
-        # deployment.yaml files and the states on the wire stay byte for byte the same);
-        # reading it back gives the default.
+    def _defaults_unwritten(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A policy with the default watch and on_publish is written as before they existed
+        # (the deployment.yaml files and the states on the wire stay byte for byte the
+        # same); reading it back gives the defaults.
         data = handler(self)
-        if isinstance(data, dict) and self.watch == _DEFAULT_WATCH:
-            data.pop("watch", None)
+        if isinstance(data, dict):
+            if self.watch == _DEFAULT_WATCH:
+                data.pop("watch", None)
+            if self.on_publish == _DEFAULT_ON_PUBLISH:
+                data.pop("on_publish", None)
         return data
 
     @field_validator("canary_steps")
@@ -142,3 +181,4 @@ class Policy(BaseModel):
 
 
 _DEFAULT_WATCH = WatchPolicy()
+_DEFAULT_ON_PUBLISH = OnPublish()

@@ -105,7 +105,7 @@ def apply(
         if command.action is Action.DEPLOY and default_policy is not None:
             base = state.model_copy(update={"policy": default_policy})
         changes, reason = _TRANSITIONS[command.action](base, command, candidate)
-        new = _next(state, changes, now, reason)
+        new = next_state(state, changes, now, reason)
     except Rejected as exc:
         return reject_command(state, command, str(exc), now)
     return Outcome(
@@ -432,11 +432,11 @@ def controller_step(
     if state.candidate is None:
         raise ValueError(f"{action} needs a candidate")
     changes = _VERDICT_STEPS[verdict](state, next_weight)
-    new = _next(state, changes, now, reason)
+    new = next_state(state, changes, now, reason)
     return Outcome(new, decision(state, new, action, reason, now, evidence=evidence))
 
 
-def _next(
+def next_state(
     state: DeploymentState, changes: dict[str, object], now: int, reason: str
 ) -> DeploymentState:
     """The state after ``changes`` (epoch + 1), with its watch started or ended: a candidate
