@@ -106,7 +106,13 @@ class Deployment:
 
 def on_publish(mode: Mode, in_flight: str) -> dict[str, Any]:
     """The ``on_publish`` policy of a fleet deployment."""
-    return {"mode": mode.value, "weight": 0.2, "sample_rate": 1.0, "in_flight": in_flight}
+    return {
+        "mode": mode.value,
+        "weight": 0.2,
+        "sample_rate": 1.0,
+        "in_flight": in_flight,
+        "queue_limit": 30,
+    }
 
 
 def fleet_policy(config: FleetConfig, mode: Mode, in_flight: str) -> Policy:
@@ -120,11 +126,6 @@ def fleet_policy(config: FleetConfig, mode: Mode, in_flight: str) -> Policy:
         "feedback_horizon_s": config.horizon_s,
         "watch": {"window_s": 60, "window_requests": 400},
     }
-    if "on_publish" not in Policy.model_fields:
-        raise RuntimeError(
-            "this build's Policy has no on_publish: `rollout fleet` needs publish-driven "
-            "rollouts (issue 13, item 1)"
-        )
     fields["on_publish"] = on_publish(mode, in_flight)
     return Policy.model_validate(fields)
 

@@ -11,9 +11,9 @@ A version's outcome comes from the states, which name versions: it is *promoted*
 becomes production (and *rolled back* if production later returns to the version it
 replaced), *rolled back* when it leaves the candidate slot without becoming production
 (*superseded* when the decision that removed it was a ``supersede``), and from the decisions
-for what never reaches a state: *rejected* (a refused ``publish`` or ``validate``) and
-*superseded* while queued. A decision names its version by its ``command_id`` (the
-publication's ``publish_id``) or, failing that, by the ``version`` named in its evidence.
+for what never reaches a state: *rejected* (a refused ``publish``, ``validate``, a full
+``queue``, a start that could not be). A decision names its version by its ``command_id``
+(the publication's ``publish_id``) or, failing that, by the ``version`` in its evidence.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from app.core.events import DecisionAction, DecisionEvent, DeploymentState
 class Outcome(StrEnum):
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
-    REJECTED = "rejected"  # at validation (or the publication itself refused)
+    REJECTED = "rejected"  # at validation (or the publication refused, or a full queue)
     SUPERSEDED = "superseded"
     IN_FLIGHT = "in_flight"
 
@@ -125,9 +125,9 @@ def outcomes(
     ours = {(p.deployment, p.version): p for p in published}
     by_publish_id = {p.publish_id: p.version for p in published}
     lives = {key: _Life() for key in ours}
-    actions: dict[tuple[str, int], DecisionAction] = {}
+    actions: dict[tuple[str, int], set[DecisionAction]] = {}
     for event in decisions:
-        actions.setdefault((event.deployment, event.epoch), event.action)
+        actions.setdefault((event.deployment, event.epoch), set()).add(event.action)
         _apply_decision(event, _version_named(event, by_publish_id), lives)
     previous: dict[str, DeploymentState] = {}
     for state in states:
@@ -135,7 +135,7 @@ def outcomes(
         if before is not None and state.epoch <= before.epoch:
             continue
         previous[state.deployment] = state
-        _apply_state(before, state, lives, actions.get((state.deployment, state.epoch)))
+        _apply_state(before, state, lives, actions.get((state.deployment, state.epoch), set()))
     quality = {key: p.quality for key, p in ours.items()}
     for name, (version, q) in initial.items():
         quality.setdefault((name, version), q)
@@ -145,21 +145,18 @@ def outcomes(
 def _apply_decision(
     event: DecisionEvent, version: str | None, lives: dict[tuple[str, str], _Life]
 ) -> None:
+    """A refused step of a publication (the publication itself, its validation, a full
+    queue, a start that could not be): the version is rejected, unless it serves later."""
     life = lives.get((event.deployment, version)) if version is not None else None
-    if life is None or life.outcome is not Outcome.IN_FLIGHT:
-        return
-    refused = event.action in (DecisionAction.PUBLISH, DecisionAction.VALIDATE)
-    if refused and not event.accepted:
+    if life is not None and life.outcome is Outcome.IN_FLIGHT and not event.accepted:
         life.decide(Outcome.REJECTED, event.at)
-    elif event.action is DecisionAction.SUPERSEDE and event.accepted and not life.served:
-        life.decide(Outcome.SUPERSEDED, event.at)
 
 
 def _apply_state(
     before: DeploymentState | None,
     state: DeploymentState,
     lives: dict[tuple[str, str], _Life],
-    action: DecisionAction | None,
+    actions: set[DecisionAction],
 ) -> None:
     name, at = state.deployment, state.updated_at
     production = state.production.version
@@ -168,7 +165,7 @@ def _apply_state(
         if life is not None and not life.served:
             life.served = True
             life.baseline = before.production.version if before is not None else None
-            if life.outcome is Outcome.SUPERSEDED:  # a decision named it, yet it serves
+            if life.outcome is Outcome.REJECTED:  # a refusal named it, yet it serves
                 life.outcome, life.decided_ms = Outcome.IN_FLIGHT, None
     if before is None:
         return
@@ -185,7 +182,7 @@ def _apply_state(
     now = state.candidate.version if state.candidate else None
     left = lives.get((name, old)) if old is not None else None
     if left is not None and old != now and old != production:
-        superseded = action is DecisionAction.SUPERSEDE
+        superseded = DecisionAction.SUPERSEDE in actions
         left.decide(Outcome.SUPERSEDED if superseded else Outcome.ROLLED_BACK, at)
 
 

@@ -105,12 +105,12 @@ def test_bands_classify_the_measured_difference(delta: float, truth: str) -> Non
             "broken",
             False,
         ),
-        # superseded while queued, named by its publish id
+        # refused by a full queue, named by its publish id
         (
             0.80,
             [("1", None), ("1", "3")],
-            [decision(DecisionAction.SUPERSEDE, 1, command_id="pub-2")],
-            Outcome.SUPERSEDED,
+            [decision(DecisionAction.QUEUE, 1, accepted=False, command_id="pub-2")],
+            Outcome.REJECTED,
             "equal",
             False,
         ),
@@ -134,10 +134,21 @@ def test_outcomes_follow_states_and_decisions(
     assert (fate.decided_ms is None) == (outcome is Outcome.IN_FLIGHT)
 
 
-def test_a_version_named_by_a_supersede_that_then_serves_is_not_superseded() -> None:
+def test_supersede_retires_the_candidate_not_the_version_that_named_it() -> None:
+    # the controller names a supersede by the new publication's id, retires the candidate
+    # (epoch 2: no candidate), then starts the new version (epoch 3)
+    versions = [published("2", quality=0.80), published("3", quality=0.85)]
+    seen = [at(0, "1", None), at(1, "1", "2"), at(2, "1", None), at(3, "1", "3"), at(4, "3", None)]
+    decisions = [decision(DecisionAction.SUPERSEDE, 2, command_id="pub-3")]
+    two, three = outcomes(versions, seen, decisions, BANDS, INITIAL)  # type: ignore[arg-type]
+    assert (two.outcome, three.outcome) == (Outcome.SUPERSEDED, Outcome.PROMOTED)
+    assert three.truth == "better"
+
+
+def test_a_version_refused_once_that_serves_later_is_not_rejected() -> None:
     versions = [published("2", quality=0.85)]
     seen = [at(0, "1", None), at(1, "1", "2"), at(2, "2", None)]
-    decisions = [decision(DecisionAction.SUPERSEDE, 1, command_id="pub-2")]
+    decisions = [decision(DecisionAction.DEPLOY, 0, accepted=False, command_id="pub-2")]
     fate = outcomes(versions, seen, decisions, BANDS, INITIAL)[0]  # type: ignore[arg-type]
     assert fate.outcome is Outcome.PROMOTED
 
