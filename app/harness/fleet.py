@@ -117,7 +117,8 @@ def on_publish(mode: Mode, in_flight: str) -> dict[str, Any]:
 
 def fleet_policy(config: FleetConfig, mode: Mode, in_flight: str) -> Policy:
     """Fast enough for a day in minutes: three canary steps of 150 samples, the horizon in
-    seconds, a short post-promotion watch (what catches a bad automatic version)."""
+    seconds, a short post-promotion watch (what catches a bad automatic version), a
+    disagreement ceiling of 40%."""
     fields: dict[str, Any] = {
         "canary_steps": [0.2, 0.5, 1.0],
         "min_samples_per_step": 150,
@@ -125,6 +126,10 @@ def fleet_policy(config: FleetConfig, mode: Mode, in_flight: str) -> Policy:
         "alpha": config.alpha,
         "feedback_horizon_s": config.horizon_s,
         "watch": {"window_s": 60, "window_requests": 400},
+        # Versions trained on differently corrupted labels disagree with production on many
+        # requests even when better (a binary pair ~10-20%, 3 classes more): a 20% ceiling
+        # rolled back most better versions; the tests on the labels judge them instead.
+        "guardrails": {"max_disagreement": 0.4},
     }
     fields["on_publish"] = on_publish(mode, in_flight)
     return Policy.model_validate(fields)
@@ -291,8 +296,8 @@ class Traffic:
 
 @dataclass
 class Simulator:
-    """The training pipelines: a version every ``interval_s``, for a random deployment, of a
-    kind drawn from ``mix``."""
+    """The training pipelines: a version on schedule, for each deployment in turn (a new
+    random order every round), of a kind drawn from ``mix``."""
 
     producer: AIOKafkaProducer
     settings: Settings
@@ -302,6 +307,7 @@ class Simulator:
     observer: Observer
     published: list[Published] = field(default_factory=list)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    _turns: list[int] = field(default_factory=list)
 
     def production_quality(self, d: Deployment) -> tuple[str, float]:
         state = self.observer.seen.latest.get(d.name)
@@ -313,7 +319,9 @@ class Simulator:
         return version, quality
 
     async def publish_one(self) -> None:
-        d = self.deployments[int(self.rng.integers(len(self.deployments)))]
+        if not self._turns:  # each pipeline in turn, in a new random order every round
+            self._turns = [int(i) for i in self.rng.permutation(len(self.deployments))]
+        d = self.deployments[self._turns.pop()]
         draws = list(self.config.mix)
         weights = np.array([self.config.mix[k] for k in draws], dtype=np.float64)
         draw = draws[int(self.rng.choice(len(draws), p=weights / weights.sum()))]

@@ -124,6 +124,7 @@ def markdown(report: FleetReport) -> str:
     s, r, c = report.summary, report.requests, report.config
     o = s.outcomes
     answered_rate = r.answered / max(report.seconds, 1e-3)
+    by_mode = ", ".join(f"{m} {n} of {b}" for m, (n, b) in s.false_by_mode.items())
     lines = [
         f"## rollout fleet {report.run}",
         "",
@@ -154,6 +155,7 @@ def markdown(report: FleetReport) -> str:
         "|---|---:|",
         f"| versions worse than the margin (measured) | {s.bad} |",
         f"| ... promoted (false promotions) | {s.false_promotions} |",
+        f"| ... promoted, by mode | {by_mode} |",
         f"| ... promoted, then rolled back by the watch | {s.promoted_then_restored} |",
         f"| better or equal versions | {s.good} |",
         f"| ... rolled back / rejected | {s.good_rolled_back} / {s.good_rejected} |",

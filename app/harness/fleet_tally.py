@@ -262,6 +262,7 @@ class Summary:
     bad: int  # versions worse than the margin (judged against a production)
     false_promotions: int  # ... that ended promoted
     false_promotion_rate: float | None
+    false_by_mode: dict[str, tuple[int, int]]  # mode -> (false promotions, versions worse)
     promoted_then_restored: int  # bad versions promoted, then rolled back by the watch
     good: int  # better or equal
     good_rolled_back: int
@@ -304,6 +305,13 @@ def summarize(fates: Sequence[VersionFate]) -> Summary:
         bad=len(bad),
         false_promotions=false,
         false_promotion_rate=_rate(false, len(bad)),
+        false_by_mode={
+            mode: (
+                sum(1 for f in bad if f.published.mode == mode and f.outcome is Outcome.PROMOTED),
+                sum(1 for f in bad if f.published.mode == mode),
+            )
+            for mode in sorted(by_mode)
+        },
         promoted_then_restored=sum(
             1 for f in bad if f.promoted_ever and f.outcome is not Outcome.PROMOTED
         ),

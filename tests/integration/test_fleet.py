@@ -21,10 +21,10 @@ async def test_a_small_fleet_decides_every_version_and_loses_no_request(
         deployments=10,
         versions=50,
         minutes=1.5,
-        rate=150.0,
+        rate=250.0,
         workers=1,
-        horizon_s=40,
-        drain_s=60.0,
+        horizon_s=30,
+        drain_s=120.0,
         out=tmp_path,
         name="fleet-ci",
     )
