@@ -405,7 +405,7 @@ async def run_fleet(settings: Settings, config: FleetConfig, progress: Progress)
     services = Services(
         settings.model_copy(update={"model_store": store.root}),
         workers=config.workers,
-        name=f"fleet/{run}/logs",
+        name=f"fleet-{run}",  # worker ids fleet-<run>-<i>; logs in ROLLOUT_HOME/fleet-<run>
         ROLLOUT_DASHBOARD_PORT="0",
     )
     observer = Observer(settings, run, {d.name for d in deployments})

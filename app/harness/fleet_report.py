@@ -133,7 +133,7 @@ def markdown(report: FleetReport) -> str:
         f"{c['workers']} workers; margin {c['margin']:.0%}, alpha {c['alpha']:.0%}, horizon "
         f"{c['horizon_s']} s; run {report.seconds:.0f} s (with the drain).",
         "",
-        "| versions | published | promoted | rolled back | rejected at validation | "
+        "| versions | published | promoted | rolled back | rejected (validation, full queue) | "
         "superseded | in flight |",
         "|---:|---:|---:|---:|---:|---:|---:|",
         f"| all | {s.versions} | {o['promoted']} | {o['rolled_back']} | {o['rejected']} | "
