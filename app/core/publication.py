@@ -101,7 +101,9 @@ def received(state: DeploymentState, event: ModelPublished, now: int) -> Outcome
         f"version {event.version} published by {event.published_by} (sha256 "
         f"{art.sha256[:12]}..., {art.size} bytes in {art.chunks} chunks)"
     )
-    return answer(state, DecisionAction.PUBLISH, True, reason, now, event.publish_id)
+    return answer(
+        state, DecisionAction.PUBLISH, True, reason, now, event.publish_id, event.published_by
+    )
 
 
 def roll_out(

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 from app.adapters.artifacts import upload
 from app.adapters.control_client import current_states
 from app.adapters.kafka_clients import assign_at_end, partitions_of, plain_producer, reader
+from app.cli.failures import ExitCode
 from app.core.artifacts import describe
 from app.core.events import (
     Action,
@@ -395,3 +396,25 @@ def _event_fields(version: str) -> dict[str, Any]:
         "artifact": describe(data).model_dump(),
         "published_by": "pipeline",
     }
+
+
+async def test_rollout_publish_exit_codes(
+    services: RolloutProcess, kafka_bootstrap: str, store: Path, settings: Settings
+) -> None:
+    env = {"ROLLOUT_MODEL_STORE": str(store)}
+    model = str(FRAUD / "3" / "model.onnx")
+    ghost = f"ghost-{RUN}"
+    refused = cli(kafka_bootstrap, "publish", ghost, model, "--version", "2", env=env)
+    assert refused.returncode == ExitCode.REJECTED, refused.stdout + refused.stderr
+    assert (
+        refused.stderr.startswith("error: rejected publish") and "no deployment" in refused.stderr
+    )
+    no_version = cli(kafka_bootstrap, "publish", ghost, model, env=env)
+    assert no_version.returncode == ExitCode.USAGE and "--version" in no_version.stderr
+    before = await _state(settings, SUPER)
+    offline = cli(
+        kafka_bootstrap, "publish", SUPER, model, "--version", "9", "--local-only", env=env
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert (store / SUPER / "9" / "model.onnx").read_bytes() == _model("3")
+    assert await _state(settings, SUPER) == before  # the store only: nothing published
