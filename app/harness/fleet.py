@@ -125,7 +125,9 @@ def fleet_policy(config: FleetConfig, mode: Mode, in_flight: str) -> Policy:
         "non_inferiority_margin": config.margin,
         "alpha": config.alpha,
         "feedback_horizon_s": config.horizon_s,
-        "watch": {"window_s": 60, "window_requests": 400},
+        # Watched for one horizon: at a few requests a second per deployment a shorter watch
+        # never gathered the evidence to take a bad automatic version back.
+        "watch": {"window_s": config.horizon_s},
         # Versions trained on differently corrupted labels disagree with production on many
         # requests even when better (a binary pair ~10-20%, 3 classes more): a 20% ceiling
         # rolled back most better versions; the tests on the labels judge them instead.
