@@ -21,6 +21,7 @@ def main() -> None:
         chaos,
         control,
         demo,
+        fleet,
         history,
         kafka,
         models,
