@@ -3,8 +3,9 @@ KRaft's ``StandardAuthorizer``, the principals of ``acls.yaml`` as SCRAM users, 
 applied by the real ``rollout acls apply``. A producer principal that writes to
 ``deployments.control`` is refused by the broker, and so is a worker principal (it may not
 steer); none but an operator may write ``models.published`` or ``models.artifacts`` (publish a
-model; the controller only tombstones artifacts); an operator's command goes through. A worker and a controller running as
-their own principals serve a producer principal's requests, so the declared rights suffice."""
+model; the controller only tombstones artifacts); an operator's command goes through. A
+worker and a controller running as their own principals serve a producer principal's
+requests, so the declared rights suffice."""
 
 from __future__ import annotations
 
