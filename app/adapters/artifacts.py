@@ -11,9 +11,10 @@ all until the version is tombstoned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.adapters.kafka_clients import partitions_of, reader
 from app.adapters.partitioning import partition_for
@@ -73,33 +74,61 @@ async def tombstone(
 
 
 async def fetch(
-    settings: Settings, deployment: str, version: str, ref: ArtifactRef, timeout_s: float = 60.0
+    settings: Settings,
+    deployment: str,
+    version: str,
+    ref: ArtifactRef,
+    timeout_s: float = 60.0,
+    since_ms: int | None = None,
 ) -> bytes:
     """The published bytes of ``deployment``/``version``, read from its partition up to the
     partition's end as of the call and checked against ``ref``. Raises
     :class:`ArtifactRejected` when the chunks are incomplete or not the published file (a
-    later chunk with the same key replaces an earlier one, as compaction would)."""
+    later chunk with the same key replaces an earlier one, as compaction would).
+
+    ``since_ms``: read only what was written from then on first (the chunks of a version
+    just published are near the partition's end, and a partition holds every live version
+    of a third of the deployments); when that is not the whole artifact, read it all."""
     topic = settings.topics.name(Topic.ARTIFACTS)
-    prefix = key_prefix(deployment, version).encode()
     consumer = reader(settings, max_partition_fetch_bytes=2 * CHUNK_BYTES)
     await consumer.start()
     try:
         partitions = await partitions_of(consumer, topic)
         tp = TopicPartition(topic, partition_for(deployment, len(partitions)))
         consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
         end = (await consumer.end_offsets([tp]))[tp]
-        chunks: dict[int, bytes | None] = {}
         deadline = time.monotonic() + timeout_s
-        while await consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise ArtifactRejected(f"timed out reading {topic} partition {tp.partition}")
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            for record in batch.get(tp, []):
-                if record.key is not None and record.key.startswith(prefix):
-                    index = record.key[len(prefix) :]
-                    if index.isdigit():
-                        chunks[int(index)] = record.value
-        return join(ref, chunks)
+        if since_ms is not None:
+            found = (await consumer.offsets_for_times({tp: max(since_ms, 0)})).get(tp)
+            if found is not None:
+                consumer.seek(tp, found.offset)
+                recent = await _chunks(consumer, tp, end, deployment, version, deadline)
+                with contextlib.suppress(ArtifactRejected):
+                    return join(ref, recent)
+        await consumer.seek_to_beginning(tp)
+        return join(ref, await _chunks(consumer, tp, end, deployment, version, deadline))
     finally:
         await consumer.stop()
+
+
+async def _chunks(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    end: int,
+    deployment: str,
+    version: str,
+    deadline: float,
+) -> dict[int, bytes | None]:
+    """The version's chunks from the consumer's position up to ``end``, by index."""
+    prefix = key_prefix(deployment, version).encode()
+    chunks: dict[int, bytes | None] = {}
+    while await consumer.position(tp) < end:
+        if time.monotonic() > deadline:
+            raise ArtifactRejected(f"timed out reading {tp.topic} partition {tp.partition}")
+        batch = await consumer.getmany(tp, timeout_ms=500)
+        for record in batch.get(tp, []):
+            if record.key is not None and record.key.startswith(prefix):
+                index = record.key[len(prefix) :]
+                if index.isdigit():
+                    chunks[int(index)] = record.value
+    return chunks

@@ -55,6 +55,9 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A publication's chunks are written just before it: read the last hour of the artifacts
+# partition first (all of it when they are not all there: a late or re-sent publication).
+RECENT_MS = 3_600_000
 ANSWERS_KEPT = 10_000  # publish_ids whose answer is remembered (replays answered from it)
 
 
@@ -218,7 +221,13 @@ class PublicationHandler:
         """The version fetched, checked and installed, its manifest record written for the
         other hosts (``app.adapters.artifact_cache``); ``PublishError`` with the reason."""
         try:
-            data = await fetch(self._settings, event.deployment, event.version, event.artifact)
+            data = await fetch(
+                self._settings,
+                event.deployment,
+                event.version,
+                event.artifact,
+                since_ms=event.published_at - RECENT_MS,  # the chunks came just before
+            )
             manifest = await asyncio.to_thread(self._verify_and_install, event, spec, data)
         except ArtifactRejected as error:
             raise PublishError(error.reason) from error

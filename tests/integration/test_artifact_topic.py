@@ -5,6 +5,7 @@ the fetch refuse it (app/adapters/artifacts.py)."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -24,9 +25,15 @@ async def test_chunks_round_trip_and_anything_else_is_refused(
 ) -> None:
     deployment = f"art-{uuid.uuid4().hex[:8]}"
     data = os.urandom(5_000)
+    before = int(time.time() * 1000) - 1_000
     ref = await upload(producer, settings_, deployment, "1", data, chunk_bytes=2_048)
     assert ref == describe(data, 2_048) and ref.chunks == 3
     assert await fetch(settings_, deployment, "1", ref) == data
+    # From a recent time (what a publication's fetch reads first), and from a time after the
+    # chunks (nothing there: the whole partition is read).
+    assert await fetch(settings_, deployment, "1", ref, since_ms=before) == data
+    later = int(time.time() * 1000) + 60_000
+    assert await fetch(settings_, deployment, "1", ref, since_ms=later) == data
 
     # Another version of the same deployment does not mix in.
     other = os.urandom(100)
@@ -42,6 +49,8 @@ async def test_chunks_round_trip_and_anything_else_is_refused(
     )
     with pytest.raises(ArtifactRejected, match="tampered"):
         await fetch(settings_, deployment, "1", ref)
+    with pytest.raises(ArtifactRejected, match="tampered"):
+        await fetch(settings_, deployment, "1", ref, since_ms=before)
 
     await tombstone(producer, settings_, deployment, "2", ref2.chunks)
     with pytest.raises(ArtifactRejected, match="incomplete"):
