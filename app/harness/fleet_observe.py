@@ -118,9 +118,13 @@ class Observer:
             self.seen.decisions.append(decode(DecisionEvent, value))
 
     def _snapshot(self, key: bytes | None, value: bytes) -> None:
-        """The offsets a snapshot covers: read from the envelope's head (a snapshot may be
-        megabytes; its offsets come first), the whole record only if they are not there."""
+        """The offsets a partition's snapshot covers, from its header record (key ``p<N>``;
+        the evidence and pending chunks are records of their own, ``p<N>/...``): read from
+        its head, the whole record only if they are not there. Every record counts for the
+        largest size."""
         self.seen.snapshot_max_bytes = max(self.seen.snapshot_max_bytes, len(value))
+        if key is None or b"/" in key:
+            return
         head = value[:300]
         found = [_OFFSET[k].search(head) for k in ("partition", "comparisons", "feedback")]
         if all(found):
