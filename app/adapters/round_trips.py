@@ -6,7 +6,8 @@ aiokafka has no hook for this; :meth:`RoundTrips.attach` wraps one producer's
 touched): the sender's transactional requests (AddPartitionsToTxn, AddOffsetsToTxn,
 TxnOffsetCommit, EndTxn), its produce requests and its coordinator look-ups all go through
 it. Retriable answers (CONCURRENT_TRANSACTIONS, NOT_ENOUGH_REPLICAS, NOT_COORDINATOR…) are
-read off the responses of the APIs whose error codes sit where ``_error_codes`` looks.
+read off the responses of the APIs whose error codes sit where ``_error_codes`` looks, and
+counted once per response (each is one request to retry, however many partitions it names).
 ``tests/unit/test_round_trips.py`` fails when an aiokafka upgrade moves any of this.
 """
 
@@ -94,7 +95,8 @@ class RoundTrips:
         if response is None:
             calls.errors["no response"] += 1
             return
-        for code in _error_codes(api, response):
+        # Once per answer: a request refused for 5 partitions at once is one retry, not 5.
+        for code in set(_error_codes(api, response)):
             if code:
                 calls.errors[ERROR_NAMES.get(code, f"error {code}")] += 1
 

@@ -26,7 +26,7 @@ from app.harness.processes import RolloutProcess
 from app.settings import Settings
 from app.worker.batch_trace import BatchTrace
 from app.worker.loop import Worker
-from app.worker.service import install_stop_signals
+from app.worker.service import install_stop_signals, run_event_loop
 
 
 def rate_label(rate: float) -> str:
@@ -94,4 +94,4 @@ async def _serve_fixed(mode: Mode, worker_id: str, traces: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve_fixed(Mode(sys.argv[1]), sys.argv[2], Path(sys.argv[3])))
+    run_event_loop(_serve_fixed(Mode(sys.argv[1]), sys.argv[2], Path(sys.argv[3])))

@@ -1,6 +1,7 @@
 """``rollout bench``: throughput of one worker against ceilings measured in the same run.
 
-Each line drains a backlog of the same generated requests through the worker's own loop
+Each line drains a backlog of the same generated requests (on the bench's own topic,
+``bench.requests.fraud``) through the worker's own loop
 (``app.worker.loop.Worker``: same consumer, micro-batching, batched producer and one
 transaction per batch), in this process, on the configured broker:
 
@@ -61,6 +62,7 @@ from app.bench.report import (
     median_line,
 )
 from app.bench.setup import (
+    FRAUD_BACKLOG,
     SINK,
     Offsets,
     broker_pid,
@@ -106,17 +108,23 @@ def _passthrough(batch: Sequence[RawRecord]) -> list[Outgoing]:
 
 
 def _parse(fan_out: int) -> Transform:
+    """Decode each request and encode a small answer (``fan_out`` times); a record that is not
+    a request is copied through as it is (as C_io would), never a crash of the bench."""
+
     def transform(batch: Sequence[RawRecord]) -> list[Outgoing]:
         out: list[Outgoing] = []
         for r in batch:
-            body = orjson.loads(r.value or b"{}")
-            value = orjson.dumps(
-                {
-                    "request_id": body["request_id"],
-                    "deployment": body["deployment"],
-                    "output": {"label": "legit", "scores": [1.0, 0.0]},
-                }
-            )
+            try:
+                body = orjson.loads(r.value or b"{}")
+                value = orjson.dumps(
+                    {
+                        "request_id": body["request_id"],
+                        "deployment": body["deployment"],
+                        "output": {"label": "legit", "scores": [1.0, 0.0]},
+                    }
+                )
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                value = r.value or b""
             out.extend(Outgoing(SINK, r.key, value) for _ in range(fan_out))
         return out
 
@@ -134,10 +142,10 @@ async def drain(
     traces: list[BatchTrace] | None = None,
 ) -> Line:
     """Time one in-process worker draining ``requests`` records: the backlog that starts at
-    ``backlog`` (on its topic), or a new one of ``fraud`` requests written first; each
-    committed batch's trace goes to ``traces`` when given."""
+    ``backlog`` (on its topic), or a new one of ``fraud`` requests written first (on the
+    bench's own topic); each committed batch's trace goes to ``traces`` when given."""
     if backlog is None:
-        backlog = await write_backlog(settings, requests)
+        backlog = await write_backlog(settings, requests, FRAUD_BACKLOG)
     group = await fresh_group(settings, at=backlog)
     worker_id = f"bench-{uuid.uuid4().hex[:6]}"
     topics = replace(Topics.of(settings.topics), requests=next(iter(backlog)).topic)
@@ -236,12 +244,12 @@ async def _drains(
 ) -> tuple[list[_Planned], _Drained]:
     requests = sizes.requests
     other_kinds = kinds()
-    await ensure_topics(settings, [SINK, *(k.topic for k in other_kinds)])
+    await ensure_topics(settings, [SINK, FRAUD_BACKLOG, *(k.topic for k in other_kinds)])
     prod_only = fixed_table(store, Mode.MANUAL)
     progress("warming up (broker, clients, models) …")
     await drain(settings, "warm-up", min(requests, 5000), prod_only)
     progress(f"writing a backlog of {requests:,} requests (the fraud lines drain the same one) …")
-    backlog = await write_backlog(settings, requests)
+    backlog = await write_backlog(settings, requests, FRAUD_BACKLOG)
     plan: list[_Planned] = [
         _Planned("C_io (passthrough)", prod_only, _passthrough, backlog),
         _Planned(C_PARSE, prod_only, _parse(1), backlog),

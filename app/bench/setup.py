@@ -1,6 +1,6 @@
 """What every ``rollout bench`` line stands on: fixed routing tables (no controller), backlogs
 of generated requests, consumer groups placed at a backlog, the bench's own topics (the
-ceilings' sink), the local broker's pid.
+ceilings' sink, the drains' backlogs), the local broker's pid.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from app.harness.traffic import SentRequest, make_requests, send
 from app.settings import Settings
 
 SINK = "bench.sink"
+# The fraud lines' backlog: a topic of the bench's own (like each other kind's), so that a drain
+# never reads what something else writes to the requests topic meanwhile.
+FRAUD_BACKLOG = "bench.requests.fraud"
 
 
 def fixed_table(store: ModelStore, mode: Mode, deployment: str = "fraud") -> RoutingTable:
@@ -109,7 +112,7 @@ async def write_backlog(
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str]) -> None:
-    """Create the bench's own topics (the sink, the other kinds' backlogs): 6 partitions."""
+    """Create the bench's own topics (the sink, the backlogs): 6 partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:

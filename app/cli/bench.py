@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from app.bench.report import markdown
 from app.bench.run import Sizes, run_bench
 from app.cli import app
 from app.settings import load_settings
+from app.worker.service import run_event_loop
 
 
 @app.command()
@@ -41,5 +41,6 @@ def bench(
         if quick
         else Sizes(requests, peer_requests, swaps, swap_rate, rounds, latency_s)
     )
-    report = asyncio.run(run_bench(settings, out, progress=typer.echo, sizes=sizes))
+    # On the worker's own event loop: the drain lines run its loop in this process.
+    report = run_event_loop(run_bench(settings, out, progress=typer.echo, sizes=sizes))
     typer.echo(markdown(report))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated
 
@@ -14,7 +13,7 @@ from app.cli.failures import ExitCode, fail
 from app.controller import access
 from app.controller.app import run_controller
 from app.settings import load_settings
-from app.worker.service import default_worker_id, run_worker
+from app.worker.service import default_worker_id, run_event_loop, run_worker
 
 
 @app.command()
@@ -32,7 +31,7 @@ def worker(
     """Consume inference.requests and publish predictions, exactly once."""
     setup_logging(logging.INFO)
     settings = load_settings()
-    asyncio.run(run_worker(settings, worker_id or default_worker_id()))
+    run_event_loop(run_worker(settings, worker_id or default_worker_id()))
 
 
 @app.command()

@@ -102,7 +102,8 @@ async def test_attach_times_each_request_and_counts_retriable_answers() -> None:
     producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", transactional_id="t")
     producer._closed = True
     answers = {
-        24: SimpleNamespace(errors=[("t", [(0, 51), (1, 0)])]),  # CONCURRENT_TRANSACTIONS
+        # CONCURRENT_TRANSACTIONS for two partitions of one request: one answer to retry.
+        24: SimpleNamespace(errors=[("t", [(0, 51), (1, 51)]), ("u", [(0, 51)])]),
         0: SimpleNamespace(topics=[("t", [(0, 19, -1, -1, -1)])]),  # NOT_ENOUGH_REPLICAS
         26: SimpleNamespace(error_code=0),
     }
