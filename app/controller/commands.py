@@ -187,7 +187,8 @@ class CommandHandler:
             ref = self._store.ref(deployment, version)
         except UnknownModel as unknown:
             if (deployment, version) in self._cache.missing:
-                raise UnknownModel(f"{unknown.reason}; nor on models.artifacts") from None
+                topic = self._settings.topics.name(Topic.ARTIFACTS)
+                raise UnknownModel(f"{unknown.reason}; nor on {topic}") from None
             refused = self._cache.rejected.get((deployment, version))
             if refused is None:
                 raise
