@@ -18,10 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 
-import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from app.adapters.artifact_cache import ArtifactCache, share
 from app.adapters.kafka_clients import plain_producer
@@ -39,6 +37,7 @@ from app.core.events import (
     ModelRef,
     now_ms,
 )
+from app.core.incoming import key_text, loose_fields, parse
 from app.core.retirement import referenced
 from app.core.state_machine import (
     CONTROLLER,
@@ -113,11 +112,11 @@ class CommandHandler:
 
     def decide(self, key: bytes | None, value: bytes | None) -> Outcome:
         now = now_ms()
-        loose = _loose_fields(value)
-        command, problem = _parse(value)
+        loose = loose_fields(value, _ECHOED)
+        command, problem = parse(ControlCommand, value, "command")
         if command is not None and command.action is Action.CREATE:
             return self._create(command, now)
-        deployment = command.deployment if command else loose.get("deployment") or _text(key)
+        deployment = command.deployment if command else loose.get("deployment") or key_text(key)
         state = self.current(deployment) if deployment else None
         if state is None:
             reason = problem or f"no deployment named {deployment!r}"
@@ -200,7 +199,7 @@ class CommandHandler:
         """Fetch into the store what the command names and the store lacks (verified; a
         refusal is kept in the cache's ``rejected`` for ``_validated`` to give as the
         reason): the deployment's spec, and the version it creates or deploys."""
-        command, _ = _parse(value)
+        command, _ = parse(ControlCommand, value, "command")
         if command is None:
             return
         name = command.deployment
@@ -288,44 +287,8 @@ class CommandHandler:
 
 
 _NEW_VERSIONS = frozenset({DecisionAction.CREATE, DecisionAction.DEPLOY})
-
-
-def _parse(value: bytes | None) -> tuple[ControlCommand | None, str | None]:
-    if value is None:
-        return None, "empty command (tombstone)"
-    try:
-        return ControlCommand.model_validate_json(value), None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "command"
-        if err["type"] == "json_invalid":
-            return None, f"command is not valid JSON: {err['msg']}"
-        return None, f"invalid command: {where}: {err['msg']}"
-
-
-def _text(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _loose_fields(value: bytes | None) -> dict[str, str]:
-    """The string fields a rejection can echo (ids, action, sender) from a command that failed
-    validation, so its sender still finds the answer."""
-    try:
-        body = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(body, dict):
-        return {}
-    return {
-        name: body[name]
-        for name in ("command_id", "deployment", "action", "issued_by")
-        if isinstance(body.get(name), str) and 0 < len(body[name]) <= 128
-    }
+# The fields a rejection echoes from a command that failed validation (ids, action, sender).
+_ECHOED = ("command_id", "deployment", "action", "issued_by")
 
 
 def _orphan(deployment: str, loose: dict[str, str], reason: str, now: int) -> Outcome:

@@ -23,9 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
-from pydantic import ValidationError
 
 from app.adapters import metrics
 from app.adapters.artifact_cache import install, put_manifest
@@ -46,6 +44,7 @@ from app.core.events import (
     encode,
     now_ms,
 )
+from app.core.incoming import key_text, loose_fields, parse
 from app.core.manifest import DeploymentSpec, ModelManifest
 from app.core.policy import PublishMode
 from app.core.publication import answer, dequeue, orphan, received, roll_out, where_exists
@@ -132,10 +131,10 @@ class PublicationHandler:
     ) -> tuple[ModelPublished, DeploymentState, DeploymentSpec]:
         """The publication, its deployment's state and spec; ``_Refused`` when it is
         malformed, a replay, for an unknown deployment, misrouted, or of an existing version."""
-        event, problem = _parse(value)
+        event, problem = parse(ModelPublished, value, "publication")
         if event is None:
-            loose = _loose_fields(value)
-            name = loose.get("deployment") or _text(key) or "unknown"
+            loose = loose_fields(value, ("publish_id", "deployment", "published_by"))
+            name = loose.get("deployment") or key_text(key) or "unknown"
             reason = problem or "unreadable publication"
             by = loose.get("published_by", CONTROLLER)
             raise self._refused(name, reason, loose.get("publish_id"), by)
@@ -365,41 +364,3 @@ def _validated_reason(ref: ModelRef, spec: DeploymentSpec) -> str:
         f"version {ref.version} validated: artifact complete (sha256 {ref.sha256[:12]}...), "
         f"signature fits, smoke run passed; installed; {then}"
     )
-
-
-def _parse(value: bytes | None) -> tuple[ModelPublished | None, str | None]:
-    if value is None:
-        return None, "empty publication (tombstone)"
-    try:
-        return ModelPublished.model_validate_json(value), None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "publication"
-        if err["type"] == "json_invalid":
-            return None, f"publication is not valid JSON: {err['msg']}"
-        return None, f"invalid publication: {where}: {err['msg']}"
-
-
-def _text(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _loose_fields(value: bytes | None) -> dict[str, str]:
-    """The string fields a refusal can echo from a publication that failed validation, so its
-    publisher still finds the answer."""
-    try:
-        body = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(body, dict):
-        return {}
-    return {
-        name: body[name]
-        for name in ("publish_id", "deployment", "published_by")
-        if isinstance(body.get(name), str) and 0 < len(body[name]) <= 128
-    }
