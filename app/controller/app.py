@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -133,6 +134,20 @@ class ControlPlane(Service):
             await self.publisher.release(partition)
 
 
+async def _answer(
+    stream: faust.StreamT[bytes],
+    ready: asyncio.Event,
+    handle: Callable[[bytes | None, bytes | None, int, int], Awaitable[object]],
+) -> None:
+    """Hand each record of ``stream`` (key, value, partition, offset) to ``handle``, in order,
+    once the control plane is ready (``handle`` publishes its answer and the offset past it in
+    one transaction)."""
+    await ready.wait()
+    async for event in stream.events():
+        message = event.message
+        await handle(message.key, message.value, message.partition, message.offset)
+
+
 def build_app(settings: Settings) -> faust.App:
     (settings.home / "controller").mkdir(parents=True, exist_ok=True)  # faust makes one level
     app = faust.App(
@@ -162,12 +177,7 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.agent(control)
     async def commands(stream: faust.StreamT[bytes]) -> None:
-        await plane.ready.wait()
-        async for event in stream.events():
-            message = event.message
-            await plane.handler.handle(
-                message.key, message.value, message.partition, message.offset
-            )
+        await _answer(stream, plane.ready, plane.handler.handle)
 
     published = app.topic(
         settings.topics.name(Topic.PUBLISHED), key_type=bytes, value_type=bytes, allow_empty=True
@@ -175,12 +185,7 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.agent(published)
     async def publications(stream: faust.StreamT[bytes]) -> None:
-        await plane.ready.wait()
-        async for event in stream.events():
-            message = event.message
-            await plane.publications.handle(
-                message.key, message.value, message.partition, message.offset
-            )
+        await _answer(stream, plane.ready, plane.publications.handle)
 
     app.plane = plane  # type: ignore[attr-defined]
     return app

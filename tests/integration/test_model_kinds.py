@@ -30,7 +30,6 @@ import yaml
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.control_client import send_command
-from app.adapters.kafka_clients import plain_producer
 from app.adapters.partitioning import keyed_partition, partition_for
 from app.adapters.state_view import StateView
 from app.core.events import (
@@ -222,16 +221,6 @@ def services(
 @pytest.fixture(scope="module")
 def settings(kafka_bootstrap: str, store: Path) -> Settings:
     return Settings(bootstrap_servers=kafka_bootstrap, model_store=store)
-
-
-@pytest.fixture(scope="module")
-async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings)
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 def _cli(bootstrap: str, store: Path, *args: str, expect: int = 0) -> str:

@@ -15,7 +15,7 @@ import asyncio
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.adapters.artifacts import upload
 from app.adapters.control_client import current_states
-from app.adapters.kafka_clients import assign_at_end, partitions_of, plain_producer, reader
+from app.adapters.kafka_clients import assign_at_end, partitions_of, reader
 from app.cli.failures import ExitCode
 from app.core.artifacts import describe
 from app.core.events import (
@@ -112,16 +112,6 @@ def services(
         yield controller
     finally:
         controller.terminate()
-
-
-@pytest.fixture(scope="module")
-async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    p = plain_producer(settings)
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
 
 
 async def _state(settings: Settings, name: str, timeout_s: float = 30) -> DeploymentState:
