@@ -118,7 +118,7 @@ async def test_labels_after_thousands_of_comparisons_and_a_restart_are_all_joine
     try:
         copy_fraud(model_store, name)
         await create(settings_, name)
-        await order(
+        deployed = await order(
             settings_,
             name,
             Action.DEPLOY,
@@ -126,6 +126,10 @@ async def test_labels_after_thousands_of_comparisons_and_a_restart_are_all_joine
             mode=Mode.SHADOW,
             sample_rate=1.0,
             policy=WAITING,
+        )
+        # Every request must be compared: send none before the worker routes to the candidate.
+        await asyncio.to_thread(
+            workers[0].wait_for, f"deployment {name}: epoch {deployed.epoch},", 30.0
         )
         sent = make_requests(REQUESTS, seed=5, run_id=f"{name}-r", deployment=name)
         await send(producer, sent, rate=1500.0, topic=settings_.topics.name(Topic.REQUESTS))
