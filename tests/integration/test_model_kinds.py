@@ -54,7 +54,7 @@ pytestmark = pytest.mark.kafka
 RUN = uuid.uuid4().hex[:6]  # deployments.state keeps every name: each run its own
 # Requests are sent in waves smaller than a step, each wave's ground truth (for what was
 # compared) before the next, so that feedback coverage is there when the samples are.
-WAVE = 60
+WAVE = 120
 FAST = {
     "canary_steps": [0.5, 1.0],
     "min_samples_per_step": 150,
