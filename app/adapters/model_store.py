@@ -253,7 +253,9 @@ class ModelStore:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
             return DeploymentSpec.model_validate(data)
         except (OSError, yaml.YAMLError, ValidationError) as error:
-            raise ModelRejected(f"invalid {deployment}/{SPEC_FILE}: {error}") from error
+            # one line: the reason goes into a DecisionEvent and the CLI's one-line error
+            said = " ".join(str(error).split())
+            raise ModelRejected(f"invalid {deployment}/{SPEC_FILE}: {said}") from error
 
     def manifest(self, deployment: str, version: str) -> ModelManifest:
         folder = self._version_dir(deployment, version)

@@ -117,7 +117,12 @@ class CommandHandler:
         if command is not None and command.action is Action.CREATE:
             return self._create(command, now)
         deployment = command.deployment if command else loose.get("deployment") or key_text(key)
-        state = self.current(deployment) if deployment else None
+        try:
+            state = self.current(deployment) if deployment else None
+        except ModelRejected as exc:  # its deployment.yaml or first version does not read
+            return _orphan(
+                deployment or "unknown", loose, f"deployment {deployment!r}: {exc.reason}", now
+            )
         if state is None:
             reason = problem or f"no deployment named {deployment!r}"
             return _orphan(deployment or "unknown", loose, reason, now)
@@ -206,7 +211,9 @@ class CommandHandler:
         known = name in self._view.states or self._store.has_spec(name)
         if not known and command.action is not Action.CREATE:
             return  # an unknown deployment: rejected as such, nothing to read
-        with contextlib.suppress(ArtifactRejected, KafkaError, OSError):
+        # A refusal here is the decision's to report (``decide`` reads the same store and
+        # says why); raising would crash the agent and leave the command unanswered.
+        with contextlib.suppress(ArtifactRejected, ModelRejected, KafkaError, OSError):
             await self._cache.ensure_spec(name)
             if command.action is Action.CREATE:
                 await self._cache.ensure(name, self._store.spec(name).initial_production)

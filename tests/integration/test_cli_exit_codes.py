@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import socket
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
 
+from app.adapters.control_client import send_command
 from app.cli.failures import ExitCode
+from app.core.events import Action, ControlCommand
 from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
 from app.settings import Settings
@@ -107,6 +110,42 @@ def test_a_rejected_command_is_exit_1_and_json_prints_the_decision(
     nowhere = cli(kafka_bootstrap, "explain", "fraud", "999999")
     assert nowhere.returncode == ExitCode.REJECTED
     assert "no decision" in one_line(nowhere.stderr)
+
+
+async def test_a_create_for_a_deployment_no_store_holds_is_rejected_and_changes_nothing(
+    kafka_bootstrap: str, controller: RolloutProcess, settings_: Settings, model_store: Path
+) -> None:
+    """A ``create`` whose deployment has no files here nor on the artifacts topic (a stale or
+    mistyped command) gets a rejecting answer; the controller keeps answering after it."""
+    ghost = f"ghost-{uuid.uuid4().hex[:6]}"
+    command = ControlCommand(
+        command_id=uuid.uuid4().hex, deployment=ghost, action=Action.CREATE, issued_by="tests"
+    )
+    decision = await send_command(settings_, command, timeout_s=30)
+    assert decision is not None and not decision.accepted
+    assert decision.reason.startswith(f"cannot create {ghost!r}"), decision.reason
+    after = cli(kafka_bootstrap, "status", ghost)
+    assert after.returncode == ExitCode.REJECTED, after.stdout  # no state was made
+    assert cli(kafka_bootstrap, "status", "fraud").returncode == ExitCode.OK
+    again = await send_command(settings_, command.model_copy(update={"command_id": "again"}))
+    assert again is not None and again.reason == decision.reason  # still answering
+    assert controller.alive()
+
+    # A folder whose deployment.yaml does not read: rejected with the reason, nothing made.
+    broken = f"broken-{uuid.uuid4().hex[:6]}"
+    (model_store / broken).mkdir()
+    (model_store / broken / "deployment.yaml").write_text("name: [unclosed\n")
+    refused = await send_command(
+        settings_, command.model_copy(update={"command_id": "broken", "deployment": broken})
+    )
+    assert refused is not None and not refused.accepted
+    assert refused.reason.startswith(f"cannot create {broken!r}"), refused.reason
+    assert cli(kafka_bootstrap, "status", broken).returncode == ExitCode.REJECTED
+    deploy = cli(kafka_bootstrap, "deploy", broken, "2", "--mode", "canary")
+    assert deploy.returncode == ExitCode.REJECTED, deploy.stdout + deploy.stderr
+    said = one_line(deploy.stderr)
+    assert f"deployment {broken!r}: invalid {broken}/deployment.yaml" in said, said
+    assert "Crashed" not in controller.log()
 
 
 def test_status_and_topics_print_json(kafka_bootstrap: str) -> None:
