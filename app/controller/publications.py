@@ -147,7 +147,12 @@ class PublicationHandler:
             raise self._refused(
                 event.deployment, reason, event.publish_id, accepted=earlier.accepted
             )
-        state = self._current(event.deployment) if event.deployment in self._known() else None
+        try:
+            state = self._current(event.deployment) if event.deployment in self._known() else None
+        except ModelRejected as error:  # declared, but its deployment.yaml does not read
+            raise self._refused(
+                event.deployment, error.reason, event.publish_id, event.published_by
+            ) from None
         if state is None:
             reason = f"no deployment named {event.deployment!r}"
             raise self._refused(event.deployment, reason, event.publish_id, event.published_by)

@@ -363,6 +363,13 @@ async def test_bad_publications_are_rejected_and_disturb_nothing(
     assert _steps(unknown) == [("publish", False)]
     assert "no deployment named" in unknown[0].reason
 
+    unreadable = f"unreadable-{RUN}"  # declared by its folder, but its spec does not parse
+    (store / unreadable).mkdir()
+    (store / unreadable / "deployment.yaml").write_text("name: [unclosed\n")
+    broken_spec = await _publish(settings, producer, unreadable, "2", _model("2"))
+    assert _steps(broken_spec) == [("publish", False)]
+    assert f"invalid {unreadable}/deployment.yaml" in broken_spec[0].reason
+
     exists = await _publish(settings, producer, BAD, "1", _model("1"))
     assert _steps(exists) == [("publish", False)]
     assert "exists already: it is production" in exists[0].reason
