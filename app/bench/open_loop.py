@@ -31,6 +31,8 @@ class Observed:
 
     name: str
     rate: float
+    basis: str = ""  # how the rate was chosen (``report.Latency.basis``)
+    half_load: bool = False
     started: float = 0.0  # wall s
     ended: float = 0.0
     sent: dict[str, float] = field(default_factory=dict)
@@ -46,6 +48,8 @@ class Observed:
             len(delays),
             quantile(delays, 0.5),
             quantile(delays, 0.99),
+            half_load=self.half_load,
+            basis=self.basis,
         )
 
     def sightings(self) -> list[Sighting]:

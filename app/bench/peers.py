@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.adapters.kafka_clients import assign_at_end, plain_producer, reader
@@ -97,16 +97,19 @@ def open_loop_runs(
     outputs_topic: str,
     runs: Sequence[tuple[str, float]],
     seconds: float,
+    then: Callable[[OpenLoop, str], list[Observed]] | None = None,
 ) -> list[Observed]:
     """Start ``proc``, wait until it answers, then each (name, rate) of ``runs`` for
-    ``seconds`` (blocking: run it in a thread)."""
+    ``seconds``, then the runs ``then`` makes on the same load (blocking: run it in a
+    thread)."""
     load = OpenLoop(settings, settings.topics.name(Topic.REQUESTS), outputs_topic)
     load.start()
     proc.start()
     try:
         run = f"lat-{uuid.uuid4().hex[:6]}"
         load.wait_ready(run, alive=proc.alive)
-        return [load.run(name, rate, seconds, f"{run}-{i}") for i, (name, rate) in enumerate(runs)]
+        found = [load.run(name, rate, seconds, f"{run}-{i}") for i, (name, rate) in enumerate(runs)]
+        return found if then is None else found + then(load, run)
     finally:
         proc.terminate()
         load.close()

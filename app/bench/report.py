@@ -63,6 +63,9 @@ def median_line(runs: list[Line]) -> Line:
 LOW_RATE, HIGH_RATE = 100.0, 1000.0
 # The latency goals at HIGH_RATE, and at half the sustained rate (ms).
 P50_GOAL_MS, P99_GOAL_MS, HALF_LOAD_P99_GOAL_MS = 10.0, 40.0, 100.0
+# An open-loop run kept up when this share of its requests was answered with a p99 under
+# this: a backlog growing through the run shows as a p99 of seconds.
+KEPT_UP_ANSWERED, KEPT_UP_P99_MS = 0.99, 500.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,20 @@ class Latency:
     p50_ms: float
     p99_ms: float
     half_load: bool = False  # at half the line's sustained rate
+    # How the line's rate was chosen: "" (a fixed rate), RAMP (a step of the search for the
+    # open-loop sustained rate), HALF_OPEN_LOOP or HALF_DRAIN (half of which sustained rate).
+    basis: str = ""
+
+
+# The sustained rate a half-load line halves: the highest open-loop rate the system kept up
+# with (load generator, reader, broker and worker sharing the machine), or the rate the
+# worker drained a backlog at alone (no generator or reader running beside it).
+RAMP, HALF_OPEN_LOOP, HALF_DRAIN = "ramp", "half open-loop", "half drain"
+
+
+def kept_up(x: Latency) -> bool:
+    """The system kept up with the run's open-loop rate."""
+    return x.answered >= KEPT_UP_ANSWERED * x.requests and x.p99_ms <= KEPT_UP_P99_MS
 
 
 @dataclass(frozen=True)
@@ -135,7 +152,7 @@ class Report:
 
     def latency(self, name: str, rate: float) -> Latency | None:
         return next(
-            (x for x in self.latencies if x.name == name and x.rate == rate and not x.half_load),
+            (x for x in self.latencies if x.name == name and x.rate == rate and not x.basis),
             None,
         )
 
@@ -256,15 +273,22 @@ def _latency_goals(r: Report) -> list[Goal]:
                     value <= goal,
                 )
             )
-    for x in r.latencies:
-        if x.half_load:
-            out.append(
-                Goal(
-                    f"{x.name}: p99 <= {HALF_LOAD_P99_GOAL_MS:.0f} ms at half load",
-                    f"{x.p99_ms:.0f} ms",
-                    x.p99_ms <= HALF_LOAD_P99_GOAL_MS,
-                )
+    # The goal is judged at half the open-loop sustained rate where it was measured (the rate
+    # the system keeps up with while the generator and reader load the same machine); the
+    # line at half the drain rate is shown beside it, and judged only when it is the sole one.
+    halves = [x for x in r.latencies if x.half_load]
+    judged = [x for x in halves if x.basis == HALF_OPEN_LOOP]
+    judged_names = {x.name for x in judged}
+    judged += [x for x in halves if x.basis != HALF_OPEN_LOOP and x.name not in judged_names]
+    for x in judged:
+        basis = f", {x.basis} {x.rate:,.0f}/s" if x.basis else ""
+        out.append(
+            Goal(
+                f"{x.name}: p99 <= {HALF_LOAD_P99_GOAL_MS:.0f} ms at half load{basis}",
+                f"{x.p99_ms:.0f} ms",
+                x.p99_ms <= HALF_LOAD_P99_GOAL_MS,
             )
+        )
     return out
 
 
@@ -319,12 +343,15 @@ def _latency_rows(r: Report) -> list[str]:
         "",
         "End-to-end latency under open-loop load, from handing a request to a librdkafka "
         "producer to a read_committed librdkafka consumer reading its output; the worker also "
-        f"at half its sustained rate; batch wait {r.wait_ms} ms:",
+        "at half its sustained rate: the highest open-loop rate it kept up with (found by "
+        "the ramp lines: nearly every request answered, p99 under "
+        f"{KEPT_UP_P99_MS:.0f} ms) and the rate it drained a backlog at alone; batch wait "
+        f"{r.wait_ms} ms:",
         "",
         "| line | rate/s | answered | p50 ms | p99 ms |",
         "|---|---:|---:|---:|---:|",
     ] + [
-        f"| {x.name}{' (half load)' if x.half_load else ''} | {x.rate:,.0f} | "
+        f"| {x.name}{f' ({x.basis})' if x.basis else ''} | {x.rate:,.0f} | "
         f"{x.answered:,}/{x.requests:,} | {x.p50_ms:.1f} | {x.p99_ms:.1f} |"
         for x in r.latencies
     ]

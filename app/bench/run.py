@@ -50,6 +50,7 @@ from app.bench.report import (
     C_PARSE,
     CANARY,
     FAN_OUT,
+    HALF_DRAIN,
     HIGH_RATE,
     LOW_RATE,
     PROD_ONLY,
@@ -285,8 +286,8 @@ async def _latencies(
     sizes: Sizes,
     progress: Callable[[str], None],
 ) -> tuple[list[Latency], list[Breakdown]]:
-    """The worker's modes at 100 and 1,000/s (production only, shadow) and at half their
-    sustained rate."""
+    """The worker's modes at 100 and 1,000/s (production only, shadow), at half their drain
+    rate, then up to their open-loop sustained rate and at half of it."""
     latencies: list[Latency] = []
     parts: list[Breakdown] = []
     for line, p in zip(lines, plan, strict=False):
@@ -296,9 +297,10 @@ async def _latencies(
         rates = [half] if p.name == CANARY else [LOW_RATE, HIGH_RATE, half]
         progress(f"{p.name}: latency at {', '.join(f'{r:,.0f}' for r in rates)}/s …")
         found, broken = await latency(
-            settings, p.name, fixed_table_mode(p.table), rates, sizes.latency_s
+            settings, p.name, fixed_table_mode(p.table), rates, sizes.latency_s, line.per_second
         )
-        found[-1] = replace(found[-1], half_load=True)
+        at = len(rates) - 1  # the half-drain line; the ramp's lines follow
+        found[at] = replace(found[at], half_load=True, basis=HALF_DRAIN)
         latencies += found
         parts += broken
         for x in found:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from app.bench.report import (
     C_PARSE,
     CANARY,
     FAN_OUT,
+    HALF_DRAIN,
+    HALF_OPEN_LOOP,
     HIGH_RATE,
     MULTI_CLASS,
     PROD_ONLY,
@@ -20,6 +24,7 @@ from app.bench.report import (
     Report,
     SwapReport,
     goals,
+    kept_up,
     markdown,
 )
 
@@ -148,3 +153,45 @@ def test_every_peer_has_a_throughput_row() -> None:
     text = markdown(with_peers(9.0, 30.0))
     assert f"| peer: {QUIX_ALO} | 10,000 | worker is 4.0x |" in text
     assert f"| peer: {QUIX_EOS} | 9,000 | worker is 4.4x |" in text
+
+
+@pytest.mark.parametrize(
+    ("half_lines", "judged"),
+    [
+        # only the half-drain line: it is the one judged (an older report's shape)
+        ([(HALF_DRAIN, 20_000, 900.0)], [("half drain 20,000/s", "900 ms", False)]),
+        # both: the open-loop one is judged, the half-drain one only shown
+        (
+            [(HALF_DRAIN, 20_000, 900.0), (HALF_OPEN_LOOP, 6_000, 60.0)],
+            [("half open-loop 6,000/s", "60 ms", True)],
+        ),
+        ([(HALF_OPEN_LOOP, 6_000, 100.1)], [("half open-loop 6,000/s", "100 ms", False)]),
+    ],
+)
+def test_half_load_is_judged_on_the_open_loop_sustained_rate_when_measured(
+    half_lines: list[tuple[str, float, float]], judged: list[tuple[str, str, bool]]
+) -> None:
+    halves = [
+        Latency(PROD_ONLY, rate, 100, 100, 5.0, p99, half_load=True, basis=basis)
+        for basis, rate, p99 in half_lines
+    ]
+    r = replace(report(16_000, 9_600, 10.0, 100.0, 0), latencies=halves)
+    found = [g for g in goals(r) if "half load" in g.goal]
+    assert [(g.goal.split("half load, ")[1], g.measured, g.met) for g in found] == judged
+    table = markdown(r)
+    assert all(f"({basis})" in table for basis, _, _ in half_lines)
+
+
+@pytest.mark.parametrize(
+    ("requests", "answered", "p99", "expected"),
+    [
+        (1000, 1000, 500.0, True),
+        (1000, 990, 10.0, True),
+        (1000, 989, 10.0, False),  # requests left unanswered: it fell behind
+        (1000, 1000, 500.1, False),  # a queue built up through the run
+    ],
+)
+def test_a_run_kept_up_when_nearly_all_were_answered_without_queueing(
+    requests: int, answered: int, p99: float, expected: bool
+) -> None:
+    assert kept_up(Latency(PROD_ONLY, 4000, requests, answered, 5.0, p99)) is expected
