@@ -261,7 +261,13 @@ class CommandHandler:
         for name in names:
             if self._store.has_spec(name):
                 state = self._view.states.get(name)
-                held = referenced(state) if state else {self._store.spec(name).initial_production}
+                try:
+                    held = (
+                        referenced(state) if state else {self._store.spec(name).initial_production}
+                    )
+                except ModelRejected as error:  # said by ensure_initial_states
+                    log.debug("deployment %s not shared: %s", name, error.reason)
+                    continue
                 wanted[name] = sorted(held)
         if wanted:
             await self.share(wanted)
@@ -274,7 +280,17 @@ class CommandHandler:
         for name in partition_of:
             if name in self._view.states:
                 continue
-            state = self.current(name)
+            try:
+                state = self.current(name)
+            except ModelRejected as error:  # one unreadable folder must not stop the others
+                log.error(
+                    "deployment %s has no state and none can be made: %s; a create or deploy "
+                    "for it is refused with this reason until it is fixed",
+                    name,
+                    error.reason,
+                    extra={"deployment": name},
+                )
+                continue
             assert state is not None
             decision = DecisionEvent(
                 deployment=name,

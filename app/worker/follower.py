@@ -77,7 +77,7 @@ class TableFollower:
         local = set(self._store.declared())
         for name in sorted(local | set(self._view.states)):
             route = await self._first_route(name)
-            if route is None and name in local:
+            if route is None and name in local and name in self._view.states:
                 route = await self._hold(name, stop, retry_s)
                 if route is None:
                     return False
@@ -109,12 +109,22 @@ class TableFollower:
         state = self._view.states.get(name)
         if state is not None:
             return await self._route(state)
-        spec = self._store.spec(name)  # no state published yet: the declared default
-        route = await self._route(
-            initial_state(spec, self._store.ref(name, spec.initial_production), now_ms())
-        )
+        # No state published yet: the declared default. When it does not read or load, the
+        # deployment is left out and said to be (``unavailable``): it has no epoch to keep,
+        # and the controller gives it no state either until it is fixed.
+        try:
+            spec = self._store.spec(name)
+            route = await self._route(
+                initial_state(spec, self._store.ref(name, spec.initial_production), now_ms())
+            )
+        except ModelRejected as error:
+            self.failures[name] = error.reason
+            route = None
         if route is None:
-            raise ModelRejected(f"{name}: {self.failures.get(name)}")
+            log.error(
+                "deployment %s not served: %s", name, self.failures.get(name),
+                extra={"deployment": name},
+            )  # fmt: skip
         return route
 
     def unavailable(self) -> dict[str, str]:

@@ -5,6 +5,8 @@ authorization refusals (exit 4) are in ``test_kafka_acls.py``, on a secured brok
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -16,8 +18,9 @@ from app.adapters.control_client import send_command
 from app.cli.failures import ExitCode
 from app.core.events import Action, ControlCommand
 from app.core.topics import Topic
-from app.harness.processes import RolloutProcess
+from app.harness.processes import CONTROLLER_READY, RolloutProcess
 from app.settings import Settings
+from tests.builders import controller_process, running_workers
 from tests.integration.control import cli
 
 pytestmark = pytest.mark.kafka
@@ -113,7 +116,11 @@ def test_a_rejected_command_is_exit_1_and_json_prints_the_decision(
 
 
 async def test_a_create_for_a_deployment_no_store_holds_is_rejected_and_changes_nothing(
-    kafka_bootstrap: str, controller: RolloutProcess, settings_: Settings, model_store: Path
+    kafka_bootstrap: str,
+    controller: RolloutProcess,
+    settings_: Settings,
+    model_store: Path,
+    tmp_path: Path,
 ) -> None:
     """A ``create`` whose deployment has no files here nor on the artifacts topic (a stale or
     mistyped command) gets a rejecting answer; the controller keeps answering after it."""
@@ -131,21 +138,39 @@ async def test_a_create_for_a_deployment_no_store_holds_is_rejected_and_changes_
     assert again is not None and again.reason == decision.reason  # still answering
     assert controller.alive()
 
-    # A folder whose deployment.yaml does not read: rejected with the reason, nothing made.
+    # A folder whose deployment.yaml does not read: rejected with the reason, nothing made;
+    # a controller and a worker started beside it serve the other deployments.
     broken = f"broken-{uuid.uuid4().hex[:6]}"
     (model_store / broken).mkdir()
-    (model_store / broken / "deployment.yaml").write_text("name: [unclosed\n")
-    refused = await send_command(
-        settings_, command.model_copy(update={"command_id": "broken", "deployment": broken})
-    )
-    assert refused is not None and not refused.accepted
-    assert refused.reason.startswith(f"cannot create {broken!r}"), refused.reason
-    assert cli(kafka_bootstrap, "status", broken).returncode == ExitCode.REJECTED
-    deploy = cli(kafka_bootstrap, "deploy", broken, "2", "--mode", "canary")
-    assert deploy.returncode == ExitCode.REJECTED, deploy.stdout + deploy.stderr
-    said = one_line(deploy.stderr)
-    assert f"deployment {broken!r}: invalid {broken}/deployment.yaml" in said, said
-    assert "Crashed" not in controller.log()
+    try:
+        (model_store / broken / "deployment.yaml").write_text("name: [unclosed\n")
+        refused = await send_command(
+            settings_, command.model_copy(update={"command_id": "broken", "deployment": broken})
+        )
+        assert refused is not None and not refused.accepted
+        assert refused.reason.startswith(f"cannot create {broken!r}"), refused.reason
+        assert cli(kafka_bootstrap, "status", broken).returncode == ExitCode.REJECTED
+        deploy = cli(kafka_bootstrap, "deploy", broken, "2", "--mode", "canary")
+        assert deploy.returncode == ExitCode.REJECTED, deploy.stdout + deploy.stderr
+        said = one_line(deploy.stderr)
+        assert f"deployment {broken!r}: invalid {broken}/deployment.yaml" in said, said
+        assert "Crashed" not in controller.log()
+        env = {"ROLLOUT_MODEL_STORE": str(model_store), "ROLLOUT_HOME": str(tmp_path)}
+        with running_workers(kafka_bootstrap, ["beside-broken"], tmp_path, **env) as (worker,):
+            second = controller_process(kafka_bootstrap, tmp_path, "beside-broken", **env)
+            second.start()
+            try:
+                await asyncio.to_thread(second.wait_for, CONTROLLER_READY)
+                await asyncio.to_thread(worker.wait_for, "partitions assigned")
+                await asyncio.to_thread(worker.wait_for, f"deployment {broken} not served")
+                assert worker.alive() and second.alive()
+                served = cli(kafka_bootstrap, "deploy", "fraud", "99", "--mode", "canary")
+                assert served.returncode == ExitCode.REJECTED, served.stderr
+                assert "Crashed" not in second.log() + controller.log()
+            finally:
+                second.terminate()
+    finally:
+        shutil.rmtree(model_store / broken)
 
 
 def test_status_and_topics_print_json(kafka_bootstrap: str) -> None:

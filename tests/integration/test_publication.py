@@ -369,6 +369,7 @@ async def test_bad_publications_are_rejected_and_disturb_nothing(
     broken_spec = await _publish(settings, producer, unreadable, "2", _model("2"))
     assert _steps(broken_spec) == [("publish", False)]
     assert f"invalid {unreadable}/deployment.yaml" in broken_spec[0].reason
+    shutil.rmtree(store / unreadable)
 
     exists = await _publish(settings, producer, BAD, "1", _model("1"))
     assert _steps(exists) == [("publish", False)]
