@@ -9,7 +9,7 @@ import random
 import orjson
 import pytest
 
-from app.controller.analyst import PartitionSnapshot, latest_values
+from app.controller.partition_snapshot import PartitionSnapshot, latest_values
 from app.core.events import (
     Action,
     ArmResult,
