@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from app.core.analysis import OldSnapshot, RolloutAnalysis
+from app.core.analysis import RolloutAnalysis
+from app.core.analysis_snapshot import OldSnapshot
 from app.core.pending import PendingStore
 from app.core.watch import WatchAnalysis
 
