@@ -19,8 +19,9 @@ from app.bench.breakdown import Breakdown, breakdown
 from app.bench.peers import open_loop_runs
 from app.bench.report import Latency
 from app.bench.setup import fixed_table, fresh_group
+from app.core.batch_result import Topics
 from app.core.events import Mode
-from app.core.scoring import Topics, table_scorer
+from app.core.scoring import table_scorer
 from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
 from app.settings import Settings

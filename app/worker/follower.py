@@ -32,7 +32,7 @@ from app.adapters.model_store import LoadedModel, ModelRejected, ModelStore, rel
 from app.adapters.state_view import StateView
 from app.core.artifacts import ArtifactRejected
 from app.core.events import DeploymentState, ModelRef, now_ms
-from app.core.scoring import DeploymentRoute, RoutingTable
+from app.core.routes import DeploymentRoute, RoutingTable
 from app.core.state_machine import initial_state
 
 log = logging.getLogger(__name__)

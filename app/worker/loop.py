@@ -36,9 +36,9 @@ from app.adapters import metrics
 from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.adapters.round_trips import RoundTrips
+from app.core.batch_result import BatchResult, BatchScorer, Topics
 from app.core.events import now_ms
 from app.core.requests import RawRecord
-from app.core.scoring import BatchResult, BatchScorer, Topics
 from app.settings import Settings
 from app.worker.batch_trace import BatchTrace
 

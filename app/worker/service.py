@@ -26,7 +26,8 @@ from app.adapters.logs import log_context
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
 from app.core import health
-from app.core.scoring import Topics, table_scorer
+from app.core.batch_result import Topics
+from app.core.scoring import table_scorer
 from app.settings import Settings
 from app.worker.follower import TableFollower
 from app.worker.loop import Worker, WorkerStats

@@ -14,7 +14,8 @@ from app.adapters import metrics
 from app.adapters.model_store import LoadedModel, ModelStore
 from app.core.events import DecisionEvent, DeploymentState, Mode, Phase, StateSummary, encode
 from app.core.requests import RawRecord
-from app.core.scoring import DeploymentRoute, score_batch
+from app.core.routes import DeploymentRoute
+from app.core.scoring import score_batch
 from app.core.topics import Topic
 from app.harness.traffic import make_requests
 
