@@ -28,7 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from app.adapters import metrics
+from app.adapters import controller_metrics
 from app.adapters.kafka_clients import reader, stop_following
 from app.adapters.state_view import StateView
 from app.controller.partition_snapshot import PartitionSnapshot, TrackedRollout, latest_values
@@ -259,7 +259,7 @@ class PartitionAnalyst:
         """Feedback keyed by something other than its deployment (issue 12): counted, logged
         once per deployment, and produced again keyed by its deployment, in the transaction
         that moves this partition's offset past it, so its analyst gets it exactly once."""
-        metrics.observe_misrouted_feedback()
+        controller_metrics.observe_misrouted_feedback()
         name = feedback.deployment
         if name not in self._misrouted_logged and len(self._misrouted_logged) < _MISROUTED_LOGGED:
             self._misrouted_logged.add(name)
@@ -273,7 +273,7 @@ class PartitionAnalyst:
         self._rekeyed.append((self._feedback_topic, name.encode("utf-8"), record.value))
 
     def _skipped(self, record: ConsumerRecord, reason: str, exc: Exception) -> None:
-        metrics.observe_skipped(record.topic, reason)
+        controller_metrics.observe_skipped(record.topic, reason)
         log.warning(
             "analyst p%d: skipped %s record at %d (%s): %s",
             self.partition,
@@ -294,7 +294,7 @@ class PartitionAnalyst:
                 tracked.analysis.tick(now_ms())
                 decision = decide(state, tracked.analysis, tracked.recommended)
             except Exception:  # a bug in one rollout's decision must not stop the others
-                metrics.observe_skipped("decision", "error")
+                controller_metrics.observe_skipped("decision", "error")
                 log.exception("analyst p%d: deciding %s failed", self.partition, name)
                 continue
             if decision.verdict is Verdict.HOLD:
@@ -325,7 +325,7 @@ class PartitionAnalyst:
                 watch.tick(now_ms())
                 decision = decide_watch(state, watch)
             except Exception:  # a bug in one watch must not stop the others
-                metrics.observe_skipped("decision", "error")
+                controller_metrics.observe_skipped("decision", "error")
                 log.exception("analyst p%d: watching %s failed", self.partition, name)
                 continue
             if decision.verdict is WatchVerdict.HOLD:

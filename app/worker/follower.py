@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 
-from app.adapters import metrics
+from app.adapters import worker_metrics
 from app.adapters.artifact_cache import ArtifactCache
 from app.adapters.model_store import LoadedModel, ModelRejected, ModelStore, release_memory
 from app.adapters.state_view import StateView
@@ -245,7 +245,7 @@ class TableFollower:
                 await self._cache.ensure(ref.name, ref.version, ref.sha256)
             model = await asyncio.to_thread(self._store.load, ref)
             self._models[_key(ref)] = model
-            metrics.MODELS_LOADED.set(len(self._models))
+            worker_metrics.MODELS_LOADED.set(len(self._models))
         return model
 
     def _evict(self) -> None:
@@ -264,5 +264,5 @@ class TableFollower:
             log.info("unloaded %s v%s: no state refers to it", model.ref.name, model.ref.version)
         if dropped:
             release_memory()
-        metrics.MODELS_LOADED.set(len(self._models))
-        metrics.forget_versions(held)  # label sets follow the models held, not history
+        worker_metrics.MODELS_LOADED.set(len(self._models))
+        worker_metrics.forget_versions(held)  # label sets follow the models held, not history
