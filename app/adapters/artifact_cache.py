@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 import yaml
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from app.adapters import metrics
+from app.adapters import artifact_metrics
 from app.adapters.artifacts import upload
 from app.adapters.kafka_clients import partitions_of, reader
 from app.adapters.model_store import MANIFEST_FILE, MODEL_FILE, SPEC_FILE, ModelStore
@@ -259,7 +259,7 @@ class ArtifactCache:
             if size is None:
                 return False
             self.fetched += 1
-            metrics.ARTIFACTS_FETCHED.labels(deployment).inc()
+            artifact_metrics.ARTIFACTS_FETCHED.labels(deployment).inc()
             log.info("fetched %s v%s (%d bytes) from Kafka", deployment, version, size)
             return True
 
@@ -287,7 +287,7 @@ class ArtifactCache:
 
     def _reject(self, deployment: str, version: str, reason: str) -> None:
         self.rejected[(deployment, version)] = reason
-        metrics.ARTIFACTS_REJECTED.labels(deployment).inc()
+        artifact_metrics.ARTIFACTS_REJECTED.labels(deployment).inc()
         log.error(
             "artifact of %s v%s refused: %s",
             deployment,

@@ -22,7 +22,7 @@ from app.adapters.publishing import create
 from app.bench.report import MULTI_CLASS, TENSOR
 from app.bench.setup import fixed_table
 from app.core.events import Features, InferenceRequest, Mode
-from app.core.scoring import RoutingTable
+from app.core.routes import RoutingTable
 from app.harness.traffic import SentRequest
 from app.training import model_kinds
 

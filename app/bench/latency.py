@@ -20,8 +20,9 @@ from app.bench.open_loop import Observed, OpenLoop
 from app.bench.peers import open_loop_runs
 from app.bench.report import HALF_OPEN_LOOP, RAMP, Latency, kept_up
 from app.bench.setup import fixed_table, fresh_group
+from app.core.batch_result import Topics
 from app.core.events import Mode
-from app.core.scoring import Topics, table_scorer
+from app.core.scoring import table_scorer
 from app.core.topics import Topic
 from app.harness.processes import RolloutProcess
 from app.settings import Settings

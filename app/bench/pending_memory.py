@@ -14,7 +14,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from app.controller.analyst import PartitionSnapshot, _Tracked
+from app.controller.partition_snapshot import PartitionSnapshot, TrackedRollout
 from app.core.analysis import RolloutAnalysis
 from app.core.events import ArmResult, Comparison, Mode, ModelOutput, Role, SourceOffset
 from app.core.pending import AUDIT, OPEN, QUEUED, PendingStore
@@ -65,17 +65,17 @@ def _comparison(deployment: str, i: int, rng: random.Random) -> Comparison:
     )
 
 
-def rollouts(count: int, compared: int) -> dict[str, _Tracked]:
+def rollouts(count: int, compared: int) -> dict[str, TrackedRollout]:
     """``count`` canary rollouts of fraud's policy, each fed ``compared`` comparisons whose
     labels have not come."""
-    out: dict[str, _Tracked] = {}
+    out: dict[str, TrackedRollout] = {}
     for k in range(count):
         name = f"fleet-{k:03d}"
         a = RolloutAnalysis.for_policy(name, "2", 1, Policy(), started_at=1_700_000_000_000)
         rng = random.Random(k)
         for i in range(compared):
             a.add_comparison(_comparison(name, i, rng), at=1_700_000_000_000 + i * 10)
-        out[name] = _Tracked(a, weight=0.05)
+        out[name] = TrackedRollout(a, weight=0.05)
     return out
 
 

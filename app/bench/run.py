@@ -74,18 +74,13 @@ from app.bench.setup import (
     write_backlog,
 )
 from app.bench.swaps import bench_services, ready, swaps_under_load
+from app.core.batch_result import BatchResult, BatchScorer, Outgoing, Topics
 from app.core.events import (
     Mode,
 )
 from app.core.requests import RawRecord
-from app.core.scoring import (
-    BatchResult,
-    BatchScorer,
-    Outgoing,
-    RoutingTable,
-    Topics,
-    table_scorer,
-)
+from app.core.routes import RoutingTable
+from app.core.scoring import table_scorer
 from app.settings import Settings
 from app.worker.batch_trace import BatchTrace
 from app.worker.loop import Worker

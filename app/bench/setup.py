@@ -27,7 +27,7 @@ from app.core.events import (
     now_ms,
 )
 from app.core.policy import Policy
-from app.core.scoring import DeploymentRoute, RoutingTable
+from app.core.routes import DeploymentRoute, RoutingTable
 from app.core.topics import Topic
 from app.harness.traffic import SentRequest, make_requests, send
 from app.settings import Settings

@@ -28,6 +28,7 @@ from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
 from app.controller.replay_gate import needs_replay, replay
 from app.core.artifacts import ArtifactRejected
+from app.core.command_steps import apply
 from app.core.events import (
     Action,
     ControlCommand,
@@ -42,7 +43,6 @@ from app.core.retirement import referenced
 from app.core.state_machine import (
     CONTROLLER,
     Outcome,
-    apply,
     initial_state,
     reject,
     reject_command,

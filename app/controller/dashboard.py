@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from app.adapters import metrics
+from app.adapters import live_metrics
 from app.adapters.control_client import send_command
 from app.adapters.decision_log import DecisionLog
 from app.adapters.http_server import ProbeSource, add_probes, metrics_handler, start_site
@@ -187,8 +187,8 @@ async def start_web(
         states = view.states
         return {n: analysis_view(states[n], a) for n, a in analyses().items() if n in states}
 
-    metrics.watch_states(lambda: view.states)
-    metrics.watch_analyses(analysis_views)
+    live_metrics.watch_states(lambda: view.states)
+    live_metrics.watch_analyses(analysis_views)
     decisions = DecisionLog(settings)
     await decisions.start()
     runner = None

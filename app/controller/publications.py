@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from app.adapters import metrics
+from app.adapters import controller_metrics
 from app.adapters.artifact_cache import install, put_manifest
 from app.adapters.artifacts import fetch
 from app.adapters.kafka_clients import plain_producer
@@ -335,7 +335,7 @@ class PublicationHandler:
             records.append((events, key, encode(outcome.decision)))
         await self._publisher.publish(partition, None, None, consumed, extra=records)
         for outcome in outcomes:
-            metrics.observe_decision(outcome.decision)
+            controller_metrics.observe_decision(outcome.decision)
             if outcome.state is not None:
                 self._view.offer(outcome.state)
             log.info(

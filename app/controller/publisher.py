@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
-from app.adapters import metrics
+from app.adapters import controller_metrics
 from app.adapters.kafka_clients import transactional_producer
 from app.core.events import DecisionEvent, DeploymentState, encode
 from app.core.topics import Topic
@@ -60,7 +60,7 @@ class DecisionPublisher:
             await self.release(partition)
             await self._publish(partition, decision, state, consumed, extra, keyed)
         if decision is not None:
-            metrics.observe_decision(decision)
+            controller_metrics.observe_decision(decision)
 
     async def _publish(
         self,

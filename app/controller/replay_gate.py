@@ -11,10 +11,12 @@ from app.adapters.model_store import ModelStore
 from app.adapters.topic_reader import read_tail
 from app.core.analysis import RolloutAnalysis
 from app.core.artifacts import ArtifactRejected
+from app.core.batch_result import DEFAULT_TOPICS
 from app.core.events import Action, Comparison, DeploymentState, Mode, Phase, decode, now_ms
 from app.core.promotion import replay_gate
 from app.core.requests import RawRecord
-from app.core.scoring import DEFAULT_TOPICS, DeploymentRoute, score_batch
+from app.core.routes import DeploymentRoute
+from app.core.scoring import score_batch
 from app.core.state_machine import Outcome, reject
 from app.core.topics import Topic
 from app.settings import Settings

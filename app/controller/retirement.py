@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 
-from app.adapters import metrics
+from app.adapters import artifact_metrics
 from app.adapters.artifact_cache import ArtifactCache, retire
 from app.adapters.kafka_clients import plain_producer
 from app.adapters.partitioning import partition_for
@@ -86,7 +86,7 @@ class Retirer:
             for version in self.clock.due(state, inventories[name].versions(), now):
                 records = await retire(producer, self._settings, name, version, inventories[name])
                 self.clock.retired(name, version)
-                metrics.ARTIFACTS_RETIRED.labels(name).inc()
+                artifact_metrics.ARTIFACTS_RETIRED.labels(name).inc()
                 log.info(
                     "retired %s v%s from the artifacts topic (%d tombstones): no state has"
                     " referred to it for %.0f s",

@@ -21,6 +21,7 @@ whoever published the version can follow it; each state change is epoch + 1.
 
 from __future__ import annotations
 
+from app.core.command_steps import apply
 from app.core.events import (
     Action,
     ControlCommand,
@@ -37,7 +38,6 @@ from app.core.policy import InFlight, OnPublish, Policy, PublishMode
 from app.core.state_machine import (
     CONTROLLER,
     Outcome,
-    apply,
     decision,
     next_state,
     reject,

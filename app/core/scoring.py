@@ -7,31 +7,32 @@ scores the last requests with it. Each model runs once per batch over the rows r
 it. Every valid request yields exactly one ``Prediction``; every invalid one a ``DeadLetter``;
 every compared request one ``Comparison``. A candidate's failure never costs a prediction:
 rows it should have served are served by production instead, and the comparison says why.
+
+What the data plane routes by is ``app.core.routes``, what it yields ``app.core.batch_result``;
+a model's call is ``app.core.model_calls``, the paired records ``app.core.comparison_records``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
-import numpy as np
 import orjson
 
-from app.core.events import (
-    DeadLetterCode,
-    DeploymentState,
-    Mode,
-    ModelRef,
-    Role,
-    ShedReport,
-    encode,
-    now_ms,
+from app.core.batch_result import (
+    DEFAULT_TOPICS,
+    SHED_HEADERS,
+    BatchResult,
+    BatchScorer,
+    Outgoing,
+    Topics,
 )
+from app.core.comparison_records import compare, watch_comparisons
+from app.core.events import DeadLetterCode, DeploymentState, Mode, Role, ShedReport, encode, now_ms
 from app.core.features import FeatureBatch, FeatureError, feature_matrix
-from app.core.manifest import OIP_DATATYPES, RegressionSpec, Signature
+from app.core.manifest import Signature
+from app.core.model_calls import run_model
 from app.core.oip import oip_response
 from app.core.requests import (
     ParsedRequest,
@@ -41,100 +42,9 @@ from app.core.requests import (
     entity_key,
     parse_request,
 )
-from app.core.routing import PRODUCTION_ONLY, Assignment, assign, bucket
-from app.core.tensors import InputBatch, TensorBatch, oip_features, select, tensor_batch
-from app.core.topics import Topic, TopicNames
-
-
-class Scorer(Protocol):
-    """What the data plane needs of a loaded model (``app.adapters.model_store.LoadedModel``):
-    ``predict`` gives a classifier's labels and ``(n, k)`` scores, or a regressor's ``None``
-    and ``(n, t)`` values."""
-
-    @property
-    def ref(self) -> ModelRef: ...
-    @property
-    def feature_names(self) -> tuple[str, ...]: ...
-    @property
-    def signature(self) -> Signature: ...
-    def predict(self, x: InputBatch) -> tuple[list[str] | None, np.ndarray]: ...
-
-
-@dataclass(frozen=True)
-class DeploymentRoute:
-    """A deployment's state together with its loaded models: what a worker routes by.
-    ``regression``: how a regressor's two outputs are compared (``deployment.yaml``)."""
-
-    state: DeploymentState
-    production: Scorer
-    candidate: Scorer | None = None
-    # The previous production while a promotion is watched (``state.watch``): it scores the
-    # audit sample beside production (``watch: true`` comparisons).
-    previous: Scorer | None = None
-    regression: RegressionSpec | None = None
-
-
-RoutingTable = Mapping[str, DeploymentRoute]
-
-
-class Outgoing(NamedTuple):  # a tuple: built for every output record
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Sequence[tuple[str, bytes]] = ()
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The cluster names of the data plane's topics (``Topics.of(settings.topics)``)."""
-
-    requests: str
-    predictions: str
-    comparisons: str
-    dlq: str
-
-    @classmethod
-    def of(cls, names: TopicNames) -> Topics:
-        return cls(
-            requests=names.name(Topic.REQUESTS),
-            predictions=names.name(Topic.PREDICTIONS),
-            comparisons=names.name(Topic.COMPARISONS),
-            dlq=names.name(Topic.DLQ),
-        )
-
-
-# Unprefixed: for pure uses (tests, the simulation); a worker uses its settings' names.
-DEFAULT_TOPICS = Topics.of(TopicNames())
-
-
-@dataclass
-class BatchResult:
-    outgoing: list[Outgoing] = field(default_factory=list)
-    predictions: int = 0
-    comparisons: int = 0
-    dead_letters: int = 0
-    candidate_errors: int = 0
-    # Per deployment: requests shadow mode sampled for comparison, and how many were shed.
-    shadow_sampled: dict[str, int] = field(default_factory=dict)
-    shadow_shed: dict[str, int] = field(default_factory=dict)
-    # For metrics: requests by deployment (those naming a known one), predictions by
-    # (deployment, version, role), dead letters by (deployment or "", code), and each model
-    # call as (deployment, version, role, rows, per-row ms).
-    requests: dict[str, int] = field(default_factory=dict)
-    served: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    rejected: dict[tuple[str, str], int] = field(default_factory=dict)
-    model_calls: list[tuple[str, str, str, int, float]] = field(default_factory=list)
-    # ShedReports (published with SHED_HEADERS among the comparisons) for the deployments
-    # whose shadow scoring was shed.
-    shed_reports: list[Outgoing] = field(default_factory=list)
-
-
-# Marks a ShedReport among the Comparisons of inference.comparisons.
-SHED_HEADERS = [("kind", b"shed")]
-
-# What a worker's loop calls on each batch: the raw records and the worker's lag (records
-# behind the log end) in, what to publish out. ``table_scorer`` builds the production one.
-BatchScorer = Callable[[Sequence[RawRecord], int], BatchResult]
+from app.core.routes import DeploymentRoute, RoutedRow, RoutingTable
+from app.core.routing import PRODUCTION_ONLY, assign
+from app.core.tensors import InputBatch, TensorBatch, oip_features, tensor_batch
 
 
 def table_scorer(
@@ -192,29 +102,6 @@ def shed_reports(
     ]
 
 
-@dataclass(slots=True)
-class _Row:
-    record: RawRecord
-    request: ParsedRequest
-    entity: str
-    assignment: Assignment
-
-
-# A model's output for one row, as the wire has it: {"label": str, "scores": [float, ...]}.
-_Output = dict[str, Any]
-
-
-@dataclass(slots=True)
-class _ArmRun:
-    """One model's outputs over the rows it scored (indices into the deployment's rows)."""
-
-    outputs: dict[int, _Output]
-    latency_ms: float
-    error: str | None
-    rows: int = 0  # rows the call scored (or tried to)
-    datatype: str = "FP32"  # the OIP type of its values (an OIP request's prediction says it)
-
-
 def _unavailable(rejection: Rejection, unavailable: Mapping[str, str]) -> Rejection:
     name = rejection.deployment or ""
     return Rejection(
@@ -264,7 +151,7 @@ def score_batch(
             record, request = parsed_rows[i]
             rejection = Rejection(error.code, error.message, request.request_id)
             _reject(result, topics, record, rejection, now, name)
-        rows: list[_Row] = []
+        rows: list[RoutedRow] = []
         for i in checked.valid:
             record, request = parsed_rows[i]
             entity = entity_key(request, record.key)
@@ -274,7 +161,7 @@ def score_batch(
                 if shed_shadow:
                     result.shadow_shed[name] = result.shadow_shed.get(name, 0) + 1
                     assignment = PRODUCTION_ONLY
-            rows.append(_Row(record, request, entity, assignment))
+            rows.append(RoutedRow(record, request, entity, assignment))
         if rows:
             _score_deployment(result, topics, route, rows, checked.matrix, shed_shadow)
     return result
@@ -317,7 +204,7 @@ def _score_deployment(
     result: BatchResult,
     topics: Topics,
     route: DeploymentRoute,
-    rows: list[_Row],
+    rows: list[RoutedRow],
     matrix: InputBatch,
     shed_watch: bool = False,
 ) -> None:
@@ -335,13 +222,13 @@ def _score_deployment(
     # so which arm goes first alternates from batch to batch.
     compared = [i for i, r in enumerate(rows) if r.assignment.compare]
     candidate_first = rows[0].record.offset % 2 == 0
-    paired = _run(route.production, matrix, compared) if not candidate_first else None
-    candidate = _run(route.candidate, matrix, wants_candidate) if route.candidate else None
+    paired = run_model(route.production, matrix, compared) if not candidate_first else None
+    candidate = run_model(route.candidate, matrix, wants_candidate) if route.candidate else None
     if paired is None:
-        paired = _run(route.production, matrix, compared)
+        paired = run_model(route.production, matrix, compared)
     failed = set(wants_candidate) - set(candidate.outputs) if candidate else set()
     # Then what production serves besides, and what the candidate failed.
-    production = _run(
+    production = run_model(
         route.production,
         matrix,
         [
@@ -427,7 +314,7 @@ def _score_deployment(
         if row.assignment.compare or i in failed:
             assert candidate is not None
             prod_arm = paired if row.assignment.compare else production
-            _compare(
+            compare(
                 result,
                 topics,
                 route,
@@ -441,10 +328,10 @@ def _score_deployment(
             )
     watched = route.previous is not None and state.watch is not None and route.candidate is None
     if watched and not shed_watch:
-        _watch(result, topics, route, rows, audit, production, matrix, mode)
+        watch_comparisons(result, topics, route, rows, audit, production, matrix, mode)
 
 
-def _audit_marks(state: DeploymentState, rows: list[_Row]) -> list[bool]:
+def _audit_marks(state: DeploymentState, rows: list[RoutedRow]) -> list[bool]:
     """Whether each row is in the deployment's audit sample (``app.core.audit.in_audit``):
     no hashing at rate 1 (the default: every request); otherwise the hash of the batch's
     common prefix is computed once and copied per row (3x faster than ``in_audit`` per row).
@@ -465,214 +352,6 @@ def _audit_marks(state: DeploymentState, rows: list[_Row]) -> list[bool]:
 
 
 _AUDIT_SCALE = float(1 << 64)
-
-
-def _watch(
-    result: BatchResult,
-    topics: Topics,
-    route: DeploymentRoute,
-    rows: list[_Row],
-    audit: list[bool],
-    production: _ArmRun,
-    matrix: InputBatch,
-    mode: str,
-) -> None:
-    """A watched promotion: the previous production scores the audit rows (a
-    ``watch.sample_rate`` share of them) that production served; each becomes a ``watch``
-    comparison (``production``: the serving production, ``candidate``: the previous one)."""
-    assert route.previous is not None
-    state = route.state
-    rate = state.policy.watch.sample_rate
-    name = state.deployment
-    chosen = [
-        i
-        for i, row in enumerate(rows)
-        if audit[i]
-        and i in production.outputs
-        and (rate >= 1.0 or bucket(name, row.request.request_id, "watch") < rate)
-    ]
-    if not chosen:
-        return
-    previous = _run(route.previous, matrix, chosen)
-    result.model_calls.append(
-        (name, route.previous.ref.version, "previous", previous.rows, previous.latency_ms)
-    )
-    key = name.encode("utf-8")
-    for i in chosen:
-        row = rows[i]
-        prod_out = production.outputs[i]
-        prev_out = previous.outputs.get(i)
-        agree, delta = False, 0.0
-        if prev_out is not None:
-            agree, delta = agreement(prod_out, prev_out, route.regression)
-        comparison = {
-            "request_id": row.request.request_id,
-            "deployment": name,
-            "mode": mode,
-            "epoch": state.epoch,
-            "source": {
-                "topic": row.record.topic,
-                "partition": row.record.partition,
-                "offset": row.record.offset,
-            },
-            "served_by": Role.PRODUCTION.value,
-            "production": _arm_result(route.production, prod_out, production),
-            "candidate": _arm_result(
-                route.previous,
-                prev_out,
-                previous,
-                None if prev_out is not None else previous.error or "no output",
-            ),
-            "agree": agree,
-            "score_delta": delta,
-            "audit": True,
-            "watch": True,
-        }
-        result.outgoing.append(Outgoing(topics.comparisons, key, orjson.dumps(comparison)))
-        result.comparisons += 1
-
-
-def _compare(
-    result: BatchResult,
-    topics: Topics,
-    route: DeploymentRoute,
-    row: _Row,
-    i: int,
-    served_by: str,
-    production: _ArmRun,
-    candidate: _ArmRun,
-    mode: str,
-    audit: bool,
-) -> None:
-    """Emit the paired record: ``agree`` and ``score_delta`` as ``agreement`` says."""
-    assert route.candidate is not None
-    prod_out = production.outputs.get(i)
-    cand_out = candidate.outputs.get(i)
-    cand_error = None if cand_out is not None else candidate.error or "no output"
-    if cand_error is not None:
-        result.candidate_errors += 1
-    agree, delta = False, 0.0
-    if prod_out is not None and cand_out is not None:
-        agree, delta = agreement(prod_out, cand_out, route.regression)
-    state = route.state
-    comparison = {  # the Comparison contract, built directly: shadow compares every record
-        "request_id": row.request.request_id,
-        "deployment": state.deployment,
-        "mode": mode,
-        "epoch": state.epoch,
-        "source": {
-            "topic": row.record.topic,
-            "partition": row.record.partition,
-            "offset": row.record.offset,
-        },
-        "served_by": served_by,
-        "production": _arm_result(route.production, prod_out, production),
-        "candidate": _arm_result(route.candidate, cand_out, candidate, cand_error),
-        "agree": agree,
-        "score_delta": delta,
-        "audit": audit,
-    }
-    key = state.deployment.encode("utf-8")
-    result.outgoing.append(Outgoing(topics.comparisons, key, orjson.dumps(comparison)))
-    result.comparisons += 1
-
-
-def _arm_result(
-    scorer: Scorer, output: _Output | None, run: _ArmRun, error: str | None = None
-) -> dict[str, Any]:
-    """The ``ArmResult`` contract."""
-    return {
-        "version": scorer.ref.version,
-        "sha256": scorer.ref.sha256,
-        "output": output,
-        "latency_ms": run.latency_ms if output is not None else None,
-        "error": error,
-    }
-
-
-def agreement(
-    production: _Output, candidate: _Output, regression: RegressionSpec | None
-) -> tuple[bool, float]:
-    """``(agree, score_delta)`` of two outputs of one request.
-
-    A classifier: the labels are equal; the delta is candidate minus production on the
-    last label's score for two labels (the positive class), and on the label where they
-    differ most for more. A regressor: every value is within the tolerance of
-    ``regression`` (exactly equal without one); the delta is candidate minus production on
-    the target where they differ most."""
-    label = production["label"]
-    if label is not None:
-        prod_scores, cand_scores = production["scores"], candidate["scores"]
-        if len(prod_scores) == 2:
-            return label == candidate["label"], cand_scores[-1] - prod_scores[-1]
-        return label == candidate["label"], _widest(prod_scores, cand_scores)
-    prod_values, cand_values = production["values"], candidate["values"]
-    absolute = regression.absolute_tolerance if regression is not None else 0.0
-    relative = regression.relative_tolerance if regression is not None else 0.0
-    agree = all(
-        abs(c - p) <= absolute + relative * abs(p)
-        for p, c in zip(prod_values, cand_values, strict=True)
-    )
-    return agree, _widest(prod_values, cand_values)
-
-
-def _widest(production: list[float], candidate: list[float]) -> float:
-    return max((c - p for p, c in zip(production, candidate, strict=True)), key=abs)
-
-
-def _outputs(
-    indices: list[int], labels: list[str] | None, values: np.ndarray
-) -> dict[int, _Output]:
-    rows = values.tolist()
-    if labels is None:  # a regressor
-        return {
-            i: {"label": None, "scores": None, "values": row}
-            for i, row in zip(indices, rows, strict=True)
-        }
-    return {
-        i: {"label": labels[n], "scores": row, "values": None}
-        for n, (i, row) in enumerate(zip(indices, rows, strict=True))
-    }
-
-
-def _run(scorer: Scorer, matrix: InputBatch, indices: list[int]) -> _ArmRun:
-    """Score rows ``indices`` of ``matrix`` in one model call; on failure, isolate the
-    failing rows one by one."""
-    if not indices:
-        return _ArmRun({}, 0.0, None)
-    selected = select(matrix, indices)
-    started = time.perf_counter()
-    try:
-        labels, values = scorer.predict(selected)
-    except Exception as exc:  # a model may fail on a batch; find the rows it fails on
-        return _run_one_by_one(scorer, matrix, indices, exc)
-    per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
-    return _ArmRun(
-        _outputs(indices, labels, values), per_row_ms, None, len(indices), _datatype(values)
-    )
-
-
-def _datatype(values: np.ndarray) -> str:
-    return OIP_DATATYPES.get(values.dtype.name, "FP64")
-
-
-def _run_one_by_one(
-    scorer: Scorer, matrix: InputBatch, indices: list[int], first: Exception
-) -> _ArmRun:
-    outputs: dict[int, _Output] = {}
-    error = f"{type(first).__name__}: {first}"
-    datatype = "FP32"
-    started = time.perf_counter()
-    for i in indices:
-        try:
-            labels, values = scorer.predict(select(matrix, [i]))
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            continue
-        outputs.update(_outputs([i], labels, values))
-        datatype = _datatype(values)
-    per_row_ms = (time.perf_counter() - started) * 1000.0 / len(indices)
-    return _ArmRun(outputs, per_row_ms, error, len(indices), datatype)
 
 
 def _reject(

@@ -22,7 +22,8 @@ class Topic(StrEnum):
     CONTROL = "deployments.control"
     STATE = "deployments.state"
     EVENTS = "deployments.events"
-    # Beyond the design's list: the controller's evidence snapshots (``app.controller.analyst``).
+    # Beyond the design's list: the controller's evidence snapshots
+    # (``app.controller.partition_snapshot``).
     ANALYSIS = "deployments.analysis"
     # Continuous deployment: a training pipeline publishes a version (``ModelPublished``, keyed
     # by deployment, co-partitioned with the control plane) and its ONNX bytes (chunks on a

@@ -26,13 +26,13 @@ import asyncio
 import contextlib
 import logging
 
-from app.adapters import metrics
+from app.adapters import worker_metrics
 from app.adapters.artifact_cache import ArtifactCache
 from app.adapters.model_store import LoadedModel, ModelRejected, ModelStore, release_memory
 from app.adapters.state_view import StateView
 from app.core.artifacts import ArtifactRejected
 from app.core.events import DeploymentState, ModelRef, now_ms
-from app.core.scoring import DeploymentRoute, RoutingTable
+from app.core.routes import DeploymentRoute, RoutingTable
 from app.core.state_machine import initial_state
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class TableFollower:
                 await self._cache.ensure(ref.name, ref.version, ref.sha256)
             model = await asyncio.to_thread(self._store.load, ref)
             self._models[_key(ref)] = model
-            metrics.MODELS_LOADED.set(len(self._models))
+            worker_metrics.MODELS_LOADED.set(len(self._models))
         return model
 
     def _evict(self) -> None:
@@ -274,5 +274,5 @@ class TableFollower:
             log.info("unloaded %s v%s: no state refers to it", model.ref.name, model.ref.version)
         if dropped:
             release_memory()
-        metrics.MODELS_LOADED.set(len(self._models))
-        metrics.forget_versions(held)  # label sets follow the models held, not history
+        worker_metrics.MODELS_LOADED.set(len(self._models))
+        worker_metrics.forget_versions(held)  # label sets follow the models held, not history

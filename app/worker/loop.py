@@ -32,13 +32,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
 
-from app.adapters import metrics
+from app.adapters import worker_metrics
 from app.adapters.batch_send import BatchSender
 from app.adapters.kafka_clients import group_consumer, transactional_producer
 from app.adapters.round_trips import RoundTrips
+from app.core.batch_result import BatchResult, BatchScorer, Topics
 from app.core.events import now_ms
 from app.core.requests import RawRecord
-from app.core.scoring import BatchResult, BatchScorer, Topics
 from app.settings import Settings
 from app.worker.batch_trace import BatchTrace
 
@@ -283,7 +283,7 @@ class Worker:
             for r in records
         ]
         lag = self.lag = await self._lag(consumer)
-        metrics.observe_lag(lag)
+        worker_metrics.observe_lag(lag)
         return self._score(raw, lag)
 
     async def _commit(
@@ -349,7 +349,7 @@ class Worker:
             # The transaction was aborted: nothing of this batch is visible. Read it again.
             log.warning("transaction aborted (%s); re-reading %d records", exc, len(records))
             self.stats.aborted_batches += 1
-            metrics.observe_abort()
+            worker_metrics.observe_abort()
             for tp, offset in first.items():
                 _seek_if_assigned(consumer, tp, offset)
             return False
@@ -366,7 +366,9 @@ class Worker:
         at, start = now_ms(), 0
         for n, result in parts:  # each scored part with its own records
             self._count(result)
-            metrics.observe_batch(result, [r.timestamp for r in records[start : start + n]], at)
+            worker_metrics.observe_batch(
+                result, [r.timestamp for r in records[start : start + n]], at
+            )
             start += n
         return True
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from app.adapters import metrics
+from app.adapters import live_metrics
 from app.adapters.artifact_cache import ArtifactCache
 from app.adapters.http_server import metrics_app, start_site
 from app.adapters.kafka_clients import configure_aiokafka
@@ -26,7 +26,8 @@ from app.adapters.logs import log_context
 from app.adapters.model_store import ModelStore
 from app.adapters.state_view import StateView
 from app.core import health
-from app.core.scoring import Topics, table_scorer
+from app.core.batch_result import Topics
+from app.core.scoring import table_scorer
 from app.settings import Settings
 from app.worker.follower import TableFollower
 from app.worker.loop import Worker, WorkerStats
@@ -52,7 +53,7 @@ def default_worker_id() -> str:
 async def serve(settings: Settings, worker_id: str, stop: asyncio.Event) -> WorkerStats:
     """Follow ``deployments.state`` and serve under its latest epochs until ``stop`` is set."""
     async with StateView(settings) as view:
-        metrics.watch_states(lambda: view.states)
+        live_metrics.watch_states(lambda: view.states)
         store = ModelStore(settings.artifact_cache_dir, seed=settings.model_store)
         follower = TableFollower(store, view, ArtifactCache(settings, store))
         score = table_scorer(

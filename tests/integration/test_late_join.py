@@ -23,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.topic_reader import read_to_end
-from app.controller.analyst import PartitionSnapshot, latest_values
+from app.controller.partition_snapshot import PartitionSnapshot, latest_values
 from app.core.analysis import RolloutAnalysis
 from app.core.events import Action, Mode
 from app.core.topics import Topic

@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.adapters.topic_reader import read_to_end
-from app.controller.analyst import PartitionSnapshot, latest_values
+from app.controller.partition_snapshot import PartitionSnapshot, latest_values
 from app.core.events import Action, DecisionEvent, Mode, decode
 from app.core.promotion import criterion
 from app.core.topics import Topic

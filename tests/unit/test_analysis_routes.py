@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.core.analysis import AGREEMENT_ALPHA_SHARE, RolloutAnalysis
+from app.core.analysis import RolloutAnalysis
+from app.core.criterion_tests import AGREEMENT_ALPHA_SHARE
 from app.core.events import (
     ArmResult,
     Comparison,

@@ -13,10 +13,13 @@ import pytest
 
 from app.adapters.model_store import ModelStore
 from app.adapters.publishing import create, publish
+from app.core.batch_result import BatchResult
+from app.core.comparison_records import agreement
 from app.core.events import DeploymentState, Mode, Phase
 from app.core.manifest import RegressionSpec
 from app.core.requests import RawRecord
-from app.core.scoring import BatchResult, DeploymentRoute, agreement, score_batch
+from app.core.routes import DeploymentRoute
+from app.core.scoring import score_batch
 from app.core.topics import Topic
 from app.training import model_kinds as sm
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from app.adapters.model_store import ModelStore
 from app.core.events import DeadLetter, DeploymentState, Mode, Phase, Prediction, decode
 from app.core.requests import RawRecord
-from app.core.scoring import DeploymentRoute, score_batch
+from app.core.routes import DeploymentRoute
+from app.core.scoring import score_batch
 from app.core.topics import Topic
 from tests.hostile import MAX_BYTES, Case, batches
 

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from app.core.analysis import SNAPSHOT_VERSION, OldSnapshot, RolloutAnalysis
+from app.core.analysis import RolloutAnalysis
+from app.core.analysis_snapshot import SNAPSHOT_VERSION, OldSnapshot
 from app.core.events import ArmResult, Comparison, Feedback, Mode, ModelOutput, Role, SourceOffset
 from app.core.metric import RegressionRule, bound
 from app.core.policy import Policy

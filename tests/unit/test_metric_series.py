@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.adapters import metrics
+from app.adapters import metrics, worker_metrics
 
 
 def _series(name: str) -> set[tuple[str, str]]:
@@ -30,9 +30,9 @@ def test_series_of_versions_no_longer_held_are_dropped(
     held: set[tuple[str, str]], left: set[tuple[str, str]]
 ) -> None:
     for v in range(1, 51):
-        metrics.PREDICTIONS.labels("series-a", str(v), "production").inc()
-        metrics.INFERENCE_LATENCY.observe_n(0.001, 3, "series-a", str(v), "production")
+        worker_metrics.PREDICTIONS.labels("series-a", str(v), "production").inc()
+        worker_metrics.INFERENCE_LATENCY.observe_n(0.001, 3, "series-a", str(v), "production")
     assert len(_series("rollout_predictions")) == 50
-    metrics.forget_versions(held)
+    worker_metrics.forget_versions(held)
     assert _series("rollout_predictions") == left
     assert _series("rollout_inference_latency_seconds") == left

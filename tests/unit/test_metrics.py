@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 
-from app.adapters import metrics
+from app.adapters import controller_metrics, live_metrics, prometheus_base, worker_metrics
 from app.adapters.model_store import LoadedModel, ModelStore
 from app.core.events import DecisionEvent, DeploymentState, Mode, Phase, StateSummary, encode
 from app.core.requests import RawRecord
-from app.core.scoring import DeploymentRoute, score_batch
+from app.core.routes import DeploymentRoute
+from app.core.scoring import score_batch
 from app.core.topics import Topic
 from app.harness.traffic import make_requests
 
@@ -49,14 +50,16 @@ def test_bulk_histogram_counts_as_prometheus_histogram_does() -> None:
     values = np.array([0.0, 0.00001, 0.00002, 0.001, 0.0011, 0.5, 7.0, 11.0, 0.00005])
     theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
     theirs = Histogram(
-        "lat_seconds", "x", buckets=metrics.LATENCY_BUCKETS, registry=theirs_registry
+        "lat_seconds", "x", buckets=prometheus_base.LATENCY_BUCKETS, registry=theirs_registry
     )
     for v in values:
         theirs.observe(float(v))
-    ours = metrics.BulkHistogram("lat_seconds", "x", [], metrics.LATENCY_BUCKETS, ours_registry)
+    ours = prometheus_base.BulkHistogram(
+        "lat_seconds", "x", [], prometheus_base.LATENCY_BUCKETS, ours_registry
+    )
     ours.observe_many(values[:4])
     ours.observe_many(values[4:])
-    for le in [*(f"{b}" for b in metrics.LATENCY_BUCKETS), "+Inf"]:
+    for le in [*(f"{b}" for b in prometheus_base.LATENCY_BUCKETS), "+Inf"]:
         theirs_value = theirs_registry.get_sample_value("lat_seconds_bucket", {"le": le})
         ours_value = ours_registry.get_sample_value(
             "lat_seconds_bucket", {"le": f"{float(le):g}" if le != "+Inf" else le}
@@ -68,7 +71,7 @@ def test_bulk_histogram_counts_as_prometheus_histogram_does() -> None:
 
 def test_observe_n_is_n_observations_of_one_value() -> None:
     registry = CollectorRegistry()
-    h = metrics.BulkHistogram("per_row_seconds", "x", ["role"], (0.001, 0.01), registry)
+    h = prometheus_base.BulkHistogram("per_row_seconds", "x", ["role"], (0.001, 0.01), registry)
     h.observe_n(0.005, 40, "candidate")
     h.observe_n(0.005, 0, "candidate")  # nothing
     get = registry.get_sample_value
@@ -102,7 +105,7 @@ def test_a_scored_canary_batch_is_counted_by_deployment_version_role_and_code() 
         "e2e": sample("rollout_end_to_end_latency_seconds_count"),
     }
     sent_ms = [1_000] * len(batch)
-    metrics.observe_batch(result, sent_ms, committed_ms=1_250)
+    worker_metrics.observe_batch(result, sent_ms, committed_ms=1_250)
     served_v2 = result.served[("fraud", "2", "candidate")]
     assert 150 < served_v2 < 250  # about half the entities
     assert (
@@ -150,7 +153,7 @@ def test_states_and_decisions_are_exposed() -> None:
         candidate=v2.ref,
         canary_weight=0.25,
     )
-    metrics.watch_states(lambda: {"metrics-test": state})
+    live_metrics.watch_states(lambda: {"metrics-test": state})
     decision = DecisionEvent(
         deployment="metrics-test",
         epoch=7,
@@ -162,7 +165,7 @@ def test_states_and_decisions_are_exposed() -> None:
         to=StateSummary(mode=Mode.CANARY, phase=Phase.PAUSED, weight=0.25),
         at=1,
     )
-    metrics.observe_decision(decision)
+    controller_metrics.observe_decision(decision)
     text = generate_latest(REGISTRY).decode()
     assert 'rollout_deployment_epoch{deployment="metrics-test"} 7.0' in text
     assert 'rollout_deployment_canary_weight_ratio{deployment="metrics-test"} 0.25' in text

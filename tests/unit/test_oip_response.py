@@ -21,7 +21,8 @@ from app.core.events import DeploymentState, Mode, Phase, Prediction, decode
 from app.core.manifest import RegressionSpec
 from app.core.oip import oip_outputs, oip_response
 from app.core.requests import RawRecord
-from app.core.scoring import DeploymentRoute, score_batch
+from app.core.routes import DeploymentRoute
+from app.core.scoring import score_batch
 from app.core.topics import Topic
 from app.training import model_kinds as sm
 

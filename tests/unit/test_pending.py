@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 import pytest
 
-from app.controller.analyst import latest_values
+from app.controller.partition_snapshot import latest_values
 from app.core import pending
 from app.core.pending import ALIVE, AUDIT, GIVEN_UP, IN_TEST, OPEN, QUEUED, PendingStore
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from app.core.analysis import RolloutAnalysis, psi
+from app.core.analysis import RolloutAnalysis
+from app.core.arm_stats import psi
 from app.core.events import (
     ArmResult,
     Comparison,

@@ -27,7 +27,8 @@ from app.core.events import (
 )
 from app.core.policy import Policy
 from app.core.requests import RawRecord
-from app.core.scoring import DeploymentRoute, score_batch
+from app.core.routes import DeploymentRoute
+from app.core.scoring import score_batch
 from app.core.topics import Topic
 from app.harness.traffic import make_requests
 

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from app.adapters.topics import desired_topics, load_topics_file
-from app.core.scoring import Topics
+from app.core.batch_result import Topics
 from app.core.topics import Topic, TopicNames
 from app.settings import Settings
 

@@ -23,7 +23,7 @@ from app.core.topics import Topic
 REPO = Path(__file__).resolve().parents[2]
 
 # topics.yaml declares what app.core.topics.Topic names (the design's topics and the
-# controller's evidence snapshots, see app/controller/analyst.py).
+# controller's evidence snapshots, see app/controller/partition_snapshot.py).
 DESIGN_TOPICS = {t.value for t in Topic}
 
 

@@ -9,7 +9,8 @@ import random
 import orjson
 import pytest
 
-from app.controller.analyst import PartitionSnapshot, latest_values
+from app.controller.partition_snapshot import PartitionSnapshot, latest_values
+from app.core.command_steps import apply
 from app.core.events import (
     Action,
     ArmResult,
@@ -28,7 +29,7 @@ from app.core.events import (
 )
 from app.core.policy import Metric, MetricKind, Policy, WatchPolicy
 from app.core.rollout_view import watch_view
-from app.core.state_machine import apply, controller_step, watch_step
+from app.core.state_machine import controller_step, watch_step
 from app.core.topics import Topic
 from app.core.verdict import Verdict
 from app.core.watch import STAKES, ChangeDetector, WatchAnalysis, WatchVerdict, decide_watch

@@ -1,4 +1,5 @@
-"""The rollout state machine as a table: (state, command) → new state, or a rejection."""
+"""The operator commands' steps (``core/command_steps.py`` ``apply``) as a table: (state,
+command) → new state, or a rejection."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from app.core.command_steps import apply
 from app.core.events import Action, ControlCommand, DeploymentState, Mode, ModelRef, Phase
 from app.core.policy import Policy
-from app.core.state_machine import apply
 from tests.builders import V1, V2, V3
 
 STABLE = DeploymentState(

@@ -1,4 +1,4 @@
-"""The analysis snapshot of a partition (``controller/analyst.py`` ``PartitionSnapshot``): a
+"""The analysis snapshot of a partition (``controller/partition_snapshot.py``): a
 record per rollout, per watch and per chunk of pending requests, so that no record grows
 with the number of rollouts sharing the partition or with the requests awaiting labels;
 only what changed is written; restored, it is the same evidence."""
@@ -10,7 +10,12 @@ import random
 import orjson
 import pytest
 
-from app.controller.analyst import PartitionSnapshot, Record, _Tracked, latest_values
+from app.controller.partition_snapshot import (
+    PartitionSnapshot,
+    Record,
+    TrackedRollout,
+    latest_values,
+)
 from app.core.analysis import RolloutAnalysis
 from app.core.events import ArmResult, Comparison, Feedback, Mode, ModelOutput, Role, SourceOffset
 from app.core.policy import Policy
@@ -51,7 +56,7 @@ def comparison(deployment: str, i: int, rng: random.Random) -> Comparison:
     )
 
 
-def rollout(deployment: str, compared: int, labelled: float, seed: int = 0) -> _Tracked:
+def rollout(deployment: str, compared: int, labelled: float, seed: int = 0) -> TrackedRollout:
     """A canary rollout of ``deployment`` with ``compared`` requests, ``labelled`` of them
     (a share) with their ground truth: the rest wait."""
     a = RolloutAnalysis.for_policy(
@@ -68,7 +73,7 @@ def rollout(deployment: str, compared: int, labelled: float, seed: int = 0) -> _
             ),
             at=5000,
         )
-    return _Tracked(a, weight=0.05)
+    return TrackedRollout(a, weight=0.05)
 
 
 def publish(topic: dict[bytes, bytes], snap: PartitionSnapshot) -> list[Record]:
