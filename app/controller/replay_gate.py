@@ -9,6 +9,8 @@ its feedback is or is re-keyed to, from the oldest replayed request on) and judg
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -28,12 +30,14 @@ from app.core.events import (
     decode,
     now_ms,
 )
-from app.core.replay import judge, replay_analysis
+from app.core.replay import GateResult, judge, replay_analysis
 from app.core.requests import ParsedRequest, RawRecord, parse_request
 from app.core.scoring import DEFAULT_TOPICS, DeploymentRoute, score_batch
 from app.core.state_machine import Outcome, reject
 from app.core.topics import Topic
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Feedback is written after its request; producers' clocks may differ by this much.
 CLOCK_SLACK_MS = 60_000
@@ -83,39 +87,16 @@ async def replay(
             return Outcome(None, refused.decision)
     wanted = new.policy.replay_gate
     records = await recent_requests(settings, before.deployment, wanted)
-    production = store.load(before.production)
-    candidate = store.load(new.production)
-    shadow = before.model_copy(
-        update={
-            "mode": Mode.SHADOW,
-            "phase": Phase.PROGRESSING,
-            "candidate": new.production,
-            "shadow_sample_rate": 1.0,
-            "policy": new.policy,
-        }
-    )
-    spec = store.spec(before.deployment)
-    regression = spec.regression
-    scored = score_batch(
-        records,
-        {before.deployment: DeploymentRoute(shadow, production, candidate, regression=regression)},
-        max_request_bytes=settings.max_request_bytes,
-    )
-    analysis = replay_analysis(
-        before,
-        new,
-        len(records),
-        kind=spec.signature.kind,
-        error_cap=regression.error_cap if regression is not None else None,
-    )
-    for out in scored.outgoing:
-        if out.topic == DEFAULT_TOPICS.comparisons:
-            analysis.add_comparison(decode(Comparison, out.value))
+    feedback: list[Feedback] = []
     if records:
         since = min(r.timestamp for r in records) - CLOCK_SLACK_MS
-        for feedback in await feedback_since(settings, before.deployment, since):
-            analysis.add_feedback(feedback)
-    result = judge(new, analysis, wanted)
+        feedback = await feedback_since(settings, before.deployment, since)
+    # Scoring N requests by two models (a slow candidate: milliseconds a row) and the tests
+    # are seconds of CPU: in a thread, so the controller's loop (and every other
+    # deployment's evidence and commands) goes on meanwhile.
+    result = await asyncio.to_thread(
+        _judged, store, before, new, records, feedback, settings.max_request_bytes
+    )
     if not result.passed:
         rejected = reject(
             before,
@@ -135,6 +116,49 @@ async def replay(
             }
         ),
     )
+
+
+def _judged(
+    store: ModelStore,
+    before: DeploymentState,
+    new: DeploymentState,
+    records: list[RawRecord],
+    feedback: list[Feedback],
+    max_request_bytes: int,
+) -> GateResult:
+    """The replayed ``records`` scored by both versions (the data plane's ``score_batch``, in
+    shadow), joined with ``feedback``, judged by ``app.core.replay``."""
+    production = store.load(before.production)
+    candidate = store.load(new.production)
+    shadow = before.model_copy(
+        update={
+            "mode": Mode.SHADOW,
+            "phase": Phase.PROGRESSING,
+            "candidate": new.production,
+            "shadow_sample_rate": 1.0,
+            "policy": new.policy,
+        }
+    )
+    spec = store.spec(before.deployment)
+    regression = spec.regression
+    scored = score_batch(
+        records,
+        {before.deployment: DeploymentRoute(shadow, production, candidate, regression=regression)},
+        max_request_bytes=max_request_bytes,
+    )
+    analysis = replay_analysis(
+        before,
+        new,
+        len(records),
+        kind=spec.signature.kind,
+        error_cap=regression.error_cap if regression is not None else None,
+    )
+    for out in scored.outgoing:
+        if out.topic == DEFAULT_TOPICS.comparisons:
+            analysis.add_comparison(decode(Comparison, out.value))
+    for label in feedback:
+        analysis.add_feedback(label)
+    return judge(new, analysis, new.policy.replay_gate)
 
 
 def _mine(
@@ -267,7 +291,19 @@ async def gated(
     current = before
     for outcome in outcomes:
         if needs_replay(outcome):
-            outcome = await replay(settings, store, current, outcome, cache)
+            try:
+                outcome = await replay(settings, store, current, outcome, cache)
+            except Exception as error:  # one gate must not stop the controller's publications
+                log.exception("replay gate for %s failed", current.deployment)
+                refused = reject(
+                    current,
+                    f"replay gate could not run ({type(error).__name__}: {error}); not deployed",
+                    now_ms(),
+                    action=outcome.decision.action,
+                    command_id=outcome.decision.command_id,
+                    decided_by=outcome.decision.decided_by,
+                )
+                outcome = Outcome(None, refused.decision)
         out.append(outcome)
         if outcome.state is not None:
             current = outcome.state
