@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 
 from app.cli import app
-from app.harness.fleet import FleetConfig, run_fleet
+from app.harness.fleet import (
+    HORIZON_S,
+    MARGIN,
+    RATE,
+    REPLAY_GATE,
+    WARMUP_S,
+    FleetConfig,
+    run_fleet,
+)
 from app.harness.fleet_report import markdown, write
 from app.settings import load_settings
 
@@ -21,11 +29,21 @@ def fleet(
         int, typer.Option(help="Versions the training simulator publishes in the day.")
     ] = 1_000,
     minutes: Annotated[float, typer.Option(help="The day, compressed into this run.")] = 15.0,
-    rate: Annotated[float, typer.Option(help="Requests per second, all deployments.")] = 600.0,
+    rate: Annotated[float, typer.Option(help="Requests per second, all deployments.")] = RATE,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    margin: Annotated[float, typer.Option(help="Non-inferiority margin of the policies.")] = 0.03,
+    margin: Annotated[
+        float, typer.Option(help="Non-inferiority margin of the policies (and of the truth).")
+    ] = MARGIN,
     alpha: Annotated[float, typer.Option(help="Alpha of the policies.")] = 0.05,
-    horizon: Annotated[int, typer.Option(help="Feedback horizon of a rollout, seconds.")] = 90,
+    horizon: Annotated[
+        int, typer.Option(help="Feedback horizon of a rollout step, seconds.")
+    ] = HORIZON_S,
+    warmup: Annotated[
+        float, typer.Option(help="Traffic before the first publication (s): the gate's past.")
+    ] = WARMUP_S,
+    replay_gate: Annotated[
+        int, typer.Option(help="Automatic deployments: requests their replay gate judges.")
+    ] = REPLAY_GATE,
     drain: Annotated[
         float, typer.Option(help="After the run, at most this long for versions in flight (s).")
     ] = 120.0,
@@ -51,6 +69,8 @@ def fleet(
         margin=margin,
         alpha=alpha,
         horizon_s=horizon,
+        warmup_s=warmup,
+        replay_gate=replay_gate,
         drain_s=drain,
         seed=seed,
         out=out,

@@ -140,7 +140,7 @@ def criterion(state: DeploymentState, a: RolloutAnalysis) -> Judgement:
             "by hand)",
             WaitingFor.LABELS,
         )
-    if _labels_show_it(a, p.min_feedback_coverage):
+    if labels_show_it(a, p.min_feedback_coverage):
         return Judgement(
             Criterion.PASSED,
             kind,
@@ -162,7 +162,7 @@ def criterion(state: DeploymentState, a: RolloutAnalysis) -> Judgement:
     return _pending(state, a, kind)
 
 
-def _labels_show_it(a: RolloutAnalysis, coverage: float) -> bool:
+def labels_show_it(a: RolloutAnalysis, coverage: float) -> bool:
     """Every test of the metric rejects "worse than the margin" on this step's audit sample,
     in either form (all requests at their worst case until labelled, with ``coverage`` of
     the step labelled; or in compared order up to the labels, with ``coverage`` of what it
@@ -419,35 +419,3 @@ def _finite(value: Any) -> Any:
     if kind is list:
         return [_finite(v) for v in value]
     return value
-
-
-def replay_gate(state: DeploymentState, a: RolloutAnalysis) -> tuple[bool, str, Evidence]:
-    """Automatic mode's optional gate: the candidate has scored the last requests beside
-    production (one fixed sample, looked at once). It passes when no guardrail fails and its
-    disagreement and error rate are within the policy's ceilings."""
-    g = state.policy.guardrails
-    problems = guardrail_failures(state, a)
-    if a.disagreement > g.max_disagreement:
-        problems.append(f"disagreement {a.disagreement:.1%} above {g.max_disagreement:.1%}")
-    if a.candidate_arm.error_rate > g.max_candidate_error_rate:
-        problems.append(
-            f"error rate {a.candidate_arm.error_rate:.2%} above {g.max_candidate_error_rate:.2%}"
-        )
-    outcome = Criterion.FAILED if problems else Criterion.PASSED
-    ev = evidence(state, a, Judgement(outcome, "replay", ""))
-    if not a.paired:
-        return False, "replay gate: no recent requests to replay", ev
-    if problems:
-        return (
-            False,
-            f"replay gate failed on {a.paired} recent requests: " + "; ".join(problems),
-            ev,
-        )
-    return (
-        True,
-        (
-            f"replay gate passed on {a.paired} recent requests "
-            f"(disagreement {a.disagreement:.1%}, error rate {a.candidate_arm.error_rate:.2%})"
-        ),
-        ev,
-    )

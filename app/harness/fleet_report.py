@@ -219,6 +219,7 @@ def _fate(f: VersionFate) -> dict[str, Any]:
         "outcome": f.outcome.value,
         "seconds_to_decision": f.seconds_to_decision,
         "served": f.served,
+        "reason": f.reason,
     }
 
 

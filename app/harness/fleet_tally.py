@@ -85,6 +85,7 @@ class VersionFate:
     delta: float | None  # its quality minus that production's
     served: bool  # it was a candidate or production at some epoch
     promoted_ever: bool
+    reason: str = ""  # the reason of the decision that settled its outcome (empty in flight)
 
     @property
     def seconds_to_decision(self) -> float | None:
@@ -101,9 +102,14 @@ class _Life:
     served: bool = False
     promoted_ever: bool = False
     replaced: str | None = None  # the production it replaced when promoted
+    reason: str = ""
 
-    def decide(self, outcome: Outcome, at: int) -> None:
-        self.outcome, self.decided_ms = outcome, at
+    def decide(self, outcome: Outcome, at: int, reason: str = "") -> None:
+        self.outcome, self.decided_ms, self.reason = outcome, at, reason
+
+
+# A publication's answers that leave the state as it was (they share its epoch).
+_ANSWERS = (DecisionAction.PUBLISH, DecisionAction.VALIDATE)
 
 
 def _version_named(event: DecisionEvent, by_publish_id: Mapping[str, str]) -> str | None:
@@ -126,8 +132,11 @@ def outcomes(
     by_publish_id = {p.publish_id: p.version for p in published}
     lives = {key: _Life() for key in ours}
     actions: dict[tuple[str, int], set[DecisionAction]] = {}
+    reasons: dict[tuple[str, int], str] = {}  # the accepted decision that made each epoch
     for event in decisions:
         actions.setdefault((event.deployment, event.epoch), set()).add(event.action)
+        if event.accepted and event.action not in _ANSWERS:
+            reasons[(event.deployment, event.epoch)] = f"{event.action}: {event.reason}"
         _apply_decision(event, _version_named(event, by_publish_id), lives)
     previous: dict[str, DeploymentState] = {}
     for state in states:
@@ -135,7 +144,8 @@ def outcomes(
         if before is not None and state.epoch <= before.epoch:
             continue
         previous[state.deployment] = state
-        _apply_state(before, state, lives, actions.get((state.deployment, state.epoch), set()))
+        key = (state.deployment, state.epoch)
+        _apply_state(before, state, lives, actions.get(key, set()), reasons.get(key, ""))
     quality = {key: p.quality for key, p in ours.items()}
     for name, (version, q) in initial.items():
         quality.setdefault((name, version), q)
@@ -149,7 +159,7 @@ def _apply_decision(
     queue, a start that could not be): the version is rejected, unless it serves later."""
     life = lives.get((event.deployment, version)) if version is not None else None
     if life is not None and life.outcome is Outcome.IN_FLIGHT and not event.accepted:
-        life.decide(Outcome.REJECTED, event.at)
+        life.decide(Outcome.REJECTED, event.at, f"{event.action}: {event.reason}")
 
 
 def _apply_state(
@@ -157,6 +167,7 @@ def _apply_state(
     state: DeploymentState,
     lives: dict[tuple[str, str], _Life],
     actions: set[DecisionAction],
+    reason: str = "",
 ) -> None:
     name, at = state.deployment, state.updated_at
     production = state.production.version
@@ -166,24 +177,24 @@ def _apply_state(
             life.served = True
             life.baseline = before.production.version if before is not None else None
             if life.outcome is Outcome.REJECTED:  # a refusal named it, yet it serves
-                life.outcome, life.decided_ms = Outcome.IN_FLIGHT, None
+                life.outcome, life.decided_ms, life.reason = Outcome.IN_FLIGHT, None, ""
     if before is None:
         return
     was = before.production.version
     if production != was:
         gone = lives.get((name, was))
         if gone is not None and gone.promoted_ever and gone.replaced == production:
-            gone.decide(Outcome.ROLLED_BACK, at)  # production restored: a rollback
+            gone.decide(Outcome.ROLLED_BACK, at, reason)  # production restored: a rollback
         new = lives.get((name, production))
         if new is not None and new.outcome in (Outcome.IN_FLIGHT, Outcome.ROLLED_BACK):
             new.promoted_ever, new.replaced = True, was
-            new.decide(Outcome.PROMOTED, at)
+            new.decide(Outcome.PROMOTED, at, reason)
     old = before.candidate.version if before.candidate else None
     now = state.candidate.version if state.candidate else None
     left = lives.get((name, old)) if old is not None else None
     if left is not None and old != now and old != production:
         superseded = DecisionAction.SUPERSEDE in actions
-        left.decide(Outcome.SUPERSEDED if superseded else Outcome.ROLLED_BACK, at)
+        left.decide(Outcome.SUPERSEDED if superseded else Outcome.ROLLED_BACK, at, reason)
 
 
 def _fate(
@@ -201,7 +212,14 @@ def _fate(
     elif p.kind in QUALITY:
         truth = p.kind  # never judged against a production: what it was made as
     return VersionFate(
-        p, life.outcome, life.decided_ms, truth, delta, life.served, life.promoted_ever
+        p,
+        life.outcome,
+        life.decided_ms,
+        truth,
+        delta,
+        life.served,
+        life.promoted_ever,
+        life.reason,
     )
 
 
@@ -267,7 +285,9 @@ class Summary:
     good: int  # better or equal
     good_rolled_back: int
     good_rolled_back_rate: float | None
-    good_rejected: int  # better or equal versions rejected at validation
+    # better or equal versions rejected: by a full queue, by the replay gate (automatic
+    # mode), or at validation; they never reached production, as if rolled back
+    good_rejected: int
     invalid: int  # broken, tampered, incompatible
     invalid_rejected_unserved: int  # ... rejected without ever being a candidate
     slow: int
@@ -334,7 +354,10 @@ def goals(summary: Summary, requests: RequestTally, alpha: float) -> list[Goal]:
     """The issue's goals for a run, each with its figure."""
     in_flight = summary.outcomes[Outcome.IN_FLIGHT.value]
     false_rate = summary.false_promotion_rate
-    back_rate = summary.good_rolled_back_rate
+    # A good version refused (a full queue, the replay gate) is lost like one rolled back:
+    # the goal counts both.
+    good_lost = summary.good_rolled_back + summary.good_rejected
+    back_rate = _rate(good_lost, summary.good)
     return [
         Goal(
             "every version decided within the run",
@@ -361,9 +384,9 @@ def goals(summary: Summary, requests: RequestTally, alpha: float) -> list[Goal]:
             false_rate is None or false_rate <= alpha,
         ),
         Goal(
-            "better or equal versions rolled back",
+            "better or equal versions rolled back or refused",
             "< 5%",
-            _share(summary.good_rolled_back, summary.good, back_rate),
+            _share(good_lost, summary.good, back_rate),
             back_rate is None or back_rate < 0.05,
         ),
     ]

@@ -3,6 +3,7 @@ demo's scenarios with synthetic traffic and simulated late ground truth."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from app.core.events import Action, Mode
 from app.harness.processes import RolloutProcess
 from app.harness.rollout_scenarios import DEMO, Scenario, reset, run_scenario
-from app.harness.traffic import make_requests, send
+from app.harness.traffic import make_requests, send, send_feedback
 from app.settings import Settings
 from tests.builders import running_workers
 from tests.integration.control import command, state
@@ -88,24 +89,44 @@ async def test_demo_scenario_decides_on_evidence(
     )
 
 
-async def test_automatic_replay_gate_lets_a_good_version_through_and_stops_a_bad_one(
+async def test_automatic_replay_gate_judges_the_deployments_recent_requests_on_their_labels(
     from_v1: None,
     workers: list[RolloutProcess],
     settings_: Settings,
     producer: AIOKafkaProducer,
 ) -> None:
+    """An automatic deploy behind ``replay_gate``: the last requests of ``fraud`` are read
+    back from the shared requests topic, scored by both versions, joined with their ground
+    truth from the feedback topic, and judged by the policy's per-class recall tests. Version
+    3 (legit recall 53% against production's 97%) is refused on the labels even with the
+    disagreement ceiling out of the way; version 2 is refused on too few labelled requests,
+    with how many it had and would need, then let through on enough."""
     await reset(settings_)  # the manual scenario leaves its candidate waiting
-    await send(producer, make_requests(2000, seed=77, run_id="replay-traffic"))
+    sent = make_requests(2000, seed=77, run_id=f"replay-{uuid.uuid4().hex[:6]}")
+    await send(producer, sent)
+    assert await send_feedback(producer, sent, audit_rate=1.0) == len(sent)
     before = await state(settings_)
+    no_ceiling = {"replay_gate": 1500, "guardrails": {"max_disagreement": 0.9}}
     bad = await command(
-        settings_, Action.DEPLOY, version="3", mode=Mode.AUTOMATIC, policy={"replay_gate": 1000}
+        settings_, Action.DEPLOY, version="3", mode=Mode.AUTOMATIC, policy=no_ceiling
     )
-    assert not bad.accepted and "replay gate failed" in bad.reason, bad.reason
-    assert bad.evidence.samples["paired"] >= 900
+    assert not bad.accepted, bad.reason
+    assert "labels show it worse" in bad.reason and "recall:legit" in bad.reason, bad.reason
+    gate = bad.evidence.tests["replay"]
+    assert gate["replayed"] == 1500 and gate["labelled"] == 1500
+    assert (await state(settings_)) == before
+    few = await command(
+        settings_, Action.DEPLOY, version="2", mode=Mode.AUTOMATIC, policy={"replay_gate": 60}
+    )
+    assert not few.accepted, few.reason
+    assert "60 replayed requests" in few.reason and "would be needed" in few.reason, few.reason
+    needed = few.evidence.tests["replay"]["requests_needed"]
+    assert needed is not None and needed > 60, few.reason
     assert (await state(settings_)) == before
     good = await command(
-        settings_, Action.DEPLOY, version="2", mode=Mode.AUTOMATIC, policy={"replay_gate": 1000}
+        settings_, Action.DEPLOY, version="2", mode=Mode.AUTOMATIC, policy={"replay_gate": 1500}
     )
     assert good.accepted and "replay gate passed" in good.reason, good.reason
-    assert good.evidence.metrics["disagreement"] < 0.2
+    assert "non-inferior within the margin on the labels" in good.reason
+    assert good.evidence.tests["replay"]["labelled"] == 1500
     assert (await state(settings_)).production.version == "2"

@@ -10,6 +10,7 @@ from app.harness.fleet_tally import (
     Bands,
     Outcome,
     Published,
+    goals,
     outcomes,
     percentile,
     request_tally,
@@ -26,7 +27,11 @@ def published(version: str, kind: str = "equal", quality: float | None = 0.80) -
 
 
 def decision(
-    action: DecisionAction, epoch: int, accepted: bool = True, command_id: str | None = None
+    action: DecisionAction,
+    epoch: int,
+    accepted: bool = True,
+    command_id: str | None = None,
+    reason: str = "",
 ) -> DecisionEvent:
     return DecisionEvent(
         deployment="fraud",
@@ -34,7 +39,7 @@ def decision(
         action=action,
         command_id=command_id,
         accepted=accepted,
-        reason="",
+        reason=reason,
         decided_by="controller",
         evidence=Evidence(),
         at=5_000,
@@ -215,3 +220,29 @@ def test_summary_counts_false_promotions_and_good_rollbacks() -> None:
     assert summary.good == 2 and summary.good_rolled_back == 2
     assert summary.invalid == summary.invalid_rejected_unserved == 1
     assert summary.outcomes["promoted"] == 1 and summary.outcomes["in_flight"] == 0
+
+
+def test_each_fate_carries_the_reason_of_the_decision_that_settled_it() -> None:
+    versions = [published("2", quality=0.85), published("3", quality=0.85)]
+    seen = [at(0, "1", None), at(1, "1", "2"), at(2, "2", None)]
+    decisions = [
+        decision(DecisionAction.VALIDATE, 1, command_id="pub-2", reason="validated"),
+        decision(DecisionAction.DEPLOY, 1, command_id="pub-2", reason="canary started"),
+        decision(DecisionAction.PROMOTE, 2, reason="last step passed"),
+        decision(DecisionAction.DEPLOY, 2, False, "pub-3", "replay gate refused: too few"),
+    ]
+    two, three = outcomes(versions, seen, decisions, BANDS, INITIAL)  # type: ignore[arg-type]
+    assert (two.outcome, two.reason) == (Outcome.PROMOTED, "promote: last step passed")
+    assert three.outcome is Outcome.REJECTED
+    assert three.reason == "deploy: replay gate refused: too few"
+
+
+def test_a_good_version_refused_counts_against_the_goal_as_a_rollback() -> None:
+    versions = [published("2", quality=0.85), published("3", quality=0.85)]
+    seen = [at(0, "1", None)]
+    decisions = [decision(DecisionAction.DEPLOY, 0, False, f"pub-{v}") for v in ("2", "3")]
+    summary = summarize(outcomes(versions, seen, decisions, BANDS, INITIAL))  # type: ignore[arg-type]
+    assert (summary.good, summary.good_rolled_back, summary.good_rejected) == (2, 0, 2)
+    requests = request_tally(0, [], [])
+    goal = next(g for g in goals(summary, requests, 0.05) if "better or equal" in g.name)
+    assert not goal.met and goal.value.startswith("2 of 2")

@@ -80,3 +80,17 @@ def test_the_simulated_fraud_default_is_the_deployments() -> None:
     from app.training.train import fraud_policy
 
     assert Policy.model_validate(FRAUD) == fraud_policy()
+
+
+def test_the_replay_gate_passes_a_worse_candidate_at_most_alpha_of_the_time() -> None:
+    """The replay gate's false-pass rate (``app.simulation.replay_gate``, fixed seeds): at
+    the margin (where the level is alpha exactly) the Wilson lower bound stays at or below
+    alpha; a point beyond it, never in 8 replays; an equal candidate passes on enough labels."""
+    from app.simulation.replay_gate import gate_rate
+
+    at_margin = gate_rate(-0.02, 3000, runs=16, seed=5)
+    assert wilson(at_margin.passed, at_margin.runs)[0] <= ALPHA, at_margin
+    beyond = gate_rate(-0.03, 3000, runs=8, seed=6)
+    assert beyond.passed == 0, beyond
+    equal = gate_rate(0.0, 1000, runs=8, seed=7)
+    assert equal.passed >= 7, equal
