@@ -114,6 +114,10 @@ class RolloutAnalysis(FeedbackJoin, EvidenceFigures):
     expired_pending: int = 0
     dropped_pending: int = 0
     pending: PendingStore = field(init=False)
+    # Labels read before their comparison (``app.core.feedback_join``: held for a while,
+    # joined when it comes). Not in the snapshot: a restart forgets them.
+    early: dict[str, tuple[Outcome, int]] = field(default_factory=dict, compare=False, repr=False)
+    early_dropped: int = field(default=0, compare=False)
     # test name -> [observations known, sum of squares]: the second moment the bets use.
     moments: dict[str, list[float]] = field(default_factory=dict)
     worse_seen: list[str] = field(default_factory=list)
@@ -255,6 +259,7 @@ class RolloutAnalysis(FeedbackJoin, EvidenceFigures):
             self.step_audit_compared += int(step == self.step_epoch)
             self.step_open += int(spreads is not None and step == self.step_epoch)
         self._pend(c.request_id, p_label, c_label, at, step, audit, spreads is not None, plan)
+        self._join_early(c.request_id, at)
         self.expire(at)
         self._admit()
         return True

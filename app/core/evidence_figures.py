@@ -48,6 +48,8 @@ class EvidenceFigures:
     pending_limit: int
     expired_pending: int
     dropped_pending: int
+    early: dict[str, Any]
+    early_dropped: int
 
     if TYPE_CHECKING:
 
@@ -168,4 +170,8 @@ class EvidenceFigures:
             "pending_limit": self.pending_limit,
             "pending_expired": self.expired_pending,
             "pending_dropped": self.dropped_pending,
+            # Labels read before their comparison, held for it; and those let go unjoined
+            # (no comparison within a minute, or over the limit: since the process started).
+            "labels_early": len(self.early),
+            "labels_early_dropped": self.early_dropped,
         }

@@ -23,6 +23,15 @@ from app.core.events import Feedback
 from app.core.metric import Outcome, RegressionRule
 from app.core.pending import AUDIT, GIVEN_UP, IN_TEST, OPEN, QUEUED, Row
 
+# A label can be read before its comparison: the feedback topic is read beside the
+# comparisons topic, and a worker or the controller may lag behind a fast label. Such a label
+# is held (``early``) and joined when its comparison comes: at most EARLY_LIMIT per rollout,
+# each for at most EARLY_WINDOW_MS of record time (a request's label with no comparison by
+# then is for a request this rollout never compared, e.g. one production alone served in a
+# canary). Those past either bound are counted (``early_dropped``), and shown.
+EARLY_LIMIT = 2_000
+EARLY_WINDOW_MS = 60_000
+
 
 class FeedbackJoin(CriterionTests):
     """A rollout's compared requests until their ground truth comes (or the horizon)."""
@@ -42,6 +51,8 @@ class FeedbackJoin(CriterionTests):
     dropped_pending: int
     production: ArmStats
     candidate_arm: ArmStats
+    early: dict[str, tuple[Outcome, int]]
+    early_dropped: int
 
     def _pend(
         self,
@@ -116,9 +127,39 @@ class FeedbackJoin(CriterionTests):
             return False
         row = self.pending.find(f.request_id)
         if row is None:
+            self._hold_early(f.request_id, truth, at)
             return False
+        return self._join(row, truth, at)
+
+    def _hold_early(self, request_id: str, truth: Outcome, at: int) -> None:
+        """Keep a label whose comparison has not come (yet), within the bounds above."""
+        self.early.pop(request_id, None)
+        self.early[request_id] = (truth, at)
+        while len(self.early) > EARLY_LIMIT:
+            del self.early[next(iter(self.early))]
+            self.early_dropped += 1
+
+    def _join_early(self, request_id: str, at: int) -> None:
+        """The comparison of ``request_id`` (at ``at``) just came: let go of held labels
+        older than the window, then join the label held for it, if any."""
+        while self.early:
+            oldest = next(iter(self.early))
+            if self.early[oldest][1] >= at - EARLY_WINDOW_MS:
+                break
+            del self.early[oldest]
+            self.early_dropped += 1
+        held = self.early.pop(request_id, None)
+        if held is not None:
+            row = self.pending.find(request_id)
+            if row is not None:
+                self._join(row, held[0], max(at, held[1]))
+
+    def _join(self, row: int, truth: Outcome, at: int) -> bool:
+        """Join ``truth`` to the compared request in ``row``."""
         prod_label, cand_label, _, step, flags, _, bets = self.pending.get(row)
-        wrong_width = isinstance(prod_label, list) and len(truth) != len(prod_label)
+        wrong_width = isinstance(prod_label, list) and (
+            not isinstance(truth, list) or len(truth) != len(prod_label)
+        )
         if wrong_width:
             return False  # not this deployment's targets: bad feedback, nothing changes
         audit = bool(flags & AUDIT)

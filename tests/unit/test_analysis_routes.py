@@ -225,3 +225,39 @@ def test_labels_only_after_the_last_step(cand_acc: float, disagree: float, final
     assert before_labels and all(v is Verdict.HOLD for v, _ in before_labels)
     assert any(w is WaitingFor.LABELS for _, w in before_labels)
     assert Verdict.PROMOTE not in verdicts[: len(verdicts) - 1]
+
+
+def _early_run(n: int, lead: int, gap_ms: int) -> RolloutAnalysis:
+    """An equal candidate's ``n`` requests, each label read ``lead`` records BEFORE its
+    comparison (a lagging worker, a fast label), its comparison's record ``gap_ms`` later."""
+    p = Policy(promote_on_agreement=False)
+    a = RolloutAnalysis.for_policy("fraud", "2", 1, p, started_at=1)
+    st = builders.state(Mode.CANARY, weight=1.0, policy=p)
+    stream = pairs(n, cand_acc=0.5, disagree=0.04, seed=3, prefix="e")
+    for i in range(n + lead):
+        if i < n:
+            truth = stream[i].truth
+            f = Feedback(request_id=stream[i].rid, deployment="fraud", label=truth, observed_at=i)
+            assert not a.add_feedback(f, at=1_000 + i)  # nothing compared yet: held
+        if i >= lead:
+            compare(a, st, stream[i - lead], at=1_000 + i - lead + gap_ms)
+    return a
+
+
+@pytest.mark.parametrize(
+    ("n", "lead", "gap_ms", "labelled", "let_go"),
+    [
+        (600, 1, 0, 600, 0),  # each label one record ahead of its comparison: all joined
+        (600, 600, 0, 600, 0),  # all 600 labels first: all joined
+        (2_500, 2_500, 0, 2_000, 500),  # 2,500 held: the oldest 500 past the limit let go
+        (600, 1, 59_000, 600, 0),  # comparisons 59 s after their labels: joined
+        (600, 1, 61_000, 0, 600),  # a minute after: the labels were let go, and counted
+    ],
+)
+def test_a_label_read_before_its_comparison_is_held_and_joined(
+    n: int, lead: int, gap_ms: int, labelled: int, let_go: int
+) -> None:
+    a = _early_run(n, lead, gap_ms)
+    samples = a.samples()
+    assert (samples["labelled"], samples["labels_early_dropped"]) == (labelled, let_go)
+    assert samples["labels_early"] == 0  # nothing left held once every comparison came
