@@ -38,6 +38,7 @@ from app.core.arm_stats import (
     value_bins,
 )
 from app.core.audit import in_audit
+from app.core.early_labels import EarlyLabels
 from app.core.events import Comparison, Role
 from app.core.evidence_figures import EvidenceFigures
 from app.core.feedback_join import FeedbackJoin
@@ -116,8 +117,7 @@ class RolloutAnalysis(FeedbackJoin, EvidenceFigures):
     pending: PendingStore = field(init=False)
     # Labels read before their comparison (``app.core.feedback_join``: held for a while,
     # joined when it comes). Not in the snapshot: a restart forgets them.
-    early: dict[str, tuple[Outcome, int]] = field(default_factory=dict, compare=False, repr=False)
-    early_dropped: int = field(default=0, compare=False)
+    early: EarlyLabels = field(default_factory=EarlyLabels, compare=False, repr=False)
     # test name -> [observations known, sum of squares]: the second moment the bets use.
     moments: dict[str, list[float]] = field(default_factory=dict)
     worse_seen: list[str] = field(default_factory=list)

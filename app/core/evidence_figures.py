@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from app.core.arm_stats import ArmStats, psi
+from app.core.early_labels import EarlyLabels
 from app.core.pending import PendingStore
 
 
@@ -48,8 +49,7 @@ class EvidenceFigures:
     pending_limit: int
     expired_pending: int
     dropped_pending: int
-    early: dict[str, Any]
-    early_dropped: int
+    early: EarlyLabels
 
     if TYPE_CHECKING:
 
@@ -173,5 +173,5 @@ class EvidenceFigures:
             # Labels read before their comparison, held for it; and those let go unjoined
             # (no comparison within a minute, or over the limit: since the process started).
             "labels_early": len(self.early),
-            "labels_early_dropped": self.early_dropped,
+            "labels_early_dropped": self.early.dropped,
         }

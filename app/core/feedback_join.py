@@ -5,7 +5,8 @@ and at most ``pending_limit`` of them (beyond, the oldest is dropped, counted an
 ``add_feedback`` joins a label (a regressor's values) to its request: the shown figures count
 it, and an audit request's worst case in the criterion's tests becomes its value; past the
 horizon (``expire``, ``tick``) a request is given up and stays at its worst case. Late labels
-cost time, not evidence.
+cost time, not evidence. A label read before its comparison is held until it comes
+(``app.core.early_labels``).
 
 ``FeedbackJoin`` is the part of ``RolloutAnalysis`` (``app.core.analysis``) that owns this:
 its fields are the analysis's (declared here for the type checker).
@@ -19,18 +20,10 @@ from typing import Any
 
 from app.core.arm_stats import ArmStats
 from app.core.criterion_tests import CriterionTests
+from app.core.early_labels import EarlyLabels
 from app.core.events import Feedback
 from app.core.metric import Outcome, RegressionRule
 from app.core.pending import AUDIT, GIVEN_UP, IN_TEST, OPEN, QUEUED, Row
-
-# A label can be read before its comparison: the feedback topic is read beside the
-# comparisons topic, and a worker or the controller may lag behind a fast label. Such a label
-# is held (``early``) and joined when its comparison comes: at most EARLY_LIMIT per rollout,
-# each for at most EARLY_WINDOW_MS of record time (a request's label with no comparison by
-# then is for a request this rollout never compared, e.g. one production alone served in a
-# canary). Those past either bound are counted (``early_dropped``), and shown.
-EARLY_LIMIT = 2_000
-EARLY_WINDOW_MS = 60_000
 
 
 class FeedbackJoin(CriterionTests):
@@ -51,8 +44,7 @@ class FeedbackJoin(CriterionTests):
     dropped_pending: int
     production: ArmStats
     candidate_arm: ArmStats
-    early: dict[str, tuple[Outcome, int]]
-    early_dropped: int
+    early: EarlyLabels
 
     def _pend(
         self,
@@ -127,32 +119,17 @@ class FeedbackJoin(CriterionTests):
             return False
         row = self.pending.find(f.request_id)
         if row is None:
-            self._hold_early(f.request_id, truth, at)
+            self.early.hold(f.request_id, truth, at)
             return False
         return self._join(row, truth, at)
 
-    def _hold_early(self, request_id: str, truth: Outcome, at: int) -> None:
-        """Keep a label whose comparison has not come (yet), within the bounds above."""
-        self.early.pop(request_id, None)
-        self.early[request_id] = (truth, at)
-        while len(self.early) > EARLY_LIMIT:
-            del self.early[next(iter(self.early))]
-            self.early_dropped += 1
-
     def _join_early(self, request_id: str, at: int) -> None:
-        """The comparison of ``request_id`` (at ``at``) just came: let go of held labels
-        older than the window, then join the label held for it, if any."""
-        while self.early:
-            oldest = next(iter(self.early))
-            if self.early[oldest][1] >= at - EARLY_WINDOW_MS:
-                break
-            del self.early[oldest]
-            self.early_dropped += 1
-        held = self.early.pop(request_id, None)
-        if held is not None:
-            row = self.pending.find(request_id)
-            if row is not None:
-                self._join(row, held[0], max(at, held[1]))
+        """The comparison of ``request_id`` (at ``at``) just came: join the label held for
+        it (``app.core.early_labels``), if any."""
+        held = self.early.take(request_id, at)
+        row = self.pending.find(request_id) if held is not None else None
+        if held is not None and row is not None:
+            self._join(row, held[0], max(at, held[1]))
 
     def _join(self, row: int, truth: Outcome, at: int) -> bool:
         """Join ``truth`` to the compared request in ``row``."""

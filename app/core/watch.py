@@ -41,6 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 from app.core.audit import in_audit
+from app.core.early_labels import EarlyLabels
 from app.core.events import Comparison, DeploymentState, Evidence, Feedback, ModelOutput
 from app.core.metric import MetricRule, Outcome, RegressionRule, Rule
 from app.core.pending import CHUNK_ROWS, PendingStore
@@ -174,6 +175,8 @@ class WatchAnalysis:
     # Pairs awaiting ground truth: the new production's outcome (as "prod"), the previous
     # production's (as "cand"), compared at.
     pending: PendingStore = field(init=False)
+    # Labels read before their comparison, held until it comes (not in the snapshot).
+    early: EarlyLabels = field(default_factory=EarlyLabels, compare=False, repr=False)
     rule: Rule = field(init=False)
     worse: dict[str, ChangeDetector] = field(init=False)
     disagree: ChangeDetector | None = field(init=False)
@@ -253,6 +256,9 @@ class WatchAnalysis:
                 self.disagree.update(1.0 if differ else 0.0)
         if old is not None:  # without the previous production's output nothing compares
             self._pend(c.request_id, new, old, at)
+            held = self.early.take(c.request_id, at)
+            if held is not None:
+                self._join(self.pending.find(c.request_id), held[0], max(at, held[1]))
         return True
 
     def _pend(self, request_id: str, new: Outcome, old: Outcome, at: int) -> None:
@@ -282,6 +288,13 @@ class WatchAnalysis:
             return False
         row = self.pending.find(f.request_id)
         if row is None:
+            self.early.hold(f.request_id, truth, at)
+            return False
+        return self._join(row, truth, at)
+
+    def _join(self, row: int | None, truth: Outcome, at: int) -> bool:
+        """Join ``truth`` to the pair in ``row`` (None: no pair waits: nothing changes)."""
+        if row is None or truth is None:
             return False
         new, old = self.pending.get(row)[:2]
         if isinstance(old, list) and len(old) != len(truth):
@@ -335,6 +348,8 @@ class WatchAnalysis:
                 "watch_production_errors": self.production_errors,
                 "watch_pending": len(self.pending),
                 "watch_pending_dropped": self.dropped_pending,
+                "watch_labels_early": len(self.early),
+                "watch_labels_early_dropped": self.early.dropped,
             },
             metrics={
                 "watch_disagreement": self.disagreement,

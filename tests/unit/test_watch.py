@@ -421,3 +421,24 @@ def test_the_partition_snapshot_carries_the_watches() -> None:
     header["watches"] = []  # written before the watch existed
     older = {**records, b"p1": orjson.dumps(header)}
     assert PartitionSnapshot.from_records(1, older).watches == {}
+
+
+@pytest.mark.parametrize(
+    ("gap_ms", "labelled", "let_go"),
+    [(0, 300, 0), (59_000, 300, 0), (61_000, 0, 300)],
+)
+def test_a_label_read_before_its_watch_comparison_is_held_and_joined(
+    gap_ms: int, labelled: int, let_go: int
+) -> None:
+    """Each label read one record before its comparison, which comes ``gap_ms`` later:
+    held and joined within the window, let go (and counted) past it."""
+    w = WatchAnalysis.for_state(watched())
+    for i in range(301):
+        if i < 300:
+            early = Feedback(request_id=f"r{i}", deployment="fraud", label="legit", observed_at=0)
+            assert not w.add_feedback(early, at=T0 + i)
+        if i >= 1:
+            w.add_comparison(comparison(i - 1, "legit", "legit"), at=T0 + i - 1 + gap_ms)
+    samples = w.evidence().samples
+    assert (w.labelled, samples["watch_labels_early_dropped"]) == (labelled, let_go)
+    assert samples["watch_labels_early"] == 0
