@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.pending import PendingStore
+
 EARLY_LIMIT = 2_000
 EARLY_WINDOW_MS = 60_000
 
@@ -51,3 +53,24 @@ class EarlyLabels:
             del self._held[oldest]
             self.dropped += 1
         return self._held.pop(request_id, None)
+
+    def pending_or_hold(
+        self, pending: PendingStore, request_id: str, truth: Any, at: int
+    ) -> int | None:
+        """A label came: the row of its compared request in ``pending``; when there is none
+        (yet), the label is held and None returned."""
+        row = pending.find(request_id)
+        if row is None:
+            self.hold(request_id, truth, at)
+        return row
+
+    def joinable(
+        self, pending: PendingStore, request_id: str, at: int
+    ) -> tuple[int, Any, int] | None:
+        """A comparison came (and is pending): its row, and the label held for it with the
+        later of the two record times, if one was held (``take``)."""
+        held = self.take(request_id, at)
+        row = pending.find(request_id) if held is not None else None
+        if held is None or row is None:
+            return None
+        return row, held[0], max(at, held[1])

@@ -117,19 +117,15 @@ class FeedbackJoin(CriterionTests):
         truth: Outcome = f.values if self.regressor else f.label
         if truth is None or (self.regressor and self.error_cap is None):
             return False
-        row = self.pending.find(f.request_id)
-        if row is None:
-            self.early.hold(f.request_id, truth, at)
-            return False
-        return self._join(row, truth, at)
+        row = self.early.pending_or_hold(self.pending, f.request_id, truth, at)
+        return row is not None and self._join(row, truth, at)
 
     def _join_early(self, request_id: str, at: int) -> None:
         """The comparison of ``request_id`` (at ``at``) just came: join the label held for
         it (``app.core.early_labels``), if any."""
-        held = self.early.take(request_id, at)
-        row = self.pending.find(request_id) if held is not None else None
-        if held is not None and row is not None:
-            self._join(row, held[0], max(at, held[1]))
+        joinable = self.early.joinable(self.pending, request_id, at)
+        if joinable is not None:
+            self._join(*joinable)
 
     def _join(self, row: int, truth: Outcome, at: int) -> bool:
         """Join ``truth`` to the compared request in ``row``."""

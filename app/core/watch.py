@@ -256,9 +256,9 @@ class WatchAnalysis:
                 self.disagree.update(1.0 if differ else 0.0)
         if old is not None:  # without the previous production's output nothing compares
             self._pend(c.request_id, new, old, at)
-            held = self.early.take(c.request_id, at)
-            if held is not None:
-                self._join(self.pending.find(c.request_id), held[0], max(at, held[1]))
+            joinable = self.early.joinable(self.pending, c.request_id, at)
+            if joinable is not None:
+                self._join(*joinable)
         return True
 
     def _pend(self, request_id: str, new: Outcome, old: Outcome, at: int) -> None:
@@ -286,15 +286,12 @@ class WatchAnalysis:
         truth: Outcome = f.values if self.kind == "regressor" else f.label
         if truth is None or (self.kind == "regressor" and self.error_cap is None):
             return False
-        row = self.pending.find(f.request_id)
-        if row is None:
-            self.early.hold(f.request_id, truth, at)
-            return False
-        return self._join(row, truth, at)
+        row = self.early.pending_or_hold(self.pending, f.request_id, truth, at)
+        return row is not None and self._join(row, truth, at)
 
-    def _join(self, row: int | None, truth: Outcome, at: int) -> bool:
-        """Join ``truth`` to the pair in ``row`` (None: no pair waits: nothing changes)."""
-        if row is None or truth is None:
+    def _join(self, row: int, truth: Outcome, at: int) -> bool:
+        """Join ``truth`` to the pair in ``row``."""
+        if truth is None:
             return False
         new, old = self.pending.get(row)[:2]
         if isinstance(old, list) and len(old) != len(truth):
