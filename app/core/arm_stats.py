@@ -157,8 +157,15 @@ def value_bins(values: list[float], edges: list[list[float]]) -> list[int]:
 
 def latency_exceeds(prod: ArmResult, cand: ArmResult, ratio: float, slack_ms: float) -> bool | None:
     """Whether the candidate was slower than ``ratio`` x production (plus the slack) on this
-    request; None when either latency is missing or not a finite non-negative number."""
-    p, c = prod.latency_ms, cand.latency_ms
+    request; None when either time is missing or not a finite non-negative number.
+
+    The arms' CPU times are compared when both carry one: each is the model's own cost on
+    this request, so a host's stall (a preempted call, charged to whichever arm it hit) does
+    not count against the candidate. Records without them (older workers) compare the wall
+    times, as before."""
+    p, c = prod.cpu_ms, cand.cpu_ms
+    if p is None or c is None:
+        p, c = prod.latency_ms, cand.latency_ms
     if p is None or c is None or not (math.isfinite(p) and math.isfinite(c)) or p < 0 or c < 0:
         return None
     return c > ratio * p + slack_ms

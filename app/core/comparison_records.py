@@ -162,6 +162,7 @@ def _arm_result(
         "output": output,
         "latency_ms": run.latency_ms if output is not None else None,
         "error": error,
+        "cpu_ms": run.cpu_ms if output is not None else None,
     }
 
 

@@ -214,8 +214,13 @@ class ArmResult(_Event):
     version: str
     sha256: str
     output: ModelOutput | None
+    # Wall time of the model call, per row: what the request waited for the model.
     latency_ms: float | None
     error: str | None = None
+    # CPU time of the model call on the scoring thread, per row: the model's own cost, which
+    # a stall of the host does not inflate (absent from records of older workers). The
+    # latency guardrail's paired test compares these when both arms carry them.
+    cpu_ms: float | None = None
 
 
 class Comparison(_Event):

@@ -113,7 +113,7 @@ def guardrails_unshown(state: DeploymentState, a: RolloutAnalysis) -> list[str]:
         )
     if not a.latency_under.rejected:
         missing.append(
-            f"latency not yet shown within {g.max_latency_ratio}x production's "
+            f"latency (model CPU time) not yet shown within {g.max_latency_ratio}x production's "
             f"(+{g.min_latency_regression_ms} ms) on 99% of {a.latency_under.n} paired requests"
         )
     return missing
