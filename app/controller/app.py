@@ -29,6 +29,7 @@ from app.adapters.state_view import StateView
 from app.controller.analyst import PartitionAnalyst
 from app.controller.commands import CommandHandler
 from app.controller.dashboard import WebServer, start_web
+from app.controller.lanes import PartitionLanes
 from app.controller.publications import PublicationHandler
 from app.controller.publisher import DecisionPublisher
 from app.controller.retirement import Retirer
@@ -64,6 +65,7 @@ class ControlPlane(Service):
             owns=lambda partition: partition in self.analysts,
         )
         self.view.listeners.append(self.publications.on_state)
+        self.lanes = PartitionLanes(self.publications.handle)  # one per published partition
         self.analysts: dict[int, PartitionAnalyst] = {}
         self.ready = asyncio.Event()
         self.web: WebServer | None = None
@@ -81,6 +83,7 @@ class ControlPlane(Service):
         await self.retirer.stop()
         if self.web is not None:
             await self.web.stop()
+        await self.lanes.stop()
         await self.publications.stop()
         for partition in list(self.analysts):
             await self._release(partition)
@@ -127,6 +130,7 @@ class ControlPlane(Service):
             return None
 
     async def _release(self, partition: int) -> None:
+        await self.lanes.release(partition)  # co-partitioned: models.published's partition too
         analyst = self.analysts.pop(partition, None)
         if analyst is not None:
             await analyst.stop()
@@ -185,7 +189,11 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.agent(published)
     async def publications(stream: faust.StreamT[bytes]) -> None:
-        await _answer(stream, plane.ready, plane.publications.handle)
+        # Each partition answered in order, the partitions side by side (``lanes``); an
+        # event is acked once its answer committed, so faust commits no further.
+        await plane.ready.wait()
+        async for event in stream.noack().events():  # type: ignore[attr-defined]  # not in StreamT
+            await plane.lanes.put(event.message, event.ack)
 
     app.plane = plane  # type: ignore[attr-defined]
     return app

@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 # and validations, one at a time, fell behind the publications.
 RECENT_MS = 120_000
 ANSWERS_KEPT = 10_000  # publish_ids whose answer is remembered (replays answered from it)
+# Plans put through the replay gate outside the partition's lock before the last, which holds
+# it throughout (a deployment whose state keeps changing still gets its answer).
+GATE_ATTEMPTS = 3
 
 
 class _Refused(Exception):
@@ -115,22 +118,57 @@ class PublicationHandler:
                 state, DecisionAction.VALIDATE, False, reason, now_ms(), event.publish_id
             )
             return await self._commit(partition, [first, rejected], consumed)
-        async with self._publisher.lock(partition):
-            state = self._current(event.deployment) or state
+        fallback = state
+
+        def started(state: DeploymentState) -> list[Outcome]:
             now = now_ms()
-            valid = answer(
-                state,
-                DecisionAction.VALIDATE,
-                True,
-                _validated_reason(ref, spec),
-                now,
-                event.publish_id,
+            reason = _validated_reason(ref, spec)
+            valid = answer(state, DecisionAction.VALIDATE, True, reason, now, event.publish_id)
+            return [first, valid, *roll_out(state, ref, event, spec.policy, now)]
+
+        outcomes = await self._gated_commit(
+            partition, lambda: self._current(event.deployment) or fallback, started, consumed
+        )
+        self._published[(event.deployment, event.version)] = event.publish_id
+        return outcomes
+
+    async def _gated_commit(
+        self,
+        partition: int,
+        current: Callable[[], DeploymentState | None],
+        plan: Callable[[DeploymentState], list[Outcome]],
+        consumed: dict[TopicPartition, int] | None,
+    ) -> list[Outcome]:
+        """``plan``'s outcomes from the deployment's ``current`` state, an automatic deploy
+        put through the replay gate (when its policy asks for one), committed on
+        ``partition``. The gate takes seconds: it runs outside the partition's lock, so the
+        other deployments' decisions go on meanwhile, and its outcomes are committed only if
+        the state is still the one they were planned from (else planned and gated again;
+        the last attempt holds the lock throughout)."""
+        lock = self._publisher.lock(partition)
+        for _ in range(GATE_ATTEMPTS - 1):
+            before = current()
+            if before is None:
+                return []
+            planned = plan(before)
+            if not planned:
+                return []
+            outcomes = await gated(self._settings, self._store, before, planned)
+            async with lock:
+                after = current()
+                if after is not None and _same(before, after):
+                    return await self._commit_locked(partition, outcomes, consumed)
+            log.info(
+                "%s changed during its replay gate: planned and gated again", before.deployment
             )
-            started = roll_out(state, ref, event, spec.policy, now)
-            # automatic: the replay gate judges it first (when its policy asks for one)
-            started = await gated(self._settings, self._store, state, started)
-            outcomes = [first, valid, *started]
-            self._published[(event.deployment, event.version)] = event.publish_id
+        async with lock:
+            before = current()
+            if before is None:
+                return []
+            planned = plan(before)
+            if not planned:
+                return []
+            outcomes = await gated(self._settings, self._store, before, planned)
             return await self._commit_locked(partition, outcomes, consumed)
 
     def _checked(
@@ -286,16 +324,16 @@ class PublicationHandler:
 
     async def _drain(self, name: str, partition: int) -> None:
         try:
+            policy = self._store.spec(name).policy
             while self._owns(partition):
-                async with self._publisher.lock(partition):
-                    state = self._view.states.get(name)
-                    if state is None:
-                        return
-                    outcomes = dequeue(state, self._store.spec(name).policy, now_ms())
-                    if not outcomes:
-                        return
-                    outcomes = await gated(self._settings, self._store, state, outcomes)
-                    await self._commit_locked(partition, outcomes, None)
+                outcomes = await self._gated_commit(
+                    partition,
+                    lambda: self._view.states.get(name),
+                    lambda state: dequeue(state, policy, now_ms()),
+                    None,
+                )
+                if not outcomes:
+                    return
         except Exception:  # one deployment's queue must not stop the controller
             log.exception("dequeue for %s failed; retried at its next state", name)
         finally:
@@ -364,6 +402,11 @@ class PublicationHandler:
         self._answers.move_to_end(publish_id)
         while len(self._answers) > ANSWERS_KEPT:
             self._answers.popitem(last=False)
+
+
+def _same(before: DeploymentState, after: DeploymentState) -> bool:
+    """Whether nothing but the clock moved between two reads of a deployment's state."""
+    return before.model_dump(exclude={"updated_at"}) == after.model_dump(exclude={"updated_at"})
 
 
 def _validated_reason(ref: ModelRef, spec: DeploymentSpec) -> str:
