@@ -30,6 +30,7 @@ import ctypes.util
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -55,6 +56,9 @@ MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
 SPEC_FILE = "deployment.yaml"
 _NAME = re.compile(NAME_PATTERN)
+# Warming a model up at each batch size stops after this long (a heavy model's full list of
+# sizes was ~100 s of CPU: a fleet's controller spent its time warming models it only checks).
+WARM_UP_BUDGET_S = 1.0
 
 
 class ModelRejected(Exception):
@@ -391,7 +395,7 @@ def smoke_inputs(model: LoadedModel, rows: int) -> InputBatch:
     return zero_inputs(model.signature, rows)
 
 
-def _smoke(model: LoadedModel) -> None:
+def _smoke(model: LoadedModel, warm: bool) -> None:
     width = len(model.labels) or len(model.manifest.targets)
     try:
         labels, values = model.predict(smoke_inputs(model, 1))
@@ -406,17 +410,28 @@ def _smoke(model: LoadedModel) -> None:
         )
     if not np.all(np.isfinite(values)):
         raise ModelRejected(f"smoke inference of {model.ref.uri} returned non-finite outputs")
+    if not warm:
+        return
     # Warm up: onnxruntime allocates on the first run of each batch shape; do it now, not
-    # while serving (and not inside the latency the controller compares).
+    # while serving (and not inside the latency the controller compares). ~120 runs, a few
+    # ms in all for a fast model; a heavy one (ms a row) stops at the budget: its first run
+    # of a shape costs little beside its compute, and the whole list would be minutes of CPU.
     sizes = [*range(2, 65), *range(80, 1025, 16)] if model.signature.flat else [2, 8, 64, 500]
-    for rows in sizes:  # ~120 runs on the fast path, a few ms in all
+    deadline = time.perf_counter() + WARM_UP_BUDGET_S
+    for rows in sizes:
         model.predict(smoke_inputs(model, rows))
+        if time.perf_counter() > deadline:
+            break
 
 
-def open_model(path: Path, manifest: ModelManifest, ref: ModelRef) -> LoadedModel:
+def open_model(
+    path: Path, manifest: ModelManifest, ref: ModelRef, warm: bool = True
+) -> LoadedModel:
     """An onnxruntime session over ``path``, checked against ``manifest`` (inputs, outputs,
-    a smoke inference on inputs made from the signature); ``ModelRejected`` otherwise."""
+    a smoke inference on inputs made from the signature); ``ModelRejected`` otherwise. With
+    ``warm``, it is then run once at each batch size it will serve (within a time budget);
+    a check that does not serve (a publication's validation) skips that."""
     model = LoadedModel(ref=ref, manifest=manifest, session=ModelStore.session(path, ref))
     _check_graph(model)
-    _smoke(model)
+    _smoke(model, warm)
     return model

@@ -117,7 +117,7 @@ def verify_published(
         )
     ref = ModelRef(name=spec.name, version=version, uri=model.name, sha256=actual)
     try:
-        open_model(model, manifest, ref)
+        open_model(model, manifest, ref, warm=False)  # checked here, served elsewhere
     except ModelRejected as error:
         raise PublishError(error.reason) from error
     return manifest
@@ -219,7 +219,7 @@ def _manifest(
             )
     ref = ModelRef(name=deployment, version=version, uri=model.name, sha256=manifest.sha256)
     try:
-        open_model(model, manifest, ref)
+        open_model(model, manifest, ref, warm=False)  # checked here, served elsewhere
     except ModelRejected as error:
         raise PublishError(error.reason) from error
     return manifest

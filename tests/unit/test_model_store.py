@@ -6,11 +6,13 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
+from app.adapters import model_store
 from app.adapters.artifact_cache import install
 from app.adapters.model_store import ModelRejected, ModelStore, UnknownModel
 from app.core.events import ModelRef
@@ -185,3 +187,36 @@ def test_a_serving_store_reads_its_cache_then_the_seed_and_installs_only_into_th
     assert served.load(served.ref("fraud", "3")).ref.version == "3"  # spec from the seed
     assert served.stored_sha256("fraud", "3") == manifest.sha256
     assert served.model_path("fraud", "1").parent.parent.parent == seed
+
+
+@pytest.mark.parametrize(
+    ("warm", "budget_s", "runs"),
+    [
+        (False, 1.0, 1),  # a publication's check: the smoke inference only
+        (True, 0.0, 2),  # past the budget after the first warm-up run
+        (True, 60.0, 1 + 63 + 60),  # a fast model: every batch size of the list
+    ],
+)
+def test_warming_up_runs_each_batch_size_within_its_budget(
+    store: ModelStore,
+    monkeypatch: pytest.MonkeyPatch,
+    warm: bool,
+    budget_s: float,
+    runs: int,
+) -> None:
+    """A heavy model (ms a row) took minutes of CPU to run at all ~120 batch sizes up to
+    1,024 rows; the warm-up stops at its budget, and a check that serves nothing skips it."""
+    calls: list[int] = []
+    predict = model_store.LoadedModel.predict
+
+    def counted(self: model_store.LoadedModel, x: Any) -> Any:
+        calls.append(1)
+        return predict(self, x)
+
+    monkeypatch.setattr(model_store.LoadedModel, "predict", counted)
+    monkeypatch.setattr(model_store, "WARM_UP_BUDGET_S", budget_s)
+    ref = store.ref("fraud", "1")
+    model_store.open_model(
+        store.root / "fraud" / "1" / "model.onnx", store.manifest("fraud", "1"), ref, warm
+    )
+    assert len(calls) == runs
