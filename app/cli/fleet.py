@@ -10,6 +10,7 @@ import typer
 
 from app.cli import app
 from app.harness.fleet import (
+    DRAIN_S,
     HORIZON_S,
     MARGIN,
     RATE,
@@ -45,8 +46,9 @@ def fleet(
         int, typer.Option(help="Automatic deployments: requests their replay gate judges.")
     ] = REPLAY_GATE,
     drain: Annotated[
-        float, typer.Option(help="After the run, at most this long for versions in flight (s).")
-    ] = 120.0,
+        float,
+        typer.Option(help="After the day, traffic until no version is in flight, at most (s)."),
+    ] = DRAIN_S,
     seed: Annotated[int, typer.Option(help="Seed of truths, models and the simulator.")] = 0,
     out: Annotated[Path, typer.Option(help="Where fleet.md and fleet.json go.")] = Path(
         "bench-results"

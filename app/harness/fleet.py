@@ -85,8 +85,11 @@ TICK_S = 0.5
 # canary and shadow promoted nothing, good versions were rolled back at the horizon.
 RATE = 2000.0  # what two shared cores served with nothing lost (measured: the report)
 MARGIN = 0.05  # see above: at 3 points an equal version needs 2-5x a version's requests
-HORIZON_S = 90  # a step's deadline: an equal version's evidence takes 25-55 s at RATE; the
-# drain (120 s) must still cover the last version's first canary step and this
+HORIZON_S = 90  # a step's deadline: an equal version's evidence takes 25-55 s at RATE
+# After the day, traffic goes on until no version is in flight, at most this long. The last
+# versions published need their own rollout (a canary's two steps, each up to the horizon)
+# and a queued one also those ahead of it: 120 s left a few of them undecided.
+DRAIN_S = 300.0
 WARMUP_S = 120.0  # the deployments' past before the day: the replay gate's history
 # An equal version's labelled pairs at MARGIN (500-1,100; at 1,000 the gate refused
 # versions 1 point worse for lack of a few dozen). Each gate reads back about this many
@@ -105,7 +108,7 @@ class FleetConfig:
     margin: float = MARGIN  # the policies' non-inferiority margin (and the truth's bands)
     alpha: float = 0.05
     horizon_s: int = HORIZON_S  # a rollout step without a verdict by then keeps production
-    drain_s: float = 120.0  # after the run, at most this long for the versions still in flight
+    drain_s: float = DRAIN_S  # after the run, at most this long for the versions still in flight
     # Traffic (with ground truth) before the first version is published: the deployments'
     # past, which an automatic deployment's replay gate judges its versions on.
     warmup_s: float = WARMUP_S
