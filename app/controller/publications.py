@@ -96,6 +96,7 @@ class PublicationHandler:
         self._published: dict[tuple[str, str], str] = {}  # (deployment, version) -> publish_id
         self._draining: dict[str, asyncio.Task[None]] = {}
         self._producer: AIOKafkaProducer | None = None  # manifest records (models.artifacts)
+        self._starting = asyncio.Lock()  # lanes side by side: one producer all the same
 
     # -- a publication ---------------------------------------------------------------
 
@@ -302,10 +303,11 @@ class PublicationHandler:
         return manifest
 
     async def _manifests(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = plain_producer(self._settings)
-            await producer.start()
-            self._producer = producer
+        async with self._starting:
+            if self._producer is None:
+                producer = plain_producer(self._settings)
+                await producer.start()
+                self._producer = producer
         return self._producer
 
     # -- the queue -------------------------------------------------------------------
