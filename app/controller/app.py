@@ -32,6 +32,7 @@ from app.controller.dashboard import WebServer, start_web
 from app.controller.lanes import PartitionLanes
 from app.controller.publications import PublicationHandler
 from app.controller.publisher import DecisionPublisher
+from app.controller.replay_history import ReplayHistory
 from app.controller.retirement import Retirer
 from app.core import health
 from app.core.manifest import DeploymentSpec
@@ -54,7 +55,10 @@ class ControlPlane(Service):
         self.publisher = DecisionPublisher(settings, group_id=settings.topics.scoped(APP_ID))
         self.store = ModelStore(settings.artifact_cache_dir, seed=settings.model_store)
         self.cache = ArtifactCache(settings, self.store)
-        self.handler = CommandHandler(self.store, self.view, self.publisher, settings, self.cache)
+        self.history = ReplayHistory(settings)  # the replay gates' reading, kept between them
+        self.handler = CommandHandler(
+            self.store, self.view, self.publisher, settings, self.cache, self.history
+        )
         self.retirer = Retirer(settings, self.view, self.cache, lambda: set(self.analysts))
         self.publications = PublicationHandler(
             self.store,
@@ -63,6 +67,7 @@ class ControlPlane(Service):
             settings,
             current=self.handler.current,
             owns=lambda partition: partition in self.analysts,
+            history=self.history,
         )
         self.view.listeners.append(self.publications.on_state)
         self.lanes = PartitionLanes(self.publications.handle)  # one per published partition
@@ -88,6 +93,7 @@ class ControlPlane(Service):
         for partition in list(self.analysts):
             await self._release(partition)
         await self.publisher.close()
+        await self.history.stop()
         await self.view.stop()
 
     def readiness(self) -> health.Probe:

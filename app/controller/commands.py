@@ -27,6 +27,7 @@ from app.adapters.model_store import ModelRejected, ModelStore, UnknownModel
 from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
 from app.controller.replay_gate import needs_replay, replay
+from app.controller.replay_history import ReplayHistory
 from app.core.artifacts import ArtifactRejected
 from app.core.command_steps import apply
 from app.core.events import (
@@ -61,8 +62,10 @@ class CommandHandler:
         publisher: DecisionPublisher,
         settings: Settings,
         cache: ArtifactCache | None = None,
+        history: ReplayHistory | None = None,
     ) -> None:
         self._store = store
+        self._history = history  # the replay gates' reading, kept between them
         self._view = view
         self._publisher = publisher
         self._settings = settings
@@ -91,7 +94,9 @@ class CommandHandler:
             if needs_replay(outcome):
                 before = self.current(outcome.decision.deployment)  # not yet replaced
                 assert before is not None
-                outcome = await replay(self._settings, self._store, before, outcome, self._cache)
+                outcome = await replay(
+                    self._settings, self._store, before, outcome, self._cache, self._history
+                )
             if outcome.state is not None and outcome.decision.action in _NEW_VERSIONS:
                 await self.share({outcome.state.deployment: sorted(referenced(outcome.state))})
             consumed = {

@@ -35,6 +35,7 @@ from app.adapters.publishing import PublishError, verify_published
 from app.adapters.state_view import StateView
 from app.controller.publisher import DecisionPublisher
 from app.controller.replay_gate import gated
+from app.controller.replay_history import ReplayHistory
 from app.core.artifacts import ArtifactRejected
 from app.core.events import (
     DecisionAction,
@@ -84,6 +85,7 @@ class PublicationHandler:
         settings: Settings,
         current: Callable[[str], DeploymentState | None],
         owns: Callable[[int], bool],
+        history: ReplayHistory | None = None,
     ) -> None:
         self._store = store
         self._view = view
@@ -91,6 +93,7 @@ class PublicationHandler:
         self._settings = settings
         self._current = current  # a deployment's state (its initial one when unpublished)
         self._owns = owns  # partition -> does this controller act for it now
+        self._history = history  # the replay gates' reading, kept between them
         self._topic = settings.topics.name(Topic.PUBLISHED)
         self._answers: OrderedDict[str, DecisionEvent] = OrderedDict()
         self._published: dict[tuple[str, str], str] = {}  # (deployment, version) -> publish_id
@@ -154,7 +157,9 @@ class PublicationHandler:
             planned = plan(before)
             if not planned:
                 return []
-            outcomes = await gated(self._settings, self._store, before, planned)
+            outcomes = await gated(
+                self._settings, self._store, before, planned, history=self._history
+            )
             async with lock:
                 after = current()
                 if after is not None and _same(before, after):
@@ -169,7 +174,9 @@ class PublicationHandler:
             planned = plan(before)
             if not planned:
                 return []
-            outcomes = await gated(self._settings, self._store, before, planned)
+            outcomes = await gated(
+                self._settings, self._store, before, planned, history=self._history
+            )
             return await self._commit_locked(partition, outcomes, consumed)
 
     def _checked(

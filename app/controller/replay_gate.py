@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -38,6 +39,9 @@ from app.core.scoring import score_batch
 from app.core.state_machine import Outcome, reject
 from app.core.topics import Topic
 from app.settings import Settings
+
+if TYPE_CHECKING:  # it reads through this module's readers
+    from app.controller.replay_history import ReplayHistory
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +70,12 @@ async def replay(
     before: DeploymentState,
     outcome: Outcome,
     cache: ArtifactCache | None = None,
+    history: ReplayHistory | None = None,
 ) -> Outcome:
     """Automatic mode with ``replay_gate = N``: the last N requests are scored by the new
     version beside the current production before it is let through. With ``cache``, either
-    version the store lacks is fetched (verified against the state's sha256) first."""
+    version the store lacks is fetched (verified against the state's sha256) first. With
+    ``history``, the requests and labels come from what it kept since the last gate."""
     new = outcome.state
     assert new is not None
     decision = outcome.decision
@@ -88,11 +94,18 @@ async def replay(
             )
             return Outcome(None, refused.decision)
     wanted = new.policy.replay_gate
-    records = await recent_requests(settings, before.deployment, wanted)
+    name = before.deployment
+    if history is not None:
+        records = await history.requests(name, wanted)
+    else:
+        records = await recent_requests(settings, name, wanted)
     feedback: list[Feedback] = []
     if records:
         since = min(r.timestamp for r in records) - CLOCK_SLACK_MS
-        feedback = await feedback_since(settings, before.deployment, since)
+        if history is not None:
+            feedback = await history.feedback(name, since, wanted)
+        else:
+            feedback = await feedback_since(settings, name, since)
     # Scoring N requests by two models (a slow candidate: milliseconds a row) and the tests
     # are seconds of CPU: in a thread, so the controller's loop (and every other
     # deployment's evidence and commands) goes on meanwhile.
@@ -180,17 +193,24 @@ def _mine(
     return raw if isinstance(parsed, ParsedRequest) else None
 
 
-async def recent_requests(settings: Settings, deployment: str, n: int) -> list[RawRecord]:
+async def recent_requests(
+    settings: Settings,
+    deployment: str,
+    n: int,
+    ends: dict[TopicPartition, int] | None = None,
+) -> list[RawRecord]:
     """The last ``n`` readable requests of ``deployment`` (fewer when the topic holds fewer),
     oldest first: every partition read backwards in windows, each window sized by the share
     of the deployment's requests seen so far, until ``n`` are found or every partition's
-    start is reached."""
+    start is reached. From ``ends`` (per partition, exclusive) when given, else from the
+    topic's end."""
     consumer = reader(settings, max_partition_fetch_bytes=FETCH_BYTES, fetch_max_bytes=FETCH_BYTES)
     await consumer.start()
     try:
         partitions = await partitions_of(consumer, settings.topics.name(Topic.REQUESTS))
         consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
+        if ends is None:
+            ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
         low = dict(ends)  # the lowest offset read so far, per partition
         needle = deployment.encode("utf-8")
@@ -206,7 +226,7 @@ async def recent_requests(settings: Settings, deployment: str, n: int) -> list[R
                     consumer.seek(tp, low[tp])
                 else:
                     consumer.pause(tp)  # read to its start: fetch nothing more of it
-            got = await _read_ranges(consumer, bounds, low)
+            got = await read_ranges(consumer, bounds, low)
             read += len(got)
             limit = settings.max_request_bytes
             found.extend(
@@ -224,7 +244,7 @@ async def recent_requests(settings: Settings, deployment: str, n: int) -> list[R
         await consumer.stop()
 
 
-async def _read_ranges(
+async def read_ranges(
     consumer: AIOKafkaConsumer,
     bounds: dict[TopicPartition, int],
     low: dict[TopicPartition, int],
@@ -251,6 +271,15 @@ async def feedback_since(settings: Settings, deployment: str, since_ms: int) -> 
     """The ground truth for ``deployment`` written at or after ``since_ms``, up to the end as
     of the call: the deployment's partition of the feedback topic (feedback keyed otherwise
     is re-keyed there by the analyst)."""
+    records = await feedback_records(settings, deployment, since_ms)
+    return decoded_feedback(deployment, [r.value for r in records if r.value is not None])
+
+
+async def feedback_records(
+    settings: Settings, deployment: str, since_ms: int, until: int | None = None
+) -> list[ConsumerRecord]:
+    """The records of ``deployment``'s partition of the feedback topic written at or after
+    ``since_ms``, up to offset ``until`` (exclusive) or the end as of the call."""
     topic = settings.topics.name(Topic.FEEDBACK)
     consumer = reader(settings)
     await consumer.start()
@@ -258,23 +287,28 @@ async def feedback_since(settings: Settings, deployment: str, since_ms: int) -> 
         partitions = await partitions_of(consumer, topic)
         tp = TopicPartition(topic, partition_for(deployment, len(partitions)))
         consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp] if until is None else until
         found = await consumer.offsets_for_times({tp: since_ms})
         at = found.get(tp)
-        start = at.offset if at is not None else end
+        start = min(at.offset, end) if at is not None else end
         consumer.seek(tp, start)
-        records = await _read_ranges(consumer, {tp: end}, {tp: start})
+        return await read_ranges(consumer, {tp: end}, {tp: start})
     finally:
         await consumer.stop()
+
+
+def decoded_feedback(deployment: str, values: list[bytes]) -> list[Feedback]:
+    """The ``Feedback`` of ``deployment`` among ``values`` (what does not read is skipped:
+    the analyst logs and counts it)."""
     needle = deployment.encode("utf-8")
     out: list[Feedback] = []
-    for record in records:
-        if record.value is None or needle not in record.value:
+    for value in values:
+        if needle not in value:
             continue
         try:
-            feedback = decode(Feedback, record.value)
+            feedback = decode(Feedback, value)
         except ValueError:
-            continue  # the analyst logs and counts what it cannot read
+            continue
         if feedback.deployment == deployment:
             out.append(feedback)
     return out
@@ -286,6 +320,7 @@ async def gated(
     before: DeploymentState,
     outcomes: list[Outcome],
     cache: ArtifactCache | None = None,
+    history: ReplayHistory | None = None,
 ) -> list[Outcome]:
     """``outcomes`` (in order, from ``before``) with each automatic deploy that needs it put
     through the replay gate (a publication's start, a dequeued version's start)."""
@@ -294,7 +329,7 @@ async def gated(
     for outcome in outcomes:
         if needs_replay(outcome):
             try:
-                outcome = await replay(settings, store, current, outcome, cache)
+                outcome = await replay(settings, store, current, outcome, cache, history)
             except Exception as error:  # one gate must not stop the controller's publications
                 log.exception("replay gate for %s failed", current.deployment)
                 refused = reject(
