@@ -49,6 +49,28 @@ class _Label:
 
 
 @dataclass
+class _Labels:
+    """A deployment's labels kept: every record of its feedback partition written since
+    ``covered_from``, but those pushed out (the newest ``items.maxlen`` stay; the latest
+    timestamp pushed out is ``dropped_upto``)."""
+
+    items: deque[_Label]
+    covered_from: int
+    dropped_upto: int = -1
+
+    def add(self, new: list[_Label]) -> None:
+        for label in new:
+            if len(self.items) == self.items.maxlen:
+                self.dropped_upto = max(self.dropped_upto, self.items[0].timestamp)
+            self.items.append(label)
+
+    def cover(self, since_ms: int, wanted: int) -> bool:
+        """Whether all labels since ``since_ms`` are here, with room for ``wanted``."""
+        room = self.items.maxlen or 0
+        return self.covered_from <= since_ms and self.dropped_upto < since_ms and room >= wanted
+
+
+@dataclass
 class _Tail:
     """One topic read forward: a consumer assigned to every partition, and where it stands."""
 
@@ -115,7 +137,7 @@ class ReplayHistory:
         self._requests = _Tail(settings.topics.name(Topic.REQUESTS))
         self._feedback = _Tail(settings.topics.name(Topic.FEEDBACK))
         self._kept: dict[str, deque[RawRecord]] = {}
-        self._labels: dict[str, deque[_Label]] = {}
+        self._labels: dict[str, _Labels] = {}
         self._lock = asyncio.Lock()
 
     async def requests(self, deployment: str, n: int) -> list[RawRecord]:
@@ -165,22 +187,17 @@ class ReplayHistory:
                 self._take_labels(records)
             labels = self._labels.get(deployment)
             wanted = max(requests, 1) * LABELS_PER_REQUEST
-            full = labels is not None and len(labels) == labels.maxlen
-            if (
-                labels is None
-                or (labels.maxlen or 0) < wanted
-                or (full and labels[0].timestamp > since_ms)  # some were pushed out
-            ):
+            if labels is None or not labels.cover(since_ms, wanted):
                 topic = self._feedback.topic
                 tp = TopicPartition(topic, partition_for(deployment, len(self._feedback.positions)))
                 back = await replay_gate.feedback_records(
                     self._settings, deployment, since_ms, until=self._feedback.positions[tp]
                 )
-                labels = self._labels[deployment] = deque(
-                    (_Label(r.timestamp, r.value) for r in back if r.value is not None),
-                    maxlen=max(wanted, (labels.maxlen or 0) if labels is not None else 0),
-                )
-            values = [label.value for label in labels if label.timestamp >= since_ms]
+                kept = [_Label(r.timestamp, r.value) for r in back if r.value is not None]
+                # Room for what it read back and as much again: a gate's window of labels.
+                room = max(wanted, 2 * len(kept))
+                labels = self._labels[deployment] = _Labels(deque(kept, maxlen=room), since_ms)
+            values = [label.value for label in labels.items if label.timestamp >= since_ms]
         return replay_gate.decoded_feedback(deployment, values)
 
     def _take_labels(self, records: list[RawRecord]) -> None:
@@ -188,10 +205,12 @@ class ReplayHistory:
         for name, labels in self._labels.items():
             needle = name.encode("utf-8")
             home = partition_for(name, count)  # where its feedback is, or is re-keyed to
-            labels.extend(
-                _Label(r.timestamp, r.value)
-                for r in records
-                if r.partition == home and r.value is not None and needle in r.value
+            labels.add(
+                [
+                    _Label(r.timestamp, r.value)
+                    for r in records
+                    if r.partition == home and r.value is not None and needle in r.value
+                ]
             )
 
     async def stop(self) -> None:
