@@ -35,7 +35,6 @@ from app.core.batch_result import DEFAULT_TOPICS, BatchResult
 from app.core.events import Mode, encode
 from app.core.requests import RawRecord
 from app.core.scoring import table_scorer
-from app.core.topics import Topic
 
 PARTITIONS = 6  # as topics.yaml gives the data-plane topics
 
@@ -75,7 +74,7 @@ class _Producer:
 def batch_records(n: int) -> list[RawRecord]:
     """``n`` fraud requests as the worker's consumer hands them over."""
     return [
-        RawRecord(str(Topic.REQUESTS), i % PARTITIONS, i, s.key, encode(s.request))
+        RawRecord(DEFAULT_TOPICS.requests, i % PARTITIONS, i, s.key, encode(s.request))
         for i, s in enumerate(fraud_requests(n, "batch-cpu"))
     ]
 
@@ -131,7 +130,8 @@ def measure(store: ModelStore, mode: Mode, batch: int = 500, repeats: int = 200)
 
 
 def _wire(result: BatchResult) -> list[Record]:
-    return [(o.topic, o.key, o.value, o.headers) for o in (*result.outgoing, *result.shed_reports)]
+    """What the worker's loop hands its ``BatchSender`` (``app.worker.loop``)."""
+    return [*result.outgoing, *result.shed_reports]
 
 
 def profile(

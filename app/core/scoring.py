@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,12 +29,13 @@ from app.core.batch_result import (
     Outgoing,
     Topics,
 )
-from app.core.comparison_records import compare, watch_comparisons
+from app.core.comparison_records import Arm, ComparisonRecords, watch_comparisons
 from app.core.events import DeadLetterCode, DeploymentState, Mode, Role, ShedReport, encode, now_ms
 from app.core.features import FeatureBatch, FeatureError, feature_matrix
+from app.core.json_templates import Template
 from app.core.manifest import Signature
-from app.core.model_calls import run_model
-from app.core.oip import oip_response
+from app.core.model_calls import ArmRun, run_model
+from app.core.prediction_records import prediction, prediction_template, with_oip_response
 from app.core.requests import (
     ParsedRequest,
     RawRecord,
@@ -198,6 +200,7 @@ def _native_features(
 
 
 _ROLE_NAMES = {role: role.value for role in Role}  # an enum's .value is a slow property
+_PRODUCTION, _CANDIDATE = Role.PRODUCTION, Role.CANDIDATE  # so is a member's lookup
 
 
 def _score_deployment(
@@ -211,6 +214,28 @@ def _score_deployment(
     """Row ``i`` of ``matrix`` (of each of its inputs) is the input of ``rows[i]``;
     ``shed_watch``: a worker behind skips the watch's scoring of the previous production (as
     it sheds shadow scoring)."""
+    runs = _run_arms(result, route, rows, matrix)
+    audit = _audit_marks(route.state, rows)
+    _write_rows(result, topics, route, rows, runs, audit)
+    state = route.state
+    watched = route.previous is not None and state.watch is not None and route.candidate is None
+    if watched and not shed_watch:
+        watch_comparisons(result, topics, route, rows, audit, runs.production, matrix)
+
+
+@dataclass(slots=True)
+class _ArmRuns:
+    """A deployment's model calls over a batch's rows."""
+
+    production: ArmRun  # every row production serves (the compared rows' outputs merged in)
+    paired: ArmRun  # production's call over the compared rows
+    candidate: ArmRun | None
+    failed: set[int]  # rows the candidate should have scored and has no output for
+
+
+def _run_arms(
+    result: BatchResult, route: DeploymentRoute, rows: list[RoutedRow], matrix: InputBatch
+) -> _ArmRuns:
     wants_candidate = [
         i
         for i, r in enumerate(rows)
@@ -249,86 +274,91 @@ def _score_deployment(
             result.model_calls.append(
                 (state.deployment, scorer.ref.version, role.value, run.rows, run.latency_ms)
             )
-    mode = state.mode.value
-    identity = {
-        id(scorer): {
-            "name": scorer.ref.name,
-            "version": scorer.ref.version,
-            "sha256": scorer.ref.sha256,
-        }
-        for scorer in (route.production, route.candidate)
-        if scorer is not None
-    }
-    served_at = now_ms()  # one clock read for the batch's predictions
-    audit = _audit_marks(state, rows)
+    return _ArmRuns(production, paired, candidate, failed)
+
+
+class _Records:
+    """What a deployment's batch writes for its rows: the predictions' templates by the arm
+    that serves (a production prediction's time per row is that of the call that scored
+    its row), and the comparisons (a compared row pairs production's call over the compared
+    rows; a row the candidate failed, and production then served, pairs that call)."""
+
+    def __init__(self, route: DeploymentRoute, runs: _ArmRuns) -> None:
+        state = route.state
+        served_at = now_ms()  # one clock read for the batch's predictions
+        self.alone = prediction_template(
+            state, route.production, Role.PRODUCTION, runs.production.latency_ms, served_at
+        )
+        self.paired = prediction_template(
+            state, route.production, Role.PRODUCTION, runs.paired.latency_ms, served_at
+        )
+        self.candidate: Template | None = None
+        self.paired_comparisons: ComparisonRecords | None = None
+        self.fallback_comparisons: ComparisonRecords | None = None
+        if runs.candidate is not None and route.candidate is not None:
+            self.candidate = prediction_template(
+                state, route.candidate, Role.CANDIDATE, runs.candidate.latency_ms, served_at
+            )
+            candidate = Arm(route.candidate, runs.candidate)
+            self.paired_comparisons = ComparisonRecords(
+                state, Arm(route.production, runs.paired), candidate, route.regression
+            )
+            self.fallback_comparisons = ComparisonRecords(
+                state, Arm(route.production, runs.production), candidate, route.regression
+            )
+
+
+def _write_rows(
+    result: BatchResult,
+    topics: Topics,
+    route: DeploymentRoute,
+    rows: list[RoutedRow],
+    runs: _ArmRuns,
+    audit: list[bool],
+) -> None:
+    """Each row's prediction (or its dead letter, when production failed on it), and its
+    comparison when it was compared or the candidate failed on it."""
+    records = _Records(route, runs)
+    deployment = route.state.deployment
+    production, candidate, failed = runs.production, runs.candidate, runs.failed
+    served = dict.fromkeys(Role, 0)
     for i, row in enumerate(rows):
-        served_by = row.assignment.served_by
-        if i in failed:
-            served_by = Role.PRODUCTION
-        arm, scorer = (
-            (candidate, route.candidate)
-            if served_by is Role.CANDIDATE
-            else (production, route.production)
-        )
-        assert arm is not None and scorer is not None
+        compared = row.assignment.compare
+        served_by = _PRODUCTION if i in failed else row.assignment.served_by
+        if served_by is _CANDIDATE:
+            assert candidate is not None and route.candidate is not None
+            assert records.candidate is not None
+            arm, scorer, template = candidate, route.candidate, records.candidate
+        else:
+            arm, scorer = production, route.production
+            template = records.paired if compared else records.alone
         output = arm.outputs.get(i)
+        request = row.request
         if output is None:  # production itself failed on this row
-            error = production.error or paired.error or "no output"
-            rejection = Rejection(DeadLetterCode.MODEL_ERROR, error, row.request.request_id)
-            _reject(result, topics, row.record, rejection, now_ms(), state.deployment)
+            error = production.error or runs.paired.error or "no output"
+            rejection = Rejection(DeadLetterCode.MODEL_ERROR, error, request.request_id)
+            _reject(result, topics, row.record, rejection, now_ms(), deployment)
             continue
-        latency = (
-            paired.latency_ms if arm is production and row.assignment.compare else arm.latency_ms
-        )
-        prediction = {  # the Prediction contract, built directly: this is the hot path
-            "request_id": row.request.request_id,
-            "deployment": state.deployment,
-            "entity_key": row.entity,
-            "model": identity[id(scorer)],
-            "role": _ROLE_NAMES[served_by],
-            "mode": mode,
-            "epoch": state.epoch,
-            "output": output,
-            "latency_ms": latency,
-            "served_at": served_at,
-            "audit": audit[i],
-        }
-        if row.request.datatypes is not None:  # an OIP request: also its OIP response
-            prediction.update(
-                oip_response(
-                    row.request.request_id,
-                    state.deployment,
-                    scorer.ref.version,
-                    output,
-                    arm.datatype,
-                )
-            )
+        request_json, output_json = orjson.dumps(request.request_id), orjson.dumps(output)
+        value = prediction(template, request_json, row.entity, output_json, audit[i])
+        if request.datatypes is not None:  # an OIP request: also its OIP response
+            value = with_oip_response(value, request, deployment, scorer, output, arm.datatype)
         result.outgoing.append(
-            Outgoing(
-                topics.predictions, row.record.key, orjson.dumps(prediction), row.record.headers
-            )
+            Outgoing(topics.predictions, row.record.key, value, row.record.headers)
         )
-        result.predictions += 1
-        served_key = (state.deployment, scorer.ref.version, _ROLE_NAMES[served_by])
-        result.served[served_key] = result.served.get(served_key, 0) + 1
-        if row.assignment.compare or i in failed:
-            assert candidate is not None
-            prod_arm = paired if row.assignment.compare else production
-            compare(
-                result,
-                topics,
-                route,
-                row,
-                i,
-                _ROLE_NAMES[served_by],
-                prod_arm,
-                candidate,
-                mode,
-                audit[i],
-            )
-    watched = route.previous is not None and state.watch is not None and route.candidate is None
-    if watched and not shed_watch:
-        watch_comparisons(result, topics, route, rows, audit, production, matrix, mode)
+        served[served_by] += 1
+        if compared or i in failed:
+            comparisons = records.paired_comparisons if compared else records.fallback_comparisons
+            assert comparisons is not None
+            if comparisons.emit(
+                result, topics, row, i, served_by, audit[i], request_json, output_json
+            ):
+                result.candidate_errors += 1
+    for role, scorer_ in ((Role.PRODUCTION, route.production), (Role.CANDIDATE, route.candidate)):
+        if served[role] and scorer_ is not None:
+            key = (deployment, scorer_.ref.version, _ROLE_NAMES[role])
+            result.served[key] = result.served.get(key, 0) + served[role]
+            result.predictions += served[role]
 
 
 def _audit_marks(state: DeploymentState, rows: list[RoutedRow]) -> list[bool]:

@@ -329,12 +329,8 @@ class Worker:
         try:
             began = trace.lap("lock")
             async with producer.transaction():
-                await sender.send(
-                    [
-                        (o.topic, o.key, o.value, o.headers)
-                        for _, result in parts
-                        for o in (*result.outgoing, *result.shed_reports)
-                    ]
+                await sender.send(  # an Outgoing is the (topic, key, value, headers) it sends
+                    [o for _, result in parts for o in (*result.outgoing, *result.shed_reports)]
                 )
                 trace.lap("encode")
                 await producer.send_offsets_to_transaction(offsets, self._group_id)
