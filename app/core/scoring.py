@@ -133,12 +133,15 @@ def score_batch(
     parsed_by_deployment: dict[str, list[tuple[RawRecord, ParsedRequest]]] = {}
     for record in records:
         parsed = parse_request(record, known, max_request_bytes)
-        if isinstance(parsed, Rejection) and unavailable and parsed.deployment in unavailable:
-            parsed = _unavailable(parsed, unavailable)
         if isinstance(parsed, Rejection):
+            if unavailable and parsed.deployment in unavailable:
+                parsed = _unavailable(parsed, unavailable)
             _reject(result, topics, record, parsed, now)
             continue
-        parsed_by_deployment.setdefault(parsed.deployment, []).append((record, parsed))
+        same = parsed_by_deployment.get(parsed.deployment)
+        if same is None:
+            same = parsed_by_deployment[parsed.deployment] = []
+        same.append((record, parsed))
     for name, all_rows in parsed_by_deployment.items():
         result.requests[name] = len(all_rows)
         route = table[name]
@@ -153,20 +156,38 @@ def score_batch(
             record, request = parsed_rows[i]
             rejection = Rejection(error.code, error.message, request.request_id)
             _reject(result, topics, record, rejection, now, name)
-        rows: list[RoutedRow] = []
-        for i in checked.valid:
-            record, request = parsed_rows[i]
-            entity = entity_key(request, record.key)
-            assignment = assign(route.state, entity, request.request_id)
-            if assignment.compare and route.state.mode in (Mode.SHADOW, Mode.MANUAL):
-                result.shadow_sampled[name] = result.shadow_sampled.get(name, 0) + 1
-                if shed_shadow:
-                    result.shadow_shed[name] = result.shadow_shed.get(name, 0) + 1
-                    assignment = PRODUCTION_ONLY
-            rows.append(RoutedRow(record, request, entity, assignment))
+        rows = _routed(result, route, [parsed_rows[i] for i in checked.valid], shed_shadow)
         if rows:
             _score_deployment(result, topics, route, rows, checked.matrix, shed_shadow)
     return result
+
+
+def _routed(
+    result: BatchResult,
+    route: DeploymentRoute,
+    valid: list[tuple[RawRecord, ParsedRequest]],
+    shed_shadow: bool,
+) -> list[RoutedRow]:
+    """The valid requests of one deployment as routed; a shadow (or manual) sample counted,
+    and shed when ``shed_shadow``."""
+    state = route.state
+    sampling = state.mode is Mode.SHADOW or state.mode is Mode.MANUAL
+    sampled = 0
+    rows: list[RoutedRow] = []
+    for record, request in valid:
+        entity = entity_key(request, record.key)
+        assignment = assign(state, entity, request.request_id)
+        if assignment.compare and sampling:
+            sampled += 1
+            if shed_shadow:
+                assignment = PRODUCTION_ONLY
+        rows.append(RoutedRow(record, request, entity, assignment))
+    if sampled:
+        name = state.deployment
+        result.shadow_sampled[name] = result.shadow_sampled.get(name, 0) + sampled
+        if shed_shadow:
+            result.shadow_shed[name] = result.shadow_shed.get(name, 0) + sampled
+    return rows
 
 
 def _native_features(
