@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 
-from app.core.batch_result import BatchResult, Outgoing, Topics
+from app.core.batch_result import BatchResult, Topics, outgoing
 from app.core.events import DeploymentState, Role
 from app.core.json_templates import HOLE, INT_HOLE, JSON_BOOL, JSON_NULL, Template
 from app.core.manifest import RegressionSpec
@@ -26,7 +27,6 @@ from app.core.routing import bucket
 from app.core.tensors import InputBatch
 
 _ROLE_JSON = {role: orjson.dumps(role.value) for role in Role}
-_PRODUCTION = Role.PRODUCTION  # an enum member's lookup is slow in the hot path
 
 
 class Arm(NamedTuple):
@@ -38,15 +38,17 @@ class Arm(NamedTuple):
 
 class ComparisonRecords:
     """The comparisons of one deployment's batch: ``production`` against ``candidate`` (a
-    watch's: the serving production against the previous one, ``watch: true``)."""
+    watch's: the serving production against the previous one, ``watch: true``). Whether
+    the two agree on each row both scored is worked out for the batch at once
+    (``agreements``), when a row first needs it."""
 
     __slots__ = (
+        "_agree",
         "_both",
-        "_cand_outputs",
         "_candidate",
+        "_delta",
         "_key",
         "_mode",
-        "_prod_outputs",
         "_production",
         "_regression",
         "_state",
@@ -67,14 +69,14 @@ class ComparisonRecords:
         self._mode = state.mode.value
         self._production = production
         self._candidate = candidate
-        self._prod_outputs = production.run.outputs
-        self._cand_outputs = candidate.run.outputs
-        self._regression = regression
         self._watch = watch
         self._key = state.deployment.encode("utf-8")
         self._topics: dict[str, bytes] = {}  # a source topic's JSON
         self._templates: dict[tuple[bool, bool], Template] = {}
         self._both = self._template(True, True)
+        self._regression = regression
+        self._agree: list[bool] = []
+        self._delta: list[bytes] = []
 
     def emit(
         self,
@@ -85,41 +87,34 @@ class ComparisonRecords:
         served_by: Role,
         audit: bool,
         request_json: bytes | None = None,
-        served_json: bytes | None = None,
     ) -> bool:
-        """Emit row ``i``'s comparison: ``agree`` and ``score_delta`` as ``agreement``
-        says. What the row's prediction already encoded, when given: ``request_json``, the
-        request id's JSON, and ``served_json``, the served output's (that of the arm
-        ``served_by`` names). True when the candidate arm has no output for the row (its
-        error is in the record)."""
-        prod_out = self._prod_outputs.get(i)
-        cand_out = self._cand_outputs.get(i)
+        """Emit row ``i``'s comparison (``request_json``: its request id's JSON, when the
+        prediction already encoded it). True when the candidate arm has no output for the
+        row (its error is in the record)."""
+        production, candidate = self._production.run, self._candidate.run
+        n = production.position.get(i)
+        m = candidate.position.get(i)
         source = row.record
         topic = self._topics.get(source.topic)
         if topic is None:
             topic = self._topics[source.topic] = orjson.dumps(source.topic)
         if request_json is None:
             request_json = orjson.dumps(row.request.request_id)
-        if prod_out is not None and cand_out is not None:  # the usual case
-            agree, delta = agreement(prod_out, cand_out, self._regression)
-            if served_json is None:
-                prod_json, cand_json = orjson.dumps(prod_out), orjson.dumps(cand_out)
-            elif served_by is _PRODUCTION:
-                prod_json, cand_json = served_json, orjson.dumps(cand_out)
-            else:
-                prod_json, cand_json = orjson.dumps(prod_out), served_json
+        if n is not None and m is not None:  # the usual case
+            if not self._agree:
+                self._agree, self._delta = agreements(production, candidate, self._regression)
             template = self._both
+            agree, delta = self._agree[n], self._delta[n]
+            prod_json, cand_json = production.encoded[n], candidate.encoded[m]
         else:
-            agree, delta = False, 0.0
+            template = self._template(n is not None, m is not None)
+            agree, delta = False, b"0.0"
             # Production without an output (it failed on a row the candidate served) names
             # no error: the row's dead letter or the candidate's prediction does.
-            prod_json = JSON_NULL if prod_out is None else orjson.dumps(prod_out)
+            prod_json = JSON_NULL if n is None else production.encoded[n]
             cand_json = (
-                orjson.dumps(self._candidate.run.error or "no output")
-                if cand_out is None
-                else orjson.dumps(cand_out)
+                orjson.dumps(candidate.error or "no output") if m is None else candidate.encoded[m]
             )
-            template = self._template(prod_out is not None, cand_out is not None)
         value = template.fill(
             (
                 request_json,
@@ -130,13 +125,13 @@ class ComparisonRecords:
                 prod_json,
                 cand_json,
                 JSON_BOOL[agree],
-                orjson.dumps(delta),
+                delta,
                 JSON_BOOL[audit],
             )
         )
-        result.outgoing.append(Outgoing(topics.comparisons, self._key, value))
+        result.outgoing.append(outgoing((topics.comparisons, self._key, value, ())))
         result.comparisons += 1
-        return cand_out is None
+        return m is None
 
     def _template(self, production_ok: bool, candidate_ok: bool) -> Template:
         """Holes: request id, source topic, partition, offset, served by, production's
@@ -160,6 +155,57 @@ class ComparisonRecords:
                 record["watch"] = True
             template = self._templates[(production_ok, candidate_ok)] = Template(record)
         return template
+
+
+def agreements(
+    production: ArmRun, candidate: ArmRun, regression: RegressionSpec | None
+) -> tuple[list[bool], list[bytes]]:
+    """``agreement`` on every row both runs scored, at once: ``agree`` and the JSON of
+    ``score_delta`` at each position of ``production``'s outputs (False and 0.0 where
+    ``candidate`` has no output). Row by row when the values are not all finite, or the two
+    runs' outputs differ in shape or kind (``agreement`` then says what it says of them)."""
+    size = len(production.encoded)
+    agree, delta = [False] * size, [b"0.0"] * size
+    pairs = [
+        (i, n, m)
+        for i, n in production.position.items()
+        if (m := candidate.position.get(i)) is not None
+    ]
+    if not pairs:
+        return agree, delta
+    at = [n for _, n, _ in pairs]
+    prod = production.values[at].astype(np.float64)
+    cand = candidate.values[[m for _, _, m in pairs]].astype(np.float64)
+    classifier = production.labels is not None
+    if (
+        prod.shape != cand.shape
+        or prod.shape[1] == 0
+        or classifier != (candidate.labels is not None)
+        or not (np.isfinite(prod).all() and np.isfinite(cand).all())
+    ):
+        for i, n, _ in pairs:
+            prod_out, cand_out = production.output(i), candidate.output(i)
+            assert prod_out is not None and cand_out is not None
+            agree[n], difference = agreement(prod_out, cand_out, regression)
+            delta[n] = orjson.dumps(difference)
+        return agree, delta
+    differences = cand - prod
+    if classifier:
+        assert production.labels is not None and candidate.labels is not None
+        prod_labels, cand_labels = production.labels, candidate.labels
+        agreed = [prod_labels[n] == cand_labels[m] for _, n, m in pairs]
+    else:
+        absolute = regression.absolute_tolerance if regression is not None else 0.0
+        relative = regression.relative_tolerance if regression is not None else 0.0
+        agreed = np.all(np.abs(differences) <= absolute + relative * np.abs(prod), axis=1).tolist()
+    if classifier and prod.shape[1] == 2:  # the positive class's score
+        widest = differences[:, -1]
+    else:  # the first of the largest differences, as max() finds it
+        widest = differences[np.arange(len(pairs)), np.argmax(np.abs(differences), axis=1)]
+    numbers = orjson.dumps(widest.tolist())[1:-1].split(b",")
+    for k, n in enumerate(at):
+        agree[n], delta[n] = agreed[k], numbers[k]
+    return agree, delta
 
 
 def _arm_result(arm: Arm, ok: bool) -> dict[str, Any]:
@@ -204,7 +250,7 @@ def watch_comparisons(
         i
         for i, row in enumerate(rows)
         if audit[i]
-        and i in production.outputs
+        and i in production.position
         and (rate >= 1.0 or bucket(name, row.request.request_id, "watch") < rate)
     ]
     if not chosen:

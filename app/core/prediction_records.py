@@ -2,8 +2,8 @@
 
 What a batch's predictions by one arm share (deployment, the model, its role, mode, epoch,
 time per row, when they were served) is encoded once into a ``Template``
-(``app.core.json_templates``); ``prediction`` fills it with a row's request id, entity key,
-output (already JSON: the row's comparison reuses it) and audit mark. An Open Inference
+(``app.core.json_templates``), which the data plane fills with each row's request id (its
+JSON, which the row's comparison reuses), entity key, output and audit mark. An Open Inference
 Protocol request's prediction also carries its OIP inference response (``app.core.oip``).
 ``app.core.events.Prediction`` validates the bytes (``tests/unit/test_record_bytes.py``).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import orjson
 
 from app.core.events import DeploymentState, Role
-from app.core.json_templates import HOLE, JSON_BOOL, Template
+from app.core.json_templates import HOLE, Template
 from app.core.model_calls import Output
 from app.core.oip import oip_response
 from app.core.requests import ParsedRequest
@@ -43,14 +43,6 @@ def prediction_template(
             "audit": HOLE,
         }
     )
-
-
-def prediction(
-    template: Template, request_json: bytes, entity: str, output_json: bytes, audit: bool
-) -> bytes:
-    """One row's prediction (``request_json`` and ``output_json``: ``orjson.dumps`` of its
-    request id and of its output; the row's comparison reuses them)."""
-    return template.fill((request_json, orjson.dumps(entity), output_json, JSON_BOOL[audit]))
 
 
 def with_oip_response(

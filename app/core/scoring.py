@@ -28,14 +28,15 @@ from app.core.batch_result import (
     BatchScorer,
     Outgoing,
     Topics,
+    outgoing,
 )
 from app.core.comparison_records import Arm, ComparisonRecords, watch_comparisons
 from app.core.events import DeadLetterCode, DeploymentState, Mode, Role, ShedReport, encode, now_ms
 from app.core.features import FeatureBatch, FeatureError, feature_matrix
-from app.core.json_templates import Template
+from app.core.json_templates import JSON_BOOL, Template
 from app.core.manifest import Signature
 from app.core.model_calls import ArmRun, run_model
-from app.core.prediction_records import prediction, prediction_template, with_oip_response
+from app.core.prediction_records import prediction_template, with_oip_response
 from app.core.requests import (
     ParsedRequest,
     RawRecord,
@@ -272,7 +273,7 @@ def _run_arms(
     candidate = run_model(route.candidate, matrix, wants_candidate) if route.candidate else None
     if paired is None:
         paired = run_model(route.production, matrix, compared)
-    failed = set(wants_candidate) - set(candidate.outputs) if candidate else set()
+    failed = set(wants_candidate) - set(candidate.position) if candidate else set()
     # Then what production serves besides, and what the candidate failed.
     production = run_model(
         route.production,
@@ -284,7 +285,7 @@ def _run_arms(
             and (r.assignment.served_by is Role.PRODUCTION or i in failed)
         ],
     )
-    production.outputs.update(paired.outputs)
+    production = production.merged(paired)
     state = route.state
     for run, scorer, role in (
         (production, route.production, Role.PRODUCTION),
@@ -353,27 +354,29 @@ def _write_rows(
         else:
             arm, scorer = production, route.production
             template = records.paired if compared else records.alone
-        output = arm.outputs.get(i)
+        n = arm.position.get(i)
         request = row.request
-        if output is None:  # production itself failed on this row
+        if n is None:  # production itself failed on this row
             error = production.error or runs.paired.error or "no output"
             rejection = Rejection(DeadLetterCode.MODEL_ERROR, error, request.request_id)
             _reject(result, topics, row.record, rejection, now_ms(), deployment)
             continue
-        request_json, output_json = orjson.dumps(request.request_id), orjson.dumps(output)
-        value = prediction(template, request_json, row.entity, output_json, audit[i])
+        request_json = orjson.dumps(request.request_id)
+        value = template.fill(  # holes: request id, entity key, output, audit
+            (request_json, orjson.dumps(row.entity), arm.encoded[n], JSON_BOOL[audit[i]])
+        )
         if request.datatypes is not None:  # an OIP request: also its OIP response
+            output = arm.output(i)
+            assert output is not None
             value = with_oip_response(value, request, deployment, scorer, output, arm.datatype)
         result.outgoing.append(
-            Outgoing(topics.predictions, row.record.key, value, row.record.headers)
+            outgoing((topics.predictions, row.record.key, value, row.record.headers))
         )
         served[served_by] += 1
         if compared or i in failed:
             comparisons = records.paired_comparisons if compared else records.fallback_comparisons
             assert comparisons is not None
-            if comparisons.emit(
-                result, topics, row, i, served_by, audit[i], request_json, output_json
-            ):
+            if comparisons.emit(result, topics, row, i, served_by, audit[i], request_json):
                 result.candidate_errors += 1
     for role, scorer_ in ((Role.PRODUCTION, route.production), (Role.CANDIDATE, route.candidate)):
         if served[role] and scorer_ is not None:

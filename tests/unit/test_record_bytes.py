@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from app.core.batch_result import DEFAULT_TOPICS, BatchResult
-from app.core.comparison_records import Arm, ComparisonRecords, agreement
+from app.core.comparison_records import Arm, ComparisonRecords, agreement, agreements
 from app.core.events import (
     ArmResult,
     Comparison,
@@ -30,11 +30,11 @@ from app.core.events import (
     SourceOffset,
     decode,
 )
-from app.core.json_templates import HOLE, INT_HOLE, Template
+from app.core.json_templates import HOLE, INT_HOLE, JSON_BOOL, Template
 from app.core.manifest import RegressionSpec, Signature
-from app.core.model_calls import ArmRun, Output
+from app.core.model_calls import ArmRun, Output, no_outputs, scored
 from app.core.oip import oip_response
-from app.core.prediction_records import prediction, prediction_template, with_oip_response
+from app.core.prediction_records import prediction_template, with_oip_response
 from app.core.requests import ParsedRequest, RawRecord
 from app.core.routes import RoutedRow
 from app.core.routing import Assignment
@@ -132,7 +132,8 @@ def test_a_prediction_is_the_contract_s(
     request = ParsedRequest(
         request_id, deployment, {}, entity, None, {"X": "FP32"} if oip else None
     )
-    value = prediction(template, orjson.dumps(request_id), entity, orjson.dumps(output), audit)
+    holes = (orjson.dumps(request_id), orjson.dumps(entity), orjson.dumps(output), JSON_BOOL[audit])
+    value = template.fill(holes)
     fields: dict[str, Any] = {}
     if oip is not None:
         value = with_oip_response(value, request, deployment, scorer, output, oip)
@@ -159,7 +160,7 @@ def test_a_prediction_is_the_contract_s(
 @dataclass(frozen=True)
 class Case:
     """One comparison: each arm's output for the row (None: the arm has none), its run's
-    error, who served, and whether the prediction handed its encoded output over."""
+    error, who served, and whether the prediction handed its request id's JSON over."""
 
     name: str
     production: Output | None
@@ -234,18 +235,12 @@ CASES = [
 def test_a_comparison_is_the_contract_s(case: Case) -> None:
     state = _state(case.mode, case.deployment)
     i = 3  # the row's index in the batch
-    prod_run = ArmRun(
-        {i: case.production} if case.production else {}, 0.0125, None, 1, cpu_ms=0.0075
-    )
-    cand_run = ArmRun(
-        {i: case.candidate} if case.candidate else {}, 2.5e-5, case.candidate_error, 1, cpu_ms=1e-5
-    )
+    prod_run = _run(i, case.production, 0.0125, None)
+    cand_run = _run(i, case.candidate, 2.5e-5, case.candidate_error)
     records = ComparisonRecords(
         state, Arm(PROD, prod_run), Arm(CAND, cand_run), case.regression, watch=case.watch
     )
     row = _row(case.request_id, "card-1", case.served_by, "staging.inference.requests", 2**33)
-    served = case.candidate if case.served_by is Role.CANDIDATE else case.production
-    handed = orjson.dumps(served) if case.handed_over and served is not None else None
     result = BatchResult()
     failed = records.emit(
         result,
@@ -255,7 +250,6 @@ def test_a_comparison_is_the_contract_s(case: Case) -> None:
         case.served_by,
         audit=True,
         request_json=orjson.dumps(case.request_id) if case.handed_over else None,
-        served_json=handed,
     )
     [out] = result.outgoing
     assert (out.topic, out.key) == (DEFAULT_TOPICS.comparisons, case.deployment.encode())
@@ -281,6 +275,16 @@ def test_a_comparison_is_the_contract_s(case: Case) -> None:
     )
     assert out.value == orjson.dumps(expected.model_dump(mode="json", exclude_unset=True))
     assert decode(Comparison, out.value) == expected
+
+
+def _run(i: int, output: Output | None, latency_ms: float, error: str | None) -> ArmRun:
+    """A model call that gave ``output`` for row ``i`` (None: none, and ``error``), in
+    ``latency_ms`` of which 60% CPU time."""
+    if output is None:
+        return no_outputs(latency_ms, error, 1, cpu_ms=0.6 * latency_ms)
+    numbers = np.array([output["values"] if output["label"] is None else output["scores"]])
+    labels = None if output["label"] is None else [output["label"]]
+    return scored([i], labels, numbers, latency_ms, error, cpu_ms=0.6 * latency_ms)
 
 
 def _arm(model: Model, output: Output | None, run: ArmRun, error: str | None) -> ArmResult:
@@ -321,3 +325,112 @@ def test_a_template_refuses_a_wrong_number_of_values() -> None:
         template.fill((b"1", 2, b"3"))
     with pytest.raises(TypeError):
         template.fill((1, b"2"))  # an int where JSON goes, JSON where an int goes
+
+
+@pytest.mark.parametrize(
+    ("labels", "values"),
+    [
+        (
+            ["legit", "fraud", "legit"],
+            np.array([[0.75, 0.25], [0.1, 0.9], [1e-7, 1.0]], np.float32),
+        ),
+        (["a"], np.array([[0.1, 0.2, 0.7]], np.float32)),
+        (['l"%s', "é"], np.array([[0.5, 0.5], [0.0, -0.0]])),
+        (None, np.array([[-0.0, 12.5], [1e16, 3.3e-5]])),
+        (None, np.array([[np.nan], [np.inf]], np.float32)),  # as orjson writes them: null
+        (["a", "b"], np.zeros((2, 0), np.float32)),
+        (None, np.zeros((0, 2))),
+    ],
+)
+def test_a_call_s_outputs_encoded_at_once_are_each_row_s_output_encoded(
+    labels: list[str] | None, values: np.ndarray
+) -> None:
+    indices = [7 + 2 * n for n in range(len(values))]
+    run = scored(indices, labels, values, 0.1)
+    outputs = [run.output(i) for i in indices]
+    expected = [
+        {"label": None, "scores": None, "values": row}
+        if labels is None
+        else {"label": labels[n], "scores": row, "values": None}
+        for n, row in enumerate(values.tolist())
+    ]
+    assert repr(outputs) == repr(expected)  # nan is no nan's equal
+    assert run.encoded == [orjson.dumps(output) for output in outputs]
+    assert run.output(8) is None
+
+
+def test_merged_runs_keep_each_row_s_output_and_the_first_call_s_time() -> None:
+    first = scored([0, 2], ["a", "b"], np.array([[0.1, 0.9], [0.8, 0.2]]), 0.5, rows=2)
+    second = scored([1], ["b"], np.array([[0.3, 0.7]]), 0.25, "boom")
+    merged = first.merged(second)
+    assert [merged.output(i) for i in range(3)] == [
+        first.output(0),
+        second.output(1),
+        first.output(2),
+    ]
+    assert [merged.encoded[merged.position[i]] for i in range(3)] == [
+        orjson.dumps(merged.output(i)) for i in range(3)
+    ]
+    assert (merged.latency_ms, merged.error, merged.rows) == (0.5, None, 2)
+    assert no_outputs().merged(second).encoded == second.encoded
+    assert first.merged(no_outputs()) is first
+
+
+RNG = np.random.default_rng(11)
+PROBABILITIES = RNG.dirichlet([1.0, 1.0], 40).astype(np.float32)
+THREE = RNG.dirichlet([1.0, 1.0, 1.0], 40).astype(np.float32)
+TIED = np.array([[0.2, 0.5, 0.3], [0.4, 0.2, 0.4]], np.float32)  # |differences| tie below
+REGRESSED = RNG.normal(0.0, 3.0, (40, 2))
+
+
+def _labels(scores: np.ndarray, names: str) -> list[str]:
+    return [names[k] for k in scores.argmax(axis=1)]
+
+
+@pytest.mark.parametrize(
+    ("prod", "cand", "regression"),
+    [
+        (
+            (_labels(PROBABILITIES, "lf"), PROBABILITIES),
+            (_labels(PROBABILITIES[::-1], "lf"), PROBABILITIES[::-1]),
+            None,
+        ),
+        ((_labels(THREE, "abc"), THREE), (_labels(THREE[::-1], "abc"), THREE[::-1]), None),
+        ((["a", "b"], TIED), (["b", "b"], TIED[:, ::-1]), None),
+        (
+            (None, REGRESSED),
+            (None, REGRESSED + RNG.normal(0, 0.5, (40, 2))),
+            RegressionSpec(absolute_tolerance=0.5, relative_tolerance=0.1),
+        ),
+        ((None, REGRESSED), (None, REGRESSED[::-1]), None),
+        ((None, REGRESSED[:2]), (None, REGRESSED[:2].copy()), None),  # equal: agree, delta 0
+        (
+            (["a", "b"], np.array([[np.nan, 1.0], [0.5, 0.5]])),
+            (["a", "b"], np.array([[0.5, 0.5], [0.5, 0.5]])),
+            None,
+        ),
+    ],
+)
+def test_agreements_over_a_batch_are_agreement_row_by_row(
+    prod: tuple[list[str] | None, np.ndarray],
+    cand: tuple[list[str] | None, np.ndarray],
+    regression: RegressionSpec | None,
+) -> None:
+    """The candidate scored every other row and one more (row 1000) production did not."""
+    rows = len(prod[1])
+    production = scored(list(range(rows)), prod[0], prod[1], 0.1)
+    kept = list(range(0, rows, 2))
+    candidate = scored(
+        [*kept, 1000],
+        None if cand[0] is None else [*(cand[0][i] for i in kept), cand[0][0]],
+        np.concatenate([cand[1][kept], cand[1][:1]]),
+        0.2,
+    )
+    agree, delta = agreements(production, candidate, regression)
+    expected = [(False, b"0.0")] * rows
+    for i in kept:
+        prod_out, cand_out = production.output(i), candidate.output(i)
+        assert prod_out is not None and cand_out is not None
+        a, d = agreement(prod_out, cand_out, regression)
+        expected[i] = (a, orjson.dumps(d))
+    assert list(zip(agree, delta, strict=True)) == expected
