@@ -65,7 +65,18 @@ class ArmRun:
         times, error, rows and datatype stay this call's."""
         if not other.position:
             return self
-        runs = [self, other] if self.position else [other]
+        if not self.position:
+            return ArmRun(
+                other.position,
+                other.labels,
+                other.values,
+                other.encoded,
+                self.latency_ms,
+                self.error,
+                self.rows,
+                self.datatype,
+            )
+        runs = [self, other]
         position = dict(self.position)
         offset = len(self.encoded)
         position.update((i, offset + n) for i, n in other.position.items())
@@ -113,30 +124,33 @@ def scored(
     )
 
 
-def _output_parts(kind: dict[str, Any]) -> tuple[bytes, bytes]:
-    """What comes before and after a row's list of numbers in its output's JSON."""
-    before, after = orjson.dumps(kind).split(orjson.dumps(HOLE))
-    return before + b"[", b"]" + after
+def _output_format(kind: dict[str, Any]) -> bytes:
+    """A row's output as JSON, ``%s`` where its list's numbers go (without brackets)."""
+    before, after = orjson.dumps(kind).replace(b"%", b"%%").split(orjson.dumps(HOLE))
+    return before + b"[%s]" + after
 
 
-_VALUES = _output_parts({"label": None, "scores": None, "values": HOLE})
-_SCORES_AFTER = _output_parts({"label": "", "scores": HOLE, "values": None})[1]
+_VALUES = _output_format({"label": None, "scores": None, "values": HOLE})
 
 
 def encode_outputs(labels: list[str] | None, values: np.ndarray) -> list[bytes]:
     """Each row's output as ``orjson.dumps`` of ``{"label", "scores", "values"}`` gives it,
-    the rows' numbers encoded in one call (a list of numbers holds no ``],[``)."""
+    the rows' numbers encoded in one call (floats as float64, as ``tolist`` gives them; a
+    list of numbers holds no ``],[``)."""
     if len(values) == 0:
         return []
-    numbers = orjson.dumps(values.tolist())[2:-2].split(b"],[")
+    if values.dtype.kind == "f":
+        whole = orjson.dumps(values.astype(np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+    else:  # whatever else a graph gives, as a list gives it
+        whole = orjson.dumps(values.tolist())
+    numbers = whole[2:-2].split(b"],[")
     if labels is None:
-        before, after = _VALUES
-        return [before + n + after for n in numbers]
-    befores = {
-        label: _output_parts({"label": label, "scores": HOLE, "values": None})[0]
+        return [_VALUES % n for n in numbers]
+    formats = {
+        label: _output_format({"label": label, "scores": HOLE, "values": None})
         for label in set(labels)
     }
-    return [befores[label] + n + _SCORES_AFTER for label, n in zip(labels, numbers, strict=True)]
+    return [formats[label] % n for label, n in zip(labels, numbers, strict=True)]
 
 
 def run_model(scorer: Scorer, matrix: InputBatch, indices: list[int]) -> ArmRun:

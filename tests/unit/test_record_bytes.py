@@ -338,6 +338,9 @@ def test_a_template_refuses_a_wrong_number_of_values() -> None:
         (['l"%s', "é"], np.array([[0.5, 0.5], [0.0, -0.0]])),
         (None, np.array([[-0.0, 12.5], [1e16, 3.3e-5]])),
         (None, np.array([[np.nan], [np.inf]], np.float32)),  # as orjson writes them: null
+        (None, np.array([[3, -1], [2**40, 0]], np.int64)),  # a graph's integer values stay so
+        (None, np.array([[0.1, 1e-300]], np.float64)),
+        (["a"], np.array([[0.1, 0.9]], np.float16)),
         (["a", "b"], np.zeros((2, 0), np.float32)),
         (None, np.zeros((0, 2))),
     ],
