@@ -75,6 +75,7 @@ class ArmRun:
                 self.error,
                 self.rows,
                 self.datatype,
+                self.cpu_ms,
             )
         runs = [self, other]
         position = dict(self.position)

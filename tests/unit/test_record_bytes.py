@@ -363,8 +363,8 @@ def test_a_call_s_outputs_encoded_at_once_are_each_row_s_output_encoded(
 
 
 def test_merged_runs_keep_each_row_s_output_and_the_first_call_s_time() -> None:
-    first = scored([0, 2], ["a", "b"], np.array([[0.1, 0.9], [0.8, 0.2]]), 0.5, rows=2)
-    second = scored([1], ["b"], np.array([[0.3, 0.7]]), 0.25, "boom")
+    first = scored([0, 2], ["a", "b"], np.array([[0.1, 0.9], [0.8, 0.2]]), 0.5, rows=2, cpu_ms=0.4)
+    second = scored([1], ["b"], np.array([[0.3, 0.7]]), 0.25, "boom", cpu_ms=0.2)
     merged = first.merged(second)
     assert [merged.output(i) for i in range(3)] == [
         first.output(0),
@@ -374,8 +374,10 @@ def test_merged_runs_keep_each_row_s_output_and_the_first_call_s_time() -> None:
     assert [merged.encoded[merged.position[i]] for i in range(3)] == [
         orjson.dumps(merged.output(i)) for i in range(3)
     ]
-    assert (merged.latency_ms, merged.error, merged.rows) == (0.5, None, 2)
-    assert no_outputs().merged(second).encoded == second.encoded
+    assert (merged.latency_ms, merged.cpu_ms, merged.error, merged.rows) == (0.5, 0.4, None, 2)
+    empty = no_outputs(0.125, None, 0, cpu_ms=0.0625).merged(second)
+    assert empty.encoded == second.encoded
+    assert (empty.latency_ms, empty.cpu_ms, empty.error, empty.rows) == (0.125, 0.0625, None, 0)
     assert first.merged(no_outputs()) is first
 
 
