@@ -4,7 +4,7 @@ request, a watch's comparison of the serving production and the previous one, an
 
 Shadow mode compares every record, so a batch's comparisons are filled into ``Template``s
 (``app.core.json_templates``) that hold what the batch's records share: deployment, mode,
-epoch, each arm's version, sha256 and time per row. ``app.core.events.Comparison``
+epoch, each arm's version, sha256, time and CPU time per row. ``app.core.events.Comparison``
 validates the same bytes (``tests/unit/test_record_bytes.py``).
 
 Pure: no I/O (the previous production's call is ``app.core.model_calls.run_model``).

@@ -9,7 +9,9 @@ every compared request one ``Comparison``. A candidate's failure never costs a p
 rows it should have served are served by production instead, and the comparison says why.
 
 What the data plane routes by is ``app.core.routes``, what it yields ``app.core.batch_result``;
-a model's call is ``app.core.model_calls``, the paired records ``app.core.comparison_records``.
+a model's call is ``app.core.model_calls``; the records are filled into per-batch templates
+(``app.core.json_templates``): predictions by ``app.core.prediction_records``, the paired
+records by ``app.core.comparison_records``.
 """
 
 from __future__ import annotations
