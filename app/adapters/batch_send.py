@@ -37,10 +37,13 @@ class BatchSender:
 
     async def send(self, records: Sequence[Record]) -> list[asyncio.Future[object]]:
         """Hand ``records`` to the producer; the futures resolve on delivery."""
+        counts: dict[str, int] = {}  # partitions per topic (one await per topic, not record)
         grouped: dict[tuple[str, int], list[Record]] = defaultdict(list)
         for record in records:
             topic, key = record[0], record[1]
-            count = await self._count(topic)
+            count = counts.get(topic)
+            if count is None:
+                count = counts[topic] = await self._count(topic)
             partition = (
                 keyed_partition(key, count) if key is not None else next(self._round_robin) % count
             )
@@ -49,14 +52,16 @@ class BatchSender:
         for (topic, partition), group in grouped.items():
             batch = self._producer.create_batch()
             for _, key, value, headers in group:
-                if (
-                    batch.append(key=key, value=value, timestamp=None, headers=list(headers))
-                    is None
-                ):
+                # aiokafka wants a list of headers; most records have none (it never keeps it)
+                listed = list(headers) if headers else _NO_HEADERS
+                if batch.append(key=key, value=value, timestamp=None, headers=listed) is None:
                     futures.append(
                         await self._producer.send_batch(batch, topic, partition=partition)
                     )
                     batch = self._producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None, headers=list(headers))
+                    batch.append(key=key, value=value, timestamp=None, headers=listed)
             futures.append(await self._producer.send_batch(batch, topic, partition=partition))
         return futures
+
+
+_NO_HEADERS: list[tuple[str, bytes]] = []

@@ -145,10 +145,9 @@ class LoadedModel:
             except KeyError as error:
                 raise ValueError(f"model returned a class outside {list(mapping)}") from error
         if values.dtype.kind in "iu":
-            indices = values.tolist()
-            if any(not 0 <= i < len(labels) for i in indices):
+            if len(values) and (values.min() < 0 or values.max() >= len(labels)):
                 raise ValueError(f"model returned a label index outside {list(labels)}")
-            return [labels[i] for i in indices]
+            return [labels[i] for i in values.tolist()]
         names = [str(v) for v in values.tolist()]
         if any(n not in labels for n in names):
             raise ValueError(f"model returned a label outside {list(labels)}")

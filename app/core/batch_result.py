@@ -10,6 +10,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -23,6 +24,13 @@ class Outgoing(NamedTuple):  # a tuple: built for every output record
     key: bytes | None
     value: bytes
     headers: Sequence[tuple[str, bytes]] = ()
+
+
+# ``Outgoing(...)`` runs a Python-level ``__new__``; the data plane, which makes one or two per
+# request, makes them as ``outgoing((topic, key, value, headers))``: the same tuple, faster.
+outgoing: Callable[[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]], Outgoing] = (
+    functools.partial(tuple.__new__, Outgoing)
+)
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,8 @@ def feature_matrix(rows: Sequence[Any], names: Sequence[str]) -> FeatureBatch:
     # A good row lands here when another row of the batch made the fast conversion fail (an
     # int beyond float64 aborts the whole array): it is served, never failed with the batch.
     valid = sorted([*good, *late])
+    if len(good) == len(checked) and not late:  # the usual batch: every row took the fast path
+        return FeatureBatch(matrix=checked.astype(np.float32), valid=valid, errors=errors)
     matrix = np.empty((len(valid), width), dtype=np.float32)
     for n, i in enumerate(valid):
         matrix[n] = checked[good[i]] if i in good else late[i]

@@ -9,13 +9,16 @@ every compared request one ``Comparison``. A candidate's failure never costs a p
 rows it should have served are served by production instead, and the comparison says why.
 
 What the data plane routes by is ``app.core.routes``, what it yields ``app.core.batch_result``;
-a model's call is ``app.core.model_calls``, the paired records ``app.core.comparison_records``.
+a model's call is ``app.core.model_calls``; the records are filled into per-batch templates
+(``app.core.json_templates``): predictions by ``app.core.prediction_records``, the paired
+records by ``app.core.comparison_records``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,13 +30,15 @@ from app.core.batch_result import (
     BatchScorer,
     Outgoing,
     Topics,
+    outgoing,
 )
-from app.core.comparison_records import compare, watch_comparisons
+from app.core.comparison_records import Arm, ComparisonRecords, watch_comparisons
 from app.core.events import DeadLetterCode, DeploymentState, Mode, Role, ShedReport, encode, now_ms
 from app.core.features import FeatureBatch, FeatureError, feature_matrix
+from app.core.json_templates import JSON_BOOL, Template
 from app.core.manifest import Signature
-from app.core.model_calls import run_model
-from app.core.oip import oip_response
+from app.core.model_calls import ArmRun, run_model
+from app.core.prediction_records import prediction_template, with_oip_response
 from app.core.requests import (
     ParsedRequest,
     RawRecord,
@@ -131,12 +136,15 @@ def score_batch(
     parsed_by_deployment: dict[str, list[tuple[RawRecord, ParsedRequest]]] = {}
     for record in records:
         parsed = parse_request(record, known, max_request_bytes)
-        if isinstance(parsed, Rejection) and unavailable and parsed.deployment in unavailable:
-            parsed = _unavailable(parsed, unavailable)
         if isinstance(parsed, Rejection):
+            if unavailable and parsed.deployment in unavailable:
+                parsed = _unavailable(parsed, unavailable)
             _reject(result, topics, record, parsed, now)
             continue
-        parsed_by_deployment.setdefault(parsed.deployment, []).append((record, parsed))
+        same = parsed_by_deployment.get(parsed.deployment)
+        if same is None:
+            same = parsed_by_deployment[parsed.deployment] = []
+        same.append((record, parsed))
     for name, all_rows in parsed_by_deployment.items():
         result.requests[name] = len(all_rows)
         route = table[name]
@@ -151,20 +159,38 @@ def score_batch(
             record, request = parsed_rows[i]
             rejection = Rejection(error.code, error.message, request.request_id)
             _reject(result, topics, record, rejection, now, name)
-        rows: list[RoutedRow] = []
-        for i in checked.valid:
-            record, request = parsed_rows[i]
-            entity = entity_key(request, record.key)
-            assignment = assign(route.state, entity, request.request_id)
-            if assignment.compare and route.state.mode in (Mode.SHADOW, Mode.MANUAL):
-                result.shadow_sampled[name] = result.shadow_sampled.get(name, 0) + 1
-                if shed_shadow:
-                    result.shadow_shed[name] = result.shadow_shed.get(name, 0) + 1
-                    assignment = PRODUCTION_ONLY
-            rows.append(RoutedRow(record, request, entity, assignment))
+        rows = _routed(result, route, [parsed_rows[i] for i in checked.valid], shed_shadow)
         if rows:
             _score_deployment(result, topics, route, rows, checked.matrix, shed_shadow)
     return result
+
+
+def _routed(
+    result: BatchResult,
+    route: DeploymentRoute,
+    valid: list[tuple[RawRecord, ParsedRequest]],
+    shed_shadow: bool,
+) -> list[RoutedRow]:
+    """The valid requests of one deployment as routed; a shadow (or manual) sample counted,
+    and shed when ``shed_shadow``."""
+    state = route.state
+    sampling = state.mode is Mode.SHADOW or state.mode is Mode.MANUAL
+    sampled = 0
+    rows: list[RoutedRow] = []
+    for record, request in valid:
+        entity = entity_key(request, record.key)
+        assignment = assign(state, entity, request.request_id)
+        if assignment.compare and sampling:
+            sampled += 1
+            if shed_shadow:
+                assignment = PRODUCTION_ONLY
+        rows.append(RoutedRow(record, request, entity, assignment))
+    if sampled:
+        name = state.deployment
+        result.shadow_sampled[name] = result.shadow_sampled.get(name, 0) + sampled
+        if shed_shadow:
+            result.shadow_shed[name] = result.shadow_shed.get(name, 0) + sampled
+    return rows
 
 
 def _native_features(
@@ -198,6 +224,7 @@ def _native_features(
 
 
 _ROLE_NAMES = {role: role.value for role in Role}  # an enum's .value is a slow property
+_PRODUCTION, _CANDIDATE = Role.PRODUCTION, Role.CANDIDATE  # so is a member's lookup
 
 
 def _score_deployment(
@@ -211,6 +238,28 @@ def _score_deployment(
     """Row ``i`` of ``matrix`` (of each of its inputs) is the input of ``rows[i]``;
     ``shed_watch``: a worker behind skips the watch's scoring of the previous production (as
     it sheds shadow scoring)."""
+    runs = _run_arms(result, route, rows, matrix)
+    audit = _audit_marks(route.state, rows)
+    _write_rows(result, topics, route, rows, runs, audit)
+    state = route.state
+    watched = route.previous is not None and state.watch is not None and route.candidate is None
+    if watched and not shed_watch:
+        watch_comparisons(result, topics, route, rows, audit, runs.production, matrix)
+
+
+@dataclass(slots=True)
+class _ArmRuns:
+    """A deployment's model calls over a batch's rows."""
+
+    production: ArmRun  # every row production serves (the compared rows' outputs merged in)
+    paired: ArmRun  # production's call over the compared rows
+    candidate: ArmRun | None
+    failed: set[int]  # rows the candidate should have scored and has no output for
+
+
+def _run_arms(
+    result: BatchResult, route: DeploymentRoute, rows: list[RoutedRow], matrix: InputBatch
+) -> _ArmRuns:
     wants_candidate = [
         i
         for i, r in enumerate(rows)
@@ -226,7 +275,7 @@ def _score_deployment(
     candidate = run_model(route.candidate, matrix, wants_candidate) if route.candidate else None
     if paired is None:
         paired = run_model(route.production, matrix, compared)
-    failed = set(wants_candidate) - set(candidate.outputs) if candidate else set()
+    failed = set(wants_candidate) - set(candidate.position) if candidate else set()
     # Then what production serves besides, and what the candidate failed.
     production = run_model(
         route.production,
@@ -238,7 +287,7 @@ def _score_deployment(
             and (r.assignment.served_by is Role.PRODUCTION or i in failed)
         ],
     )
-    production.outputs.update(paired.outputs)
+    production = production.merged(paired)
     state = route.state
     for run, scorer, role in (
         (production, route.production, Role.PRODUCTION),
@@ -249,86 +298,93 @@ def _score_deployment(
             result.model_calls.append(
                 (state.deployment, scorer.ref.version, role.value, run.rows, run.latency_ms)
             )
-    mode = state.mode.value
-    identity = {
-        id(scorer): {
-            "name": scorer.ref.name,
-            "version": scorer.ref.version,
-            "sha256": scorer.ref.sha256,
-        }
-        for scorer in (route.production, route.candidate)
-        if scorer is not None
-    }
-    served_at = now_ms()  # one clock read for the batch's predictions
-    audit = _audit_marks(state, rows)
+    return _ArmRuns(production, paired, candidate, failed)
+
+
+class _Records:
+    """What a deployment's batch writes for its rows: the predictions' templates by the arm
+    that serves (a production prediction's time per row is that of the call that scored
+    its row), and the comparisons (a compared row pairs production's call over the compared
+    rows; a row the candidate failed, and production then served, pairs that call)."""
+
+    def __init__(self, route: DeploymentRoute, runs: _ArmRuns) -> None:
+        state = route.state
+        served_at = now_ms()  # one clock read for the batch's predictions
+        self.alone = prediction_template(
+            state, route.production, Role.PRODUCTION, runs.production.latency_ms, served_at
+        )
+        self.paired = prediction_template(
+            state, route.production, Role.PRODUCTION, runs.paired.latency_ms, served_at
+        )
+        self.candidate: Template | None = None
+        self.paired_comparisons: ComparisonRecords | None = None
+        self.fallback_comparisons: ComparisonRecords | None = None
+        if runs.candidate is not None and route.candidate is not None:
+            self.candidate = prediction_template(
+                state, route.candidate, Role.CANDIDATE, runs.candidate.latency_ms, served_at
+            )
+            candidate = Arm(route.candidate, runs.candidate)
+            self.paired_comparisons = ComparisonRecords(
+                state, Arm(route.production, runs.paired), candidate, route.regression
+            )
+            self.fallback_comparisons = ComparisonRecords(
+                state, Arm(route.production, runs.production), candidate, route.regression
+            )
+
+
+def _write_rows(
+    result: BatchResult,
+    topics: Topics,
+    route: DeploymentRoute,
+    rows: list[RoutedRow],
+    runs: _ArmRuns,
+    audit: list[bool],
+) -> None:
+    """Each row's prediction (or its dead letter, when production failed on it), and its
+    comparison when it was compared or the candidate failed on it."""
+    records = _Records(route, runs)
+    deployment = route.state.deployment
+    production, candidate, failed = runs.production, runs.candidate, runs.failed
+    served = dict.fromkeys(Role, 0)
     for i, row in enumerate(rows):
-        served_by = row.assignment.served_by
-        if i in failed:
-            served_by = Role.PRODUCTION
-        arm, scorer = (
-            (candidate, route.candidate)
-            if served_by is Role.CANDIDATE
-            else (production, route.production)
-        )
-        assert arm is not None and scorer is not None
-        output = arm.outputs.get(i)
-        if output is None:  # production itself failed on this row
-            error = production.error or paired.error or "no output"
-            rejection = Rejection(DeadLetterCode.MODEL_ERROR, error, row.request.request_id)
-            _reject(result, topics, row.record, rejection, now_ms(), state.deployment)
+        compared = row.assignment.compare
+        served_by = _PRODUCTION if i in failed else row.assignment.served_by
+        if served_by is _CANDIDATE:
+            assert candidate is not None and route.candidate is not None
+            assert records.candidate is not None
+            arm, scorer, template = candidate, route.candidate, records.candidate
+        else:
+            arm, scorer = production, route.production
+            template = records.paired if compared else records.alone
+        n = arm.position.get(i)
+        request = row.request
+        if n is None:  # production itself failed on this row
+            error = production.error or runs.paired.error or "no output"
+            rejection = Rejection(DeadLetterCode.MODEL_ERROR, error, request.request_id)
+            _reject(result, topics, row.record, rejection, now_ms(), deployment)
             continue
-        latency = (
-            paired.latency_ms if arm is production and row.assignment.compare else arm.latency_ms
+        request_json = orjson.dumps(request.request_id)
+        value = template.fill(  # holes: request id, entity key, output, audit
+            (request_json, orjson.dumps(row.entity), arm.encoded[n], JSON_BOOL[audit[i]])
         )
-        prediction = {  # the Prediction contract, built directly: this is the hot path
-            "request_id": row.request.request_id,
-            "deployment": state.deployment,
-            "entity_key": row.entity,
-            "model": identity[id(scorer)],
-            "role": _ROLE_NAMES[served_by],
-            "mode": mode,
-            "epoch": state.epoch,
-            "output": output,
-            "latency_ms": latency,
-            "served_at": served_at,
-            "audit": audit[i],
-        }
-        if row.request.datatypes is not None:  # an OIP request: also its OIP response
-            prediction.update(
-                oip_response(
-                    row.request.request_id,
-                    state.deployment,
-                    scorer.ref.version,
-                    output,
-                    arm.datatype,
-                )
-            )
+        if request.datatypes is not None:  # an OIP request: also its OIP response
+            output = arm.output(i)
+            assert output is not None
+            value = with_oip_response(value, request, deployment, scorer, output, arm.datatype)
         result.outgoing.append(
-            Outgoing(
-                topics.predictions, row.record.key, orjson.dumps(prediction), row.record.headers
-            )
+            outgoing((topics.predictions, row.record.key, value, row.record.headers))
         )
-        result.predictions += 1
-        served_key = (state.deployment, scorer.ref.version, _ROLE_NAMES[served_by])
-        result.served[served_key] = result.served.get(served_key, 0) + 1
-        if row.assignment.compare or i in failed:
-            assert candidate is not None
-            prod_arm = paired if row.assignment.compare else production
-            compare(
-                result,
-                topics,
-                route,
-                row,
-                i,
-                _ROLE_NAMES[served_by],
-                prod_arm,
-                candidate,
-                mode,
-                audit[i],
-            )
-    watched = route.previous is not None and state.watch is not None and route.candidate is None
-    if watched and not shed_watch:
-        watch_comparisons(result, topics, route, rows, audit, production, matrix, mode)
+        served[served_by] += 1
+        if compared or i in failed:
+            comparisons = records.paired_comparisons if compared else records.fallback_comparisons
+            assert comparisons is not None
+            if comparisons.emit(result, topics, row, i, served_by, audit[i], request_json):
+                result.candidate_errors += 1
+    for role, scorer_ in ((Role.PRODUCTION, route.production), (Role.CANDIDATE, route.candidate)):
+        if served[role] and scorer_ is not None:
+            key = (deployment, scorer_.ref.version, _ROLE_NAMES[role])
+            result.served[key] = result.served.get(key, 0) + served[role]
+            result.predictions += served[role]
 
 
 def _audit_marks(state: DeploymentState, rows: list[RoutedRow]) -> list[bool]:
