@@ -333,7 +333,7 @@ async def run_bench(
     lines = [*drained.lines, compute_ceiling(store, settings.batch_max_records)]
     latencies, parts = await _latencies(settings, plan, drained.lines, sizes, progress)
     peer_lines, peer_latencies = await _peers(settings, sizes, progress)
-    services = bench_services(settings)
+    services = bench_services(settings, (await fresh_group(settings)).group_id)
     services.start()
     try:
         progress("starting a controller and a worker …")

@@ -42,15 +42,19 @@ from app.settings import Settings
 Progress = Callable[[str], None]
 
 
-def bench_services(settings: Settings) -> Services:
+def bench_services(settings: Settings, group_id: str) -> Services:
     """A controller and one worker for the swaps and the pace phase. The pace phase wants
-    every comparison: no shedding of shadow scoring behind a backlog; no dashboard."""
+    every comparison: no shedding of shadow scoring behind a backlog; no dashboard. The
+    worker's group is ``group_id``: one whose offsets start at the requests topic's end
+    (``setup.fresh_group``), or it would first serve every earlier line's requests (a full
+    run's ramps write two million)."""
     return Services(
         settings,
         workers=1,
         name="bench",
         ROLLOUT_SHADOW_SHED_LAG="1000000000",
         ROLLOUT_DASHBOARD_PORT="0",
+        ROLLOUT_GROUP_ID=group_id,
     )
 
 
