@@ -18,7 +18,8 @@ model whose measured difference to the current production falls in the drawn cla
 The faulty versions are real artifacts too: bytes that are not a model (``broken``), a
 model whose bytes were altered after their sha256 was taken (``tampered``), a model on 7
 features (``incompatible``), and a model equal to production with a graph padded by a chain
-of matrix products that changes no output but costs milliseconds per row (``slow``, 1.6-4.7 ms a row).
+of matrix products that changes no output but costs milliseconds per row (``slow``, 1.6-4.7
+ms a row).
 """
 
 from __future__ import annotations
