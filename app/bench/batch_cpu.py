@@ -156,14 +156,19 @@ def profile(
     return out.getvalue()
 
 
+# What each fixed table is in ``rollout bench``'s words (manual: no candidate is loaded).
+_LINES = {Mode.MANUAL: "production only", Mode.SHADOW: "shadow 100%"}
+
+
 def table(lines: Sequence[BatchCpu]) -> str:
     rows = [
-        "| mode | batch | score µs/request | send µs/request | total | bytes/request "
+        "| line | batch | score µs/request | send µs/request | total | bytes/request "
         "| page faults/batch |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     rows += [
-        f"| {c.mode.value} | {c.batch} | {c.score_us:.1f} | {c.send_us:.1f} | {c.total_us:.1f} "
+        f"| {_LINES.get(c.mode, c.mode.value)} | {c.batch} | {c.score_us:.1f} | {c.send_us:.1f} "
+        f"| {c.total_us:.1f} "
         f"| {c.bytes_per_request:.0f} | {c.faults_per_batch:.0f} |"
         for c in lines
     ]
