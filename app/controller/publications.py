@@ -151,15 +151,10 @@ class PublicationHandler:
         the last attempt holds the lock throughout)."""
         lock = self._publisher.lock(partition)
         for _ in range(GATE_ATTEMPTS - 1):
-            before = current()
-            if before is None:
+            gated_plan = await self._planned(current, plan)
+            if gated_plan is None:
                 return []
-            planned = plan(before)
-            if not planned:
-                return []
-            outcomes = await gated(
-                self._settings, self._store, before, planned, history=self._history
-            )
+            before, outcomes = gated_plan
             async with lock:
                 after = current()
                 if after is not None and _same(before, after):
@@ -168,16 +163,27 @@ class PublicationHandler:
                 "%s changed during its replay gate: planned and gated again", before.deployment
             )
         async with lock:
-            before = current()
-            if before is None:
+            gated_plan = await self._planned(current, plan)
+            if gated_plan is None:
                 return []
-            planned = plan(before)
-            if not planned:
-                return []
-            outcomes = await gated(
-                self._settings, self._store, before, planned, history=self._history
-            )
-            return await self._commit_locked(partition, outcomes, consumed)
+            return await self._commit_locked(partition, gated_plan[1], consumed)
+
+    async def _planned(
+        self,
+        current: Callable[[], DeploymentState | None],
+        plan: Callable[[DeploymentState], list[Outcome]],
+    ) -> tuple[DeploymentState, list[Outcome]] | None:
+        """The state planned from and ``plan``'s outcomes through the replay gate; None when
+        there is no state or nothing to do."""
+        before = current()
+        if before is None:
+            return None
+        planned = plan(before)
+        if not planned:
+            return None
+        return before, await gated(
+            self._settings, self._store, before, planned, history=self._history
+        )
 
     def _checked(
         self, key: bytes | None, value: bytes | None, partition: int
