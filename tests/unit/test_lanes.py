@@ -48,18 +48,23 @@ async def settle(lanes: PartitionLanes) -> None:
     await asyncio.sleep(0.02)
 
 
-def test_a_partition_answers_in_order_and_acks_each_after_its_answer() -> None:
+def answered(r: Recorder, offsets: int) -> Recorder:
+    """``r`` after a lane answered offsets 0 .. ``offsets`` - 1 of partition 0."""
+
     async def run() -> Recorder:
-        r = Recorder()
         lanes = PartitionLanes(r.handle)
-        for offset in range(5):
+        for offset in range(offsets):
             rec = Rec(0, offset)
             await lanes.put(rec, r.ack(rec))
         await settle(lanes)
         await lanes.stop()
         return r
 
-    r = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_partition_answers_in_order_and_acks_each_after_its_answer() -> None:
+    r = answered(Recorder(), 5)
     assert r.answered == [(0, o) for o in range(5)]
     assert r.acked == r.answered
 
@@ -104,17 +109,7 @@ def test_a_released_partition_drops_what_it_queued_unanswered_and_unacked() -> N
 def test_an_answer_that_raises_is_logged_and_the_lane_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def run() -> Recorder:
-        r = Recorder(fail={1})
-        lanes = PartitionLanes(r.handle)
-        for offset in range(3):
-            rec = Rec(0, offset)
-            await lanes.put(rec, r.ack(rec))
-        await settle(lanes)
-        await lanes.stop()
-        return r
-
-    r = asyncio.run(run())
+    r = answered(Recorder(fail={1}), 3)
     assert r.answered == [(0, 0), (0, 2)]
     assert r.acked == [(0, 0), (0, 1), (0, 2)]  # faust's commit is not held at a gap
     assert "offset 1 of partition 0 could not be answered" in caplog.text
