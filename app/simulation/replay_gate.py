@@ -20,30 +20,28 @@ from app.core.events import (
     DeploymentState,
     Feedback,
     Mode,
-    ModelOutput,
-    ModelRef,
     Phase,
     Role,
-    SourceOffset,
 )
 from app.core.policy import Policy
 from app.core.replay import judge, replay_analysis
-from app.core.topics import Topic, TopicNames
-from app.simulation.situations import PREVALENCE, PRODUCTION, Model, accuracy_shift
+from app.simulation.situations import (
+    OUTPUT,
+    PREVALENCE,
+    PRODUCTION,
+    SOURCE,
+    V1,
+    V2,
+    Model,
+    accuracy_shift,
+)
 
-V1 = ModelRef(name="sim", version="1", uri="sim/1/model.onnx", sha256="1" * 64)
-V2 = ModelRef(name="sim", version="2", uri="sim/2/model.onnx", sha256="2" * 64)
-_SOURCE = SourceOffset(topic=TopicNames().name(Topic.REQUESTS), partition=0, offset=0)
-_OUT = {
-    True: ModelOutput.model_construct(label="fraud", scores=[0.2, 0.8]),
-    False: ModelOutput.model_construct(label="legit", scores=[0.8, 0.2]),
-}
 SHARED = 0.7  # as the decision-path simulation (app.simulation.runner)
 
 
 def _arm(version: str, flagged: bool) -> ArmResult:
     return ArmResult.model_construct(
-        version=version, sha256=version * 64, output=_OUT[flagged], latency_ms=0.02, error=None
+        version=version, sha256=version * 64, output=OUTPUT[flagged], latency_ms=0.02, error=None
     )
 
 
@@ -77,7 +75,7 @@ def replay_once(delta: float, n: int, policy: Policy, seed: int) -> bool:
                 deployment="sim",
                 mode=Mode.SHADOW,
                 epoch=1,
-                source=_SOURCE,
+                source=SOURCE,
                 served_by=Role.PRODUCTION,
                 production=_arm("1", prod),
                 candidate=_arm("2", cand),

@@ -20,27 +20,25 @@ from app.core.events import (
     DeploymentState,
     Feedback,
     Mode,
-    ModelOutput,
-    ModelRef,
     Phase,
     Role,
-    SourceOffset,
 )
 from app.core.promotion import decide
 from app.core.sequential import staked_pair
 from app.core.state_machine import controller_step
-from app.core.topics import Topic, TopicNames
 from app.core.verdict import Verdict
-from app.simulation.situations import PREVALENCE, PRODUCTION, Model, Situation
+from app.simulation.situations import (
+    OUTPUT,
+    PREVALENCE,
+    PRODUCTION,
+    SOURCE,
+    V1,
+    V2,
+    Model,
+    Situation,
+)
 
-V1 = ModelRef(name="sim", version="1", uri="sim/1/model.onnx", sha256="1" * 64)
-V2 = ModelRef(name="sim", version="2", uri="sim/2/model.onnx", sha256="2" * 64)
-_SOURCE = SourceOffset(topic=TopicNames().name(Topic.REQUESTS), partition=0, offset=0)
 _MS = 1000  # one compared request per simulated second
-_OUT = {
-    "fraud": ModelOutput.model_construct(label="fraud", scores=[0.2, 0.8]),
-    "legit": ModelOutput.model_construct(label="legit", scores=[0.8, 0.2]),
-}
 SHARED = 0.7  # share of requests equally easy or hard for both models
 
 
@@ -60,7 +58,7 @@ def _arm(version: str, flagged: bool | None, latency: float) -> ArmResult:
     return ArmResult.model_construct(
         version=version,
         sha256=version * 64,
-        output=None if flagged is None else _OUT["fraud" if flagged else "legit"],
+        output=None if flagged is None else OUTPUT[flagged],
         latency_ms=None if flagged is None else latency,
         error=None if flagged is not None else "failed",
     )
@@ -155,7 +153,7 @@ def _one(
         deployment="sim",
         mode=Mode.CANARY,
         epoch=state.epoch,
-        source=_SOURCE,
+        source=SOURCE,
         served_by=Role.CANDIDATE,
         production=_arm("1", prod_flag, PRODUCTION.latency_ms),
         candidate=_arm("2", cand_flag, cand.latency_ms),

@@ -16,7 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.core.events import ModelOutput, ModelRef, SourceOffset
 from app.core.policy import Policy
+from app.core.topics import Topic, TopicNames
+
+# What the simulated events carry: the two versions, where a request came from, and a
+# model's output for a request it flags (True) or lets through (False).
+V1 = ModelRef(name="sim", version="1", uri="sim/1/model.onnx", sha256="1" * 64)
+V2 = ModelRef(name="sim", version="2", uri="sim/2/model.onnx", sha256="2" * 64)
+SOURCE = SourceOffset(topic=TopicNames().name(Topic.REQUESTS), partition=0, offset=0)
+OUTPUT = {
+    True: ModelOutput.model_construct(label="fraud", scores=[0.2, 0.8]),
+    False: ModelOutput.model_construct(label="legit", scores=[0.8, 0.2]),
+}
 
 Labels = Literal["all", "random", "flagged", "frauds", "none"]
 
