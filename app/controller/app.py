@@ -21,6 +21,7 @@ import faust
 from mode import Service
 
 from app.adapters.artifact_cache import ArtifactCache
+from app.adapters.collector import tune_collector
 from app.adapters.kafka_clients import configure_aiokafka
 from app.adapters.kafka_security import faust_credentials
 from app.adapters.model_store import ModelRejected, ModelStore
@@ -207,6 +208,7 @@ def build_app(settings: Settings) -> faust.App:
 
 def run_controller(settings: Settings, loglevel: str = "info") -> None:
     configure_aiokafka()
+    tune_collector()  # it reads comparisons in batches too (``app.adapters.collector``)
     app = build_app(settings)
     # Logging is set up by the entry point (JSON lines off a terminal): faust keeps it.
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
