@@ -352,7 +352,10 @@ async def model_file(env: ChaosEnv) -> ChaosResult:
     shutil.copytree(Path(env.settings.model_store) / "fraud", store / "fraud")
     settings = env.settings.model_copy(update={"model_store": store})
     logs = env.work_dir / "model-file"
-    penv = _env_for(settings)
+    # The workers' artifact cache is the scenario's own: a copy of version 2 that an earlier
+    # run fetched (by its sha256) is a good file, and a worker would rightly load it.
+    shutil.rmtree(logs / "artifact-cache", ignore_errors=True)
+    penv = {**_env_for(settings), "ROLLOUT_ARTIFACT_CACHE": str(logs / "artifact-cache")}
     ctl = _controller("m", logs, penv)
     tag = uuid.uuid4().hex[:6]
     workers = [processes.worker(f"mdl-{tag}-{i}", logs, penv) for i in (1, 2)]
