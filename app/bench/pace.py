@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -47,6 +48,7 @@ async def controller_pace(
         analysis = await partitions_of(consumer, settings.topics.name(Topic.ANALYSIS))
         consumer.assign([tp, *analysis])
         start_offset = (await consumer.end_offsets([tp]))[tp]
+        earlier = await _catch_up(consumer, tp, analysis, start_offset, progress)
         await consumer.seek_to_end(*analysis)
         for a in analysis:
             await consumer.position(a)
@@ -58,10 +60,53 @@ async def controller_pace(
         consumer.resume(tp)
         if last is None:
             last = await _last_record(consumer, tp, start_offset, end)
-        return await _pace_report(consumer, tp, start_offset, last, snapshots, cpu_s)
+        report = await _pace_report(consumer, tp, start_offset, last, snapshots, cpu_s)
+        return replace(report, earlier_backlog=earlier[0], earlier_caught_up_s=earlier[1])
     finally:
         await consumer.stop()
         await reset(settings)
+
+
+async def _catch_up(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    analysis: list[TopicPartition],
+    start_offset: int,
+    progress: Progress,
+    timeout_s: float = 300.0,
+) -> tuple[int, float | None]:
+    """Wait until the controller covers the comparisons already on ``tp`` before the pace's
+    own: the earlier phases' (a full run's shadow lines write about a million for fraud), which
+    a controller started after them reads from its last snapshot on. Otherwise the pace
+    would time that catching up. Returns how many comparison offsets it had still to cover
+    and how long covering them took (None: not within ``timeout_s``)."""
+    if start_offset == 0:
+        return 0, 0.0
+    last_before, _ = await _last_record(consumer, tp, max(0, start_offset - 50), start_offset)
+    key = f"p{tp.partition}".encode()
+    await consumer.seek_to_beginning(*analysis)
+    consumer.pause(tp)
+    started = time.monotonic()
+    first: int | None = None
+    covered = 0
+    try:
+        while time.monotonic() - started < timeout_s:
+            batch = await consumer.getmany(*analysis, timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    if r.key == key and r.value:
+                        covered = orjson.loads(r.value)["comparisons_offset"]
+            if not batch:  # read up to the end: what the latest snapshot covers
+                if first is None:
+                    first = covered
+                    behind = max(0, last_before + 1 - covered)
+                    if behind:
+                        progress(f"  the controller has {behind:,} earlier comparisons to cover …")
+                if covered > last_before:
+                    return max(0, last_before + 1 - first), time.monotonic() - started
+    finally:
+        consumer.resume(tp)
+    return max(0, last_before + 1 - (first or 0)), None
 
 
 async def _write_backlog(settings: Settings, requests: int) -> None:

@@ -131,6 +131,10 @@ class PaceReport:
     max_lag_s: float
     caught_up_s: float | None  # from the last comparison written to a snapshot covering it
     cpu_s: dict[str, float] = field(default_factory=dict)
+    # Comparisons of earlier phases it still had to cover before the pace's backlog was
+    # written, and how long that took (None: not within the wait).
+    earlier_backlog: int = 0
+    earlier_caught_up_s: float | None = 0.0
 
     @property
     def per_second(self) -> float:
@@ -427,6 +431,19 @@ def _pace_rows(p: PaceReport) -> list[str]:
         f"{p.snapshots} analysis snapshots; max lag {p.max_lag_records:,} records / "
         f"{p.max_lag_s:.1f} s; covered the last comparison {caught} after it was written "
         f"(snapshots every 2 s).",
+        *(
+            [
+                f"Before the backlog was written, it covered the {p.earlier_backlog:,} "
+                "comparisons earlier phases had left on that partition "
+                + (
+                    f"in {p.earlier_caught_up_s:.1f} s."
+                    if p.earlier_caught_up_s is not None
+                    else "not within the wait (the pace then includes them)."
+                )
+            ]
+            if p.earlier_backlog
+            else []
+        ),
     ]
 
 

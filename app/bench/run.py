@@ -218,7 +218,7 @@ class Sizes:
     """How much ``rollout bench`` does (``--quick``: a short pass of every phase)."""
 
     requests: int = 50_000  # each drain line's backlog
-    peer_requests: int = 10_000  # each peer's backlog
+    peer_requests: int = 50_000  # each peer's backlog: the same as the worker's
     swaps: int = 20
     swap_rate: float = 1000.0
     rounds: int = 3
@@ -226,7 +226,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(requests=5000, peer_requests=2000, swaps=3, rounds=1, latency_s=5.0)
+        return cls(requests=5000, peer_requests=5000, swaps=3, rounds=1, latency_s=5.0)
 
 
 @dataclass

@@ -17,7 +17,9 @@ from app.worker.service import run_event_loop
 @app.command()
 def bench(
     requests: Annotated[int, typer.Option(help="Backlog size for each line.")] = 50_000,
-    peer_requests: Annotated[int, typer.Option(help="Backlog for each peer.")] = 10_000,
+    peer_requests: Annotated[
+        int | None, typer.Option(help="Backlog for each peer (default: --requests, the same).")
+    ] = None,
     swaps: Annotated[int, typer.Option(help="Promote/rollback pairs under load.")] = 20,
     swap_rate: Annotated[float, typer.Option(help="Requests/s during the swaps.")] = 1_000.0,
     rounds: Annotated[int, typer.Option(help="Interleaved rounds of the drain lines.")] = 3,
@@ -39,7 +41,7 @@ def bench(
     sizes = (
         Sizes.quick()
         if quick
-        else Sizes(requests, peer_requests, swaps, swap_rate, rounds, latency_s)
+        else Sizes(requests, peer_requests or requests, swaps, swap_rate, rounds, latency_s)
     )
     # On the worker's own event loop: the drain lines run its loop in this process.
     report = run_event_loop(run_bench(settings, out, progress=typer.echo, sizes=sizes))

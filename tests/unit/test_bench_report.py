@@ -195,3 +195,23 @@ def test_a_run_kept_up_when_nearly_all_were_answered_without_queueing(
     requests: int, answered: int, p99: float, expected: bool
 ) -> None:
     assert kept_up(Latency(PROD_ONLY, 4000, requests, answered, 5.0, p99)) is expected
+
+
+@pytest.mark.parametrize(
+    ("earlier", "seconds", "said"),
+    [
+        (0, 0.0, None),
+        (120_000, 8.5, "covered the 120,000 comparisons earlier phases had left on that "
+         "partition in 8.5 s."),
+        (120_000, None, "not within the wait (the pace then includes them)."),
+    ],
+)  # fmt: skip
+def test_the_pace_says_what_it_covered_of_earlier_phases_first(
+    earlier: int, seconds: float | None, said: str | None
+) -> None:
+    pace = PaceReport(10_000, 2.0, 4, 10, 0.2, 0.5, {}, earlier, seconds)
+    text = markdown(replace(report(16_000, 9_600, 100.0, 1000.0, 0), pace=pace))
+    if said is None:
+        assert "earlier phases" not in text
+    else:
+        assert said in text
