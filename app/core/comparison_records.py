@@ -19,7 +19,7 @@ import orjson
 
 from app.core.batch_result import BatchResult, Topics, outgoing
 from app.core.events import DeploymentState, Role
-from app.core.json_templates import HOLE, INT_HOLE, JSON_BOOL, JSON_NULL, Template
+from app.core.json_templates import HOLE, INT_HOLE, JSON_BOOL, Template
 from app.core.manifest import RegressionSpec
 from app.core.model_calls import ArmRun, Output, run_model
 from app.core.routes import DeploymentRoute, RoutedRow, Scorer
@@ -109,9 +109,12 @@ class ComparisonRecords:
         else:
             template = self._template(n is not None, m is not None)
             agree, delta = False, b"0.0"
-            # Production without an output (it failed on a row the candidate served) names
-            # no error: the row's dead letter or the candidate's prediction does.
-            prod_json = JSON_NULL if n is None else production.encoded[n]
+            # An arm without an output for the row (it failed on it) names its call's error.
+            prod_json = (
+                orjson.dumps(production.error or "no output")
+                if n is None
+                else production.encoded[n]
+            )
             cand_json = (
                 orjson.dumps(candidate.error or "no output") if m is None else candidate.encoded[m]
             )

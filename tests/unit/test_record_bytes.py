@@ -167,6 +167,7 @@ class Case:
     candidate: Output | None
     served_by: Role = Role.PRODUCTION
     candidate_error: str | None = None
+    production_error: str | None = None
     regression: RegressionSpec | None = None
     watch: bool = False
     handed_over: bool = True
@@ -209,6 +210,14 @@ CASES = [
         None,
         _classes("fraud", 0.1, 0.9),
         served_by=Role.CANDIDATE,
+        production_error="RuntimeError: bad row",
+        mode=Mode.CANARY,
+    ),
+    Case(
+        "paired production gave no output and no error",
+        None,
+        _classes("fraud", 0.1, 0.9),
+        served_by=Role.CANDIDATE,
         mode=Mode.CANARY,
     ),
     Case(
@@ -235,7 +244,7 @@ CASES = [
 def test_a_comparison_is_the_contract_s(case: Case) -> None:
     state = _state(case.mode, case.deployment)
     i = 3  # the row's index in the batch
-    prod_run = _run(i, case.production, 0.0125, None)
+    prod_run = _run(i, case.production, 0.0125, case.production_error)
     cand_run = _run(i, case.candidate, 2.5e-5, case.candidate_error)
     records = ComparisonRecords(
         state, Arm(PROD, prod_run), Arm(CAND, cand_run), case.regression, watch=case.watch
@@ -266,7 +275,7 @@ def test_a_comparison_is_the_contract_s(case: Case) -> None:
         epoch=7,
         source=SourceOffset(topic="staging.inference.requests", partition=4, offset=2**33),
         served_by=case.served_by,
-        production=_arm(PROD, case.production, prod_run, None),
+        production=_arm(PROD, case.production, prod_run, case.production_error or "no output"),
         candidate=_arm(CAND, case.candidate, cand_run, case.candidate_error or "no output"),
         agree=agree,
         score_delta=delta,
@@ -288,9 +297,8 @@ def _run(i: int, output: Output | None, latency_ms: float, error: str | None) ->
 
 
 def _arm(model: Model, output: Output | None, run: ArmRun, error: str | None) -> ArmResult:
-    """An arm without an output has no latency nor CPU time; the candidate's says why
-    (production's names no error: the row's dead letter, or the candidate's prediction,
-    does)."""
+    """An arm without an output has no latency nor CPU time, and names its call's error
+    ("no output" when the call gave none)."""
     return ArmResult(
         version=model.ref.version,
         sha256=model.ref.sha256,
