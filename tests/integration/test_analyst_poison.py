@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.adapters.control_client import current_states
 from app.adapters.kafka_clients import assign_at_end, reader
@@ -76,28 +76,32 @@ async def send(producer: AIOKafkaProducer, values: list[bytes]) -> None:
     await producer.flush()
 
 
-async def controller_rollback(settings: Settings, after_epoch: int, timeout_s: float) -> bool:
-    """Whether the controller rolls the rollout back (on the disagreement guardrail)."""
+async def watching_decisions(settings: Settings) -> AIOKafkaConsumer:
+    """A reader of the decision events, positioned at their end: started before the evidence
+    is sent, since the controller may decide on the poison's first valid records at once."""
     events = reader(settings, client_id="poison-test")
     await events.start()
-    try:
-        await assign_at_end(events, settings.topics.name(Topic.EVENTS))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await events.getmany(timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    d = decode(DecisionEvent, record.value)
-                    if (
-                        d.deployment == "fraud"
-                        and d.epoch > after_epoch
-                        and d.decided_by == "controller"
-                        and d.action is DecisionAction.ROLLBACK
-                    ):
-                        return True
-        return False
-    finally:
-        await events.stop()
+    await assign_at_end(events, settings.topics.name(Topic.EVENTS))
+    return events
+
+
+async def controller_rollback(events: AIOKafkaConsumer, after_epoch: int, timeout_s: float) -> bool:
+    """Whether the controller rolls the rollout back (on the poison's invalid candidate
+    outputs, or on the disagreement guardrail)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batch = await events.getmany(timeout_ms=500)
+        for records in batch.values():
+            for record in records:
+                d = decode(DecisionEvent, record.value)
+                if (
+                    d.deployment == "fraud"
+                    and d.epoch > after_epoch
+                    and d.decided_by == "controller"
+                    and d.action is DecisionAction.ROLLBACK
+                ):
+                    return True
+    return False
 
 
 async def _has_state(settings: Settings) -> None:
@@ -115,12 +119,16 @@ async def _deploy_poison_and_decide(
         settings, Action.DEPLOY, version="2", mode=Mode.CANARY, policy=HANDS_ON
     )
     assert deployed.accepted, deployed.reason
-    await send(producer, poisons(deployed.epoch))
-    waiting = asyncio.create_task(controller_rollback(settings, deployed.epoch, 60))
-    await asyncio.sleep(1.0)
-    # Then plenty of good evidence: every pair disagrees, far above the 20% ceiling.
-    await send(producer, [comparison(deployed.epoch, i) for i in range(1, 400)])
-    assert await waiting, proc.log()[-3000:]
+    events = await watching_decisions(settings)
+    try:
+        await send(producer, poisons(deployed.epoch))
+        waiting = asyncio.create_task(controller_rollback(events, deployed.epoch, 60))
+        await asyncio.sleep(1.0)
+        # Then plenty of good evidence: every pair disagrees, far above the 20% ceiling.
+        await send(producer, [comparison(deployed.epoch, i) for i in range(1, 400)])
+        assert await waiting, proc.log()[-3000:]
+    finally:
+        await events.stop()
     assert proc.alive(), proc.log()[-3000:]
 
 
@@ -145,14 +153,20 @@ async def test_poisonous_comparisons_are_skipped_and_survive_a_restart(
         deployed = await command(
             settings_, Action.DEPLOY, version="2", mode=Mode.CANARY, policy=HANDS_ON
         )
-        await send(producer, poisons(deployed.epoch))
-        proc.kill()
-        proc = controller_process(kafka_bootstrap, tmp_path, name="poison", **env).start()
-        proc.wait_for(CONTROLLER_READY)
-        waiting = asyncio.create_task(controller_rollback(settings_, deployed.epoch, 60))
-        await asyncio.sleep(1.0)
-        await send(producer, [comparison(deployed.epoch, i) for i in range(1, 400)])
-        assert await waiting, proc.log()[-3000:]
+        events = await watching_decisions(settings_)
+        try:
+            await send(producer, poisons(deployed.epoch))
+            proc.kill()
+            proc = controller_process(kafka_bootstrap, tmp_path, name="poison", **env).start()
+            proc.wait_for(CONTROLLER_READY)
+            waiting = asyncio.create_task(controller_rollback(events, deployed.epoch, 60))
+            await asyncio.sleep(1.0)
+            await send(producer, [comparison(deployed.epoch, i) for i in range(1, 400)])
+            assert await waiting, proc.log()[-3000:]
+        finally:
+            await events.stop()
+        # The restarted controller read the poison again (whichever of the two decided).
+        assert f"skipped {Topic.COMPARISONS} record" in proc.log()
         await asyncio.sleep(3.0)
         assert proc.alive(), proc.log()[-3000:]
         assert "stopped: no decisions" not in proc.log()
