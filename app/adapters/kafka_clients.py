@@ -21,7 +21,6 @@ from aiokafka.producer import sender as _aiokafka_sender
 from pydantic import BaseModel, ValidationError
 
 from app.adapters.kafka_security import client_options
-from app.adapters.transaction_requests import overlap_transaction_requests
 from app.core.events import decode
 from app.settings import Settings
 
@@ -78,8 +77,6 @@ def _fetching(settings: Settings) -> dict[str, Any]:
 def transactional_producer(
     settings: Settings, transactional_id: str, max_request_size: int = 1024 * 1024
 ) -> AIOKafkaProducer:
-    """Transactional and idempotent; its coordinator requests overlap where Kafka allows
-    (``app.adapters.transaction_requests``)."""
     producer = AIOKafkaProducer(
         max_request_size=max_request_size,
         **connection(settings),
@@ -94,7 +91,6 @@ def transactional_producer(
         # retry soon rather than after the default 100 ms.
         retry_backoff_ms=int(TXN_RETRY_BACKOFF_S * 1000),
     )
-    overlap_transaction_requests(producer)
     return producer
 
 

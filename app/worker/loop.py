@@ -330,18 +330,11 @@ class Worker:
         try:
             began = trace.lap("lock")
             async with producer.transaction():
-                # The offsets are queued first: their AddOffsetsToTxn then goes with the
-                # outputs' AddPartitionsToTxn (app.adapters.transaction_requests).
-                offsets_added = asyncio.ensure_future(
-                    producer.send_offsets_to_transaction(offsets, self._group_id)
+                await sender.send(  # an Outgoing is the (topic, key, value, headers) it sends
+                    [o for _, result in parts for o in (*result.outgoing, *result.shed_reports)]
                 )
-                try:
-                    await sender.send(  # an Outgoing is (topic, key, value, headers)
-                        [o for _, result in parts for o in (*result.outgoing, *result.shed_reports)]
-                    )
-                    trace.lap("encode")
-                finally:
-                    await offsets_added
+                trace.lap("encode")
+                await producer.send_offsets_to_transaction(offsets, self._group_id)
                 trace.lap("offsets")
             trace.stages["transaction"] = trace.lap("commit") - began
         except ProducerFenced:
