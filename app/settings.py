@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(default=20, ge=0)
     max_request_bytes: int = Field(default=64 * 1024, ge=256)
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    # How the worker's and controller's transactional producers compress what they write
+    # (predictions, comparisons, dead letters, the controller's records). zstd makes a
+    # prediction 41 bytes on the wire instead of 426, a shadow request's two records 115
+    # instead of 1,225, at no measurable cost in CPU or latency (README, "Latency").
+    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     # How long the broker may hold a fetch that found nothing (see kafka_clients._fetching).
     fetch_max_wait_ms: int = Field(default=10, ge=0, le=500)
     # Past this many records of lag, a worker sheds shadow scoring (production goes on).

@@ -77,6 +77,7 @@ def _fetching(settings: Settings) -> dict[str, Any]:
 def transactional_producer(
     settings: Settings, transactional_id: str, max_request_size: int = 1024 * 1024
 ) -> AIOKafkaProducer:
+    """Transactional and idempotent; compressed as ``settings.output_compression`` says."""
     producer = AIOKafkaProducer(
         max_request_size=max_request_size,
         **connection(settings),
@@ -85,6 +86,9 @@ def transactional_producer(
         acks="all",
         linger_ms=2,
         max_batch_size=256 * 1024,
+        compression_type=None
+        if settings.output_compression == "none"
+        else settings.output_compression,
         transaction_timeout_ms=settings.transaction_timeout_ms,
         # Back-to-back transactions meet the previous one's markers still being written: the
         # broker answers a retriable error (NOT_ENOUGH_REPLICAS to this client, KIP-890), so

@@ -72,3 +72,23 @@ def test_configure_aiokafka_sets_the_backoff_and_one_log_filter(
         log.name, logging.WARNING, __file__, 0, "retrying: %s", (NotEnoughReplicasError,), None
     )
     assert log.filter(record) and record.levelno == logging.DEBUG
+
+
+@pytest.mark.parametrize(
+    ("setting", "compression"),
+    [("zstd", "zstd"), ("lz4", "lz4"), ("none", None)],
+)
+async def test_transactional_producers_compress_as_the_settings_say(
+    setting: str, compression: str | None
+) -> None:
+    settings = Settings(bootstrap_servers="127.0.0.1:1", output_compression=setting)
+    producer = kafka_clients.transactional_producer(settings, "t")
+    try:
+        assert producer._compression_type == compression
+        # A batch is built compressed (aiokafka refuses a codec whose library is missing).
+        batch = producer.create_batch()
+        assert batch.append(key=None, value=b'{"a":1}' * 100, timestamp=None) is not None
+        built = batch._builder.build()
+        assert (len(built) < 200) == (compression is not None)
+    finally:
+        producer._closed = True  # never started: nothing to close
