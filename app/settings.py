@@ -47,8 +47,10 @@ class Settings(BaseSettings):
     # How the worker's and controller's transactional producers compress what they write
     # (predictions, comparisons, dead letters, the controller's records). zstd makes a
     # prediction 41 bytes on the wire instead of 426, a shadow request's two records 115
-    # instead of 1,225, at no measurable cost in CPU or latency (README, "Latency").
-    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
+    # instead of 1,225; on a single local broker it cost the 1,000/s line's Produce about
+    # 0.3 ms (README, "Performance"), so it is for clusters where bytes cost: networks,
+    # replication, disks.
+    output_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     # How long the broker may hold a fetch that found nothing (see kafka_clients._fetching).
     fetch_max_wait_ms: int = Field(default=10, ge=0, le=500)
     # Past this many records of lag, a worker sheds shadow scoring (production goes on).

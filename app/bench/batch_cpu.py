@@ -3,7 +3,10 @@ scorer, ``app.core.scoring.table_scorer``, over a fixed table: parse, route, the
 calls, the predictions and comparisons built and encoded) and ``send`` (what the loop's
 ``BatchSender`` does with them before the network: partition each record, append it to a
 record batch of aiokafka's, build the batch). Production only and shadow 100 %, on fraud's
-generated requests, as the drain lines of ``rollout bench`` serve them.
+generated requests, as the drain lines of ``rollout bench`` serve them; and the same for the
+ceilings they are held to there, C_parse and fan-out-2 (``app.bench.ceilings``: decode each
+request, encode a small answer once or twice), so that the work per request that scoring
+adds over a ceiling is measured apart from the loop and the broker both share.
 
 ``python -m app.bench.batch_cpu [--batch 500] [--repeats 200] [--profile MODE]`` prints the
 median CPU µs per request of each phase (``time.process_time``: the model runs on one thread
@@ -30,6 +33,8 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from app.adapters.batch_send import BatchSender, Record
 from app.adapters.model_store import ModelStore
+from app.bench.ceilings import parse_answers
+from app.bench.report import C_PARSE, FAN_OUT
 from app.bench.setup import fixed_table, fraud_requests
 from app.core.batch_result import DEFAULT_TOPICS, BatchResult
 from app.core.events import Mode, encode
@@ -41,9 +46,9 @@ PARTITIONS = 6  # as topics.yaml gives the data-plane topics
 
 @dataclass(frozen=True)
 class BatchCpu:
-    """Median CPU µs per request of a mode's batch, by phase, and bytes written per request."""
+    """Median CPU µs per request of a line's batch, by phase, and bytes written per request."""
 
-    mode: Mode
+    line: str
     batch: int
     repeats: int
     score_us: float
@@ -79,7 +84,16 @@ def batch_records(n: int) -> list[RawRecord]:
     ]
 
 
-def _scorer(store: ModelStore, mode: Mode) -> Callable[[Sequence[RawRecord], int], BatchResult]:
+Scorer = Callable[[Sequence[RawRecord], int], BatchResult]
+
+
+def _ceiling(fan_out: int) -> Scorer:
+    """C_parse (1) or fan-out-2 (2): its answers are the batch's outputs, as in the drains."""
+    transform = parse_answers(fan_out)
+    return lambda records, lag: BatchResult(outgoing=transform(records))
+
+
+def _scorer(store: ModelStore, mode: Mode) -> Scorer:
     table = fixed_table(store, mode)
     return table_scorer(
         lambda: table,
@@ -94,9 +108,9 @@ def _cpu_us() -> float:
     return time.process_time_ns() / 1000.0
 
 
-def measure(store: ModelStore, mode: Mode, batch: int = 500, repeats: int = 200) -> BatchCpu:
-    """Median CPU per request of scoring and sending one batch of ``batch`` requests."""
-    score = _scorer(store, mode)
+def measure(line: str, score: Scorer, batch: int = 500, repeats: int = 200) -> BatchCpu:
+    """Median CPU per request of scoring (or a ceiling's work) and sending one batch of
+    ``batch`` requests."""
     records = batch_records(batch)
     sender = BatchSender(_Producer())
     loop = asyncio.new_event_loop()
@@ -119,7 +133,7 @@ def measure(store: ModelStore, mode: Mode, batch: int = 500, repeats: int = 200)
     finally:
         loop.close()
     return BatchCpu(
-        mode,
+        line,
         batch,
         repeats,
         statistics.median(scores),
@@ -160,6 +174,16 @@ def profile(
 _LINES = {Mode.MANUAL: "production only", Mode.SHADOW: "shadow 100%"}
 
 
+def lines(store: ModelStore, batch: int, repeats: int) -> list[BatchCpu]:
+    """Each ceiling beside the worker's line held to it, interleaved."""
+    return [
+        measure(C_PARSE, _ceiling(1), batch, repeats),
+        measure(_LINES[Mode.MANUAL], _scorer(store, Mode.MANUAL), batch, repeats),
+        measure(FAN_OUT, _ceiling(2), batch, repeats),
+        measure(_LINES[Mode.SHADOW], _scorer(store, Mode.SHADOW), batch, repeats),
+    ]
+
+
 def table(lines: Sequence[BatchCpu]) -> str:
     rows = [
         "| line | batch | score µs/request | send µs/request | total | bytes/request "
@@ -167,7 +191,7 @@ def table(lines: Sequence[BatchCpu]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     rows += [
-        f"| {_LINES.get(c.mode, c.mode.value)} | {c.batch} | {c.score_us:.1f} | {c.send_us:.1f} "
+        f"| {c.line} | {c.batch} | {c.score_us:.1f} | {c.send_us:.1f} "
         f"| {c.total_us:.1f} "
         f"| {c.bytes_per_request:.0f} | {c.faults_per_batch:.0f} |"
         for c in lines
@@ -187,8 +211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(profile(store, Mode(args.profile), args.batch))
         return
     # Production only is a fixed table in manual mode (no candidate), as in ``rollout bench``.
-    lines = [measure(store, m, args.batch, args.repeats) for m in (Mode.MANUAL, Mode.SHADOW)]
-    print(table(lines))
+    print(table(lines(store, args.batch, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
+from app.adapters.collector import freeze_survivors
 from app.bench.breakdown import Sighting, quantile
 from app.bench.report import Latency
 from app.core.events import encode
@@ -125,6 +126,10 @@ class OpenLoop:
             (r.request.request_id, r.key, encode(r.request))
             for r in make_requests(max(int(rate * seconds), 1), seed=5, run_id=run_id)
         ]
+        # The bench keeps every earlier line's observations (gigabytes by the ramps' end):
+        # out of the collector's reach, so that no full collection over them stalls this
+        # process's load and reader threads mid-line.
+        freeze_survivors()
         seen = Observed(name, rate, started=time.time())
 
         def delivered(request_id: str) -> Any:

@@ -30,7 +30,7 @@ import asyncio
 import resource
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -43,6 +43,7 @@ from app.adapters.model_store import ModelStore
 from app.adapters.process_stats import cpu_seconds
 from app.bench import peers
 from app.bench.breakdown import Breakdown, breakdown
+from app.bench.ceilings import Transform, parse_answers, passthrough
 from app.bench.kinds import kinds
 from app.bench.latency import latency
 from app.bench.pace import controller_pace
@@ -74,19 +75,15 @@ from app.bench.setup import (
     write_backlog,
 )
 from app.bench.swaps import bench_services, ready, swaps_under_load
-from app.core.batch_result import BatchResult, BatchScorer, Outgoing, Topics
+from app.core.batch_result import BatchResult, BatchScorer, Topics
 from app.core.events import (
     Mode,
 )
-from app.core.requests import RawRecord
 from app.core.routes import RoutingTable
 from app.core.scoring import table_scorer
 from app.settings import Settings
 from app.worker.batch_trace import BatchTrace
 from app.worker.loop import Worker
-
-# A ceiling: what it publishes for a batch, in place of scoring.
-Transform = Callable[[Sequence[RawRecord]], list[Outgoing]]
 
 
 class _Planned(NamedTuple):
@@ -97,34 +94,6 @@ class _Planned(NamedTuple):
     table: RoutingTable
     transform: Transform | None
     backlog: Offsets
-
-
-def _passthrough(batch: Sequence[RawRecord]) -> list[Outgoing]:
-    return [Outgoing(SINK, r.key, r.value or b"") for r in batch]
-
-
-def _parse(fan_out: int) -> Transform:
-    """Decode each request and encode a small answer (``fan_out`` times); a record that is not
-    a request is copied through as it is (as C_io would), never a crash of the bench."""
-
-    def transform(batch: Sequence[RawRecord]) -> list[Outgoing]:
-        out: list[Outgoing] = []
-        for r in batch:
-            try:
-                body = orjson.loads(r.value or b"{}")
-                value = orjson.dumps(
-                    {
-                        "request_id": body["request_id"],
-                        "deployment": body["deployment"],
-                        "output": {"label": "legit", "scores": [1.0, 0.0]},
-                    }
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                value = r.value or b""
-            out.extend(Outgoing(SINK, r.key, value) for _ in range(fan_out))
-        return out
-
-    return transform
 
 
 async def drain(
@@ -247,9 +216,9 @@ async def _drains(
     progress(f"writing a backlog of {requests:,} requests (the fraud lines drain the same one) …")
     backlog = await write_backlog(settings, requests, FRAUD_BACKLOG)
     plan: list[_Planned] = [
-        _Planned("C_io (passthrough)", prod_only, _passthrough, backlog),
-        _Planned(C_PARSE, prod_only, _parse(1), backlog),
-        _Planned(FAN_OUT, prod_only, _parse(2), backlog),
+        _Planned("C_io (passthrough)", prod_only, passthrough, backlog),
+        _Planned(C_PARSE, prod_only, parse_answers(1), backlog),
+        _Planned(FAN_OUT, prod_only, parse_answers(2), backlog),
         _Planned(PROD_ONLY, prod_only, None, backlog),
         _Planned(CANARY, fixed_table(store, Mode.CANARY), None, backlog),
         _Planned(SHADOW, fixed_table(store, Mode.SHADOW), None, backlog),

@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from app.adapters.control_client import current_states
+from app.adapters.kafka_clients import transactional_producer
 from app.adapters.model_store import ModelStore
 from app.core.events import DeploymentState, now_ms
 from app.core.topics import Topic
@@ -360,3 +361,26 @@ async def test_kcat_requests_served_and_read_back_with_kcat(
             "offset": request["offset"],
         }
         assert orjson.loads(d["payload"]) == s.value
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+async def test_compressed_outputs_are_read_by_kcat(
+    kcat: str, kafka_bootstrap: str, codec: str
+) -> None:
+    """A transactional producer as the worker's (``ROLLOUT_OUTPUT_COMPRESSION``), one
+    committed transaction; kcat (librdkafka) reads the records back, read_committed."""
+    settings = Settings(bootstrap_servers=kafka_bootstrap, output_compression=codec)
+    producer = transactional_producer(settings, f"kcat-compressed-{RUN}-{codec}")
+    topic = settings.topics.name(Topic.PREDICTIONS)
+    since = now_ms() - 1
+    values = [orjson.dumps({"request_id": f"{codec}-{RUN}-{i}", "n": i}) for i in range(50)]
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for value in values:
+                await producer.send(topic, value=value, key=b"k")
+    finally:
+        await producer.stop()
+    read = await asyncio.to_thread(_consume, kcat, kafka_bootstrap, topic, since)
+    mine = [r["payload"] for r in read if f'"{codec}-{RUN}-' in (r.get("payload") or "")]
+    assert [orjson.loads(p) for p in mine] == [orjson.loads(v) for v in values]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app.bench.run import _parse
+from app.bench.ceilings import parse_answers
 from app.bench.setup import SINK
 from app.core.requests import RawRecord
 
@@ -18,7 +18,7 @@ def record(value: bytes | None) -> RawRecord:
 
 def test_a_request_is_answered_fan_out_times() -> None:
     value = orjson.dumps({"request_id": "r-1", "deployment": "fraud", "features": {"x": 1}})
-    out = _parse(2)([record(value)])
+    out = parse_answers(2)([record(value)])
     assert len(out) == 2
     for o in out:
         assert (o.topic, o.key) == (SINK, b"k")
@@ -37,6 +37,6 @@ def test_a_request_is_answered_fan_out_times() -> None:
     ],
 )
 def test_a_record_that_is_not_a_request_is_copied_through(value: bytes | None) -> None:
-    out = _parse(1)([record(value), record(b'{"request_id": "r-2", "deployment": "fraud"}')])
+    out = parse_answers(1)([record(value), record(b'{"request_id": "r-2", "deployment": "fraud"}')])
     assert [o.value for o in out[:1]] == [value or b""]
     assert orjson.loads(out[1].value)["request_id"] == "r-2"  # the batch goes on

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from app.adapters.collector import YOUNG_THRESHOLD, tune_collector
+from app.adapters.collector import YOUNG_THRESHOLD, freeze_survivors, tune_collector
 
 
 @pytest.fixture
@@ -39,3 +40,20 @@ def test_cycles_are_still_collected() -> None:
     a.other, b.other = b, a
     del a, b
     assert gc.collect() >= 2
+
+
+@pytest.mark.usefixtures("restored_collector")
+def test_survivors_are_frozen_and_garbage_is_not() -> None:
+    gc.unfreeze()
+    kept = [[i] for i in range(1000)]
+
+    class Node:
+        other: object = None
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    freeze_survivors()
+    assert gc.get_freeze_count() >= len(kept)
+    assert gone() is None  # the cycle was collected, not frozen
