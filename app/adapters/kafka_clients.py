@@ -78,7 +78,8 @@ def transactional_producer(
     settings: Settings, transactional_id: str, max_request_size: int = 1024 * 1024
 ) -> AIOKafkaProducer:
     """Transactional and idempotent; compressed as ``settings.output_compression`` says."""
-    producer = AIOKafkaProducer(
+    codec = settings.output_compression
+    return AIOKafkaProducer(
         max_request_size=max_request_size,
         **connection(settings),
         transactional_id=transactional_id,
@@ -86,16 +87,13 @@ def transactional_producer(
         acks="all",
         linger_ms=2,
         max_batch_size=256 * 1024,
-        compression_type=None
-        if settings.output_compression == "none"
-        else settings.output_compression,
+        compression_type=None if codec == "none" else codec,
         transaction_timeout_ms=settings.transaction_timeout_ms,
         # Back-to-back transactions meet the previous one's markers still being written: the
         # broker answers a retriable error (NOT_ENOUGH_REPLICAS to this client, KIP-890), so
         # retry soon rather than after the default 100 ms.
         retry_backoff_ms=int(TXN_RETRY_BACKOFF_S * 1000),
     )
-    return producer
 
 
 def plain_producer(settings: Settings) -> AIOKafkaProducer:

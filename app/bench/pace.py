@@ -76,10 +76,10 @@ async def _catch_up(
     timeout_s: float = 300.0,
 ) -> tuple[int, float | None]:
     """Wait until the controller covers the comparisons already on ``tp`` before the pace's
-    own: the earlier phases' (a full run's shadow lines write about a million for fraud), which
-    a controller started after them reads from its last snapshot on. Otherwise the pace
-    would time that catching up. Returns how many comparison offsets it had still to cover
-    and how long covering them took (None: not within ``timeout_s``)."""
+    own: the earlier phases' (a full run's shadow lines leave hundreds of thousands for
+    fraud), which a controller started after them reads from its last snapshot on.
+    Otherwise the pace would time that catching up too. Returns how many comparison offsets
+    it had still to cover and how long covering them took (None: not within ``timeout_s``)."""
     if start_offset == 0:
         return 0, 0.0
     last_before, _ = await _last_record(consumer, tp, max(0, start_offset - 50), start_offset)

@@ -431,20 +431,18 @@ def _pace_rows(p: PaceReport) -> list[str]:
         f"{p.snapshots} analysis snapshots; max lag {p.max_lag_records:,} records / "
         f"{p.max_lag_s:.1f} s; covered the last comparison {caught} after it was written "
         f"(snapshots every 2 s).",
-        *(
-            [
-                f"Before the backlog was written, it covered the {p.earlier_backlog:,} "
-                "comparisons earlier phases had left on that partition "
-                + (
-                    f"in {p.earlier_caught_up_s:.1f} s."
-                    if p.earlier_caught_up_s is not None
-                    else "not within the wait (the pace then includes them)."
-                )
-            ]
-            if p.earlier_backlog
-            else []
-        ),
+        *([_earlier(p)] if p.earlier_backlog else []),
     ]
+
+
+def _earlier(p: PaceReport) -> str:
+    """What the controller had to cover of earlier phases' comparisons before the pace."""
+    left = f"{p.earlier_backlog:,} comparisons earlier phases had left on that partition"
+    if p.earlier_caught_up_s is None:
+        return f"It had {left} still to cover and did not within the wait: the pace includes them."
+    return (
+        f"Before the backlog was written, it covered the {left} in {p.earlier_caught_up_s:.1f} s."
+    )
 
 
 def _cpu_rows(r: Report) -> list[str]:

@@ -203,7 +203,8 @@ def test_a_run_kept_up_when_nearly_all_were_answered_without_queueing(
         (0, 0.0, None),
         (120_000, 8.5, "covered the 120,000 comparisons earlier phases had left on that "
          "partition in 8.5 s."),
-        (120_000, None, "not within the wait (the pace then includes them)."),
+        (120_000, None, "It had 120,000 comparisons earlier phases had left on that partition "
+         "still to cover and did not within the wait: the pace includes them."),
     ],
 )  # fmt: skip
 def test_the_pace_says_what_it_covered_of_earlier_phases_first(
