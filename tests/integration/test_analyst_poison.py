@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -112,8 +113,15 @@ async def _has_state(settings: Settings) -> None:
 
 
 async def _deploy_poison_and_decide(
-    settings: Settings, producer: AIOKafkaProducer, proc: RolloutProcess
-) -> None:
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    proc: RolloutProcess,
+    restart: Callable[[], RolloutProcess] | None = None,
+) -> RolloutProcess:
+    """Deploy a canary, send it poison, then plenty of good evidence, and wait for the
+    controller's rollback. ``restart``, when given, replaces the controller between the
+    poison and the evidence (killed before it could snapshot past the poison). Returns the
+    controller that was running at the end."""
     await reset_fraud(settings)
     deployed = await command(
         settings, Action.DEPLOY, version="2", mode=Mode.CANARY, policy=HANDS_ON
@@ -122,6 +130,8 @@ async def _deploy_poison_and_decide(
     events = await watching_decisions(settings)
     try:
         await send(producer, poisons(deployed.epoch))
+        if restart is not None:
+            proc = restart()
         waiting = asyncio.create_task(controller_rollback(events, deployed.epoch, 60))
         await asyncio.sleep(1.0)
         # Then plenty of good evidence: every pair disagrees, far above the 20% ceiling.
@@ -129,7 +139,7 @@ async def _deploy_poison_and_decide(
         assert await waiting, proc.log()[-3000:]
     finally:
         await events.stop()
-    assert proc.alive(), proc.log()[-3000:]
+    return proc
 
 
 async def test_poisonous_comparisons_are_skipped_and_survive_a_restart(
@@ -145,26 +155,22 @@ async def test_poisonous_comparisons_are_skipped_and_survive_a_restart(
         proc.wait_for(CONTROLLER_READY)
         await _has_state(settings_)
         await _deploy_poison_and_decide(settings_, producer, proc)
+        assert proc.alive(), proc.log()[-3000:]
         assert f"skipped {Topic.COMPARISONS} record" in proc.log()
 
         # A second rollout's poison, and the controller killed before it could snapshot past
         # it: the restarted controller reads the poison again, skips it, and decides.
-        await reset_fraud(settings_)
-        deployed = await command(
-            settings_, Action.DEPLOY, version="2", mode=Mode.CANARY, policy=HANDS_ON
-        )
-        events = await watching_decisions(settings_)
-        try:
-            await send(producer, poisons(deployed.epoch))
+        def restart() -> RolloutProcess:
             proc.kill()
-            proc = controller_process(kafka_bootstrap, tmp_path, name="poison", **env).start()
-            proc.wait_for(CONTROLLER_READY)
-            waiting = asyncio.create_task(controller_rollback(events, deployed.epoch, 60))
-            await asyncio.sleep(1.0)
-            await send(producer, [comparison(deployed.epoch, i) for i in range(1, 400)])
-            assert await waiting, proc.log()[-3000:]
-        finally:
-            await events.stop()
+            started = controller_process(kafka_bootstrap, tmp_path, name="poison", **env).start()
+            try:
+                started.wait_for(CONTROLLER_READY)
+            except BaseException:
+                started.terminate()
+                raise
+            return started
+
+        proc = await _deploy_poison_and_decide(settings_, producer, proc, restart)
         # The restarted controller read the poison again (whichever of the two decided).
         assert f"skipped {Topic.COMPARISONS} record" in proc.log()
         await asyncio.sleep(3.0)
