@@ -20,8 +20,8 @@ Then, in the same run: open-loop latency of the worker at 100 and 1,000 requests
 half each mode's rate, with a per-batch breakdown of where the time goes
 (``app.bench.latency``, ``app.bench.breakdown``); the peers' drains and latency lines (the
 naive faust agent, Quix Streams at least once and exactly once: ``app.bench.peers``); model
-swaps (``app.bench.swaps``) and the controller's pace (``app.bench.pace``); the tables and
-goals are ``app.bench.report``.
+swaps (``app.bench.swaps``) and the controller's pace (``app.bench.pace``); the goals are
+``app.bench.report``, the tables ``app.bench.tables``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from app.bench.report import (
     Line,
     PeerLine,
     Report,
-    markdown,
     median_line,
 )
 from app.bench.setup import (
@@ -75,6 +74,7 @@ from app.bench.setup import (
     write_backlog,
 )
 from app.bench.swaps import bench_services, ready, swaps_under_load
+from app.bench.tables import markdown
 from app.core.batch_result import BatchResult, BatchScorer, Topics
 from app.core.events import (
     Mode,

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from app.bench.report import markdown
 from app.bench.run import Sizes, run_bench
+from app.bench.tables import markdown
 from app.cli import app
 from app.settings import load_settings
 from app.worker.service import run_event_loop

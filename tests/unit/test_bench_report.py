@@ -25,8 +25,8 @@ from app.bench.report import (
     SwapReport,
     goals,
     kept_up,
-    markdown,
 )
+from app.bench.tables import markdown
 
 
 def report(prod: float, shadow: float, p99: float, worst_swap: float, lost: int) -> Report:

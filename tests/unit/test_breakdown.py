@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from app.bench.breakdown import REQUEST_SPANS, Sighting, breakdown, quantiles
-from app.bench.report import breakdown_rows
+from app.bench.tables import breakdown_rows
 
 
 def trace(
