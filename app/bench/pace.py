@@ -11,7 +11,7 @@ import uuid
 from dataclasses import replace
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from app.adapters.kafka_clients import (
     partitions_of,
@@ -92,10 +92,9 @@ async def _catch_up(
     try:
         while time.monotonic() - started < timeout_s:
             batch = await consumer.getmany(*analysis, timeout_ms=500)
-            for records in batch.values():
-                for r in records:
-                    if r.key == key and r.value:
-                        covered = orjson.loads(r.value)["comparisons_offset"]
+            found = _snapshots(batch, key)
+            if found:
+                covered = found[-1][1]  # the latest snapshot read
             if not batch:  # read up to the end: what the latest snapshot covers
                 if first is None:
                     first = covered
@@ -138,13 +137,7 @@ async def _follow(
     quiet_since, end, last = time.monotonic(), start_offset, None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        batch = await consumer.getmany(*analysis, timeout_ms=250)
-        snapshots += [
-            (r.timestamp, orjson.loads(r.value)["comparisons_offset"])
-            for records in batch.values()
-            for r in records
-            if r.key == key and r.value
-        ]
+        snapshots += _snapshots(await consumer.getmany(*analysis, timeout_ms=250), key)
         now_end = (await consumer.end_offsets([tp]))[tp]
         if now_end != end:
             end, quiet_since, last = now_end, time.monotonic(), None
@@ -159,6 +152,19 @@ async def _follow(
             if quiet > 15.0:
                 break  # it did not: reported as not caught up
     return snapshots, end, last
+
+
+def _snapshots(
+    batch: dict[TopicPartition, list[ConsumerRecord]], key: bytes
+) -> list[tuple[int, int]]:
+    """The analysis snapshots of partition ``key`` in ``batch``, in order: (written at ms,
+    comparisons offset covered)."""
+    return [
+        (r.timestamp, orjson.loads(r.value)["comparisons_offset"])
+        for records in batch.values()
+        for r in records
+        if r.key == key and r.value
+    ]
 
 
 async def _last_record(
